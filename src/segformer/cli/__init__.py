@@ -1,0 +1,31 @@
+"""`segformer <verb>`: a thin command line over the library. Each verb module has `add_arguments` and `run`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from . import convert, info
+
+COMMANDS = {
+    "info": info,
+    "convert": convert,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="segformer", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    for verb, module in COMMANDS.items():
+        doc = (module.__doc__ or "").strip()
+        p = sub.add_parser(verb, help=doc.splitlines()[0] if doc else None, description=doc)
+        module.add_arguments(p)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        return int(COMMANDS[args.verb].run(args) or 0)
+    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"segformer {args.verb}: error: {message}", file=sys.stderr)
+        return 2

@@ -1,0 +1,42 @@
+"""Parameters and GMACs of a variant or a checkpoint, beside the paper's figures."""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import parse_size
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="a variant (b0..b5) or any checkpoint load_model accepts (file, folder, hub id)")
+    p.add_argument("--size", type=parse_size, default=None, help="input HxW (default: the paper's ADE20K size)")
+    p.add_argument("--num-classes", type=int, default=150, help="classes for a variant (default 150, ADE20K)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..config import PAPER, VARIANTS, SegFormerConfig
+    from ..flops import count_macs, count_params
+
+    if args.model.lower().removeprefix("mit-").removeprefix("segformer-") in VARIANTS:
+        config = SegFormerConfig.from_name(args.model, num_classes=args.num_classes)
+        source = f"variant {config.name}"
+    else:
+        from ..loading import load_model
+
+        config = load_model(args.model).config
+        source = f"checkpoint {args.model} (variant {config.name})"
+    paper = PAPER.get(config.name)
+    size = args.size or ((paper["ade_size"],) * 2 if paper else (512, 512))
+    params = count_params(config)
+    gmacs = count_macs(config, size) / 1e9
+    print(f"{source}: {config.num_classes} classes, in_channels {config.in_channels}")
+    print(f"  parameters  encoder {params['encoder']:,}  decoder {params['decoder']:,}  total {params['total']:,}")
+    if paper:
+        print(f"  paper (Table 1a): encoder {paper['enc_params_m']}M  decoder {paper['dec_params_m']}M")
+    line = f"  GMACs at {size[0]}x{size[1]}: {gmacs:.2f} (incl. attention matmuls)"
+    if paper and size == (paper["ade_size"],) * 2:
+        line += f"; paper (ADE20K, {paper['ade_size']}x{paper['ade_size']}): {paper['ade_gflops']}"
+    print(line)
+    if paper:
+        print(f"  paper mIoU (single scale): ADE20K {paper['ade_miou']}, Cityscapes {paper['city_miou']}")
+    return 0

@@ -1,0 +1,160 @@
+"""Model configuration: one frozen dataclass, and the MiT-B0..B5 variants as one table of data.
+
+The numbers are those of the released code (Xie et al., NeurIPS 2021, arXiv:2105.15203), which differ from the
+paper's appendix in one place: the Mix-FFN expansion is 4 in every stage of every variant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# name -> (embed_dims, depths, decoder_dim). Heads (1, 2, 5, 8), sr ratios (8, 4, 2, 1), mlp ratio 4 are shared.
+VARIANTS: dict[str, tuple[tuple[int, ...], tuple[int, ...], int]] = {
+    "b0": ((32, 64, 160, 256), (2, 2, 2, 2), 256),
+    "b1": ((64, 128, 320, 512), (2, 2, 2, 2), 256),
+    "b2": ((64, 128, 320, 512), (3, 4, 6, 3), 768),
+    "b3": ((64, 128, 320, 512), (3, 4, 18, 3), 768),
+    "b4": ((64, 128, 320, 512), (3, 8, 27, 3), 768),
+    "b5": ((64, 128, 320, 512), (3, 6, 40, 3), 768),
+}
+
+# Paper figures for `segformer info` (Table 1a): params in M, ADE20K GFLOPs at 512x512 (B5: 640x640), mIoU (SS).
+PAPER = {
+    "b0": {
+        "enc_params_m": 3.4,
+        "dec_params_m": 0.4,
+        "ade_gflops": 8.4,
+        "ade_size": 512,
+        "ade_miou": 37.4,
+        "city_miou": 76.2,
+    },
+    "b1": {
+        "enc_params_m": 13.1,
+        "dec_params_m": 0.6,
+        "ade_gflops": 15.9,
+        "ade_size": 512,
+        "ade_miou": 42.2,
+        "city_miou": 78.5,
+    },
+    "b2": {
+        "enc_params_m": 24.2,
+        "dec_params_m": 3.3,
+        "ade_gflops": 62.4,
+        "ade_size": 512,
+        "ade_miou": 46.5,
+        "city_miou": 81.0,
+    },
+    "b3": {
+        "enc_params_m": 44.0,
+        "dec_params_m": 3.3,
+        "ade_gflops": 79.0,
+        "ade_size": 512,
+        "ade_miou": 49.4,
+        "city_miou": 81.7,
+    },
+    "b4": {
+        "enc_params_m": 60.8,
+        "dec_params_m": 3.3,
+        "ade_gflops": 95.7,
+        "ade_size": 512,
+        "ade_miou": 50.3,
+        "city_miou": 82.3,
+    },
+    "b5": {
+        "enc_params_m": 81.4,
+        "dec_params_m": 3.3,
+        "ade_gflops": 183.3,
+        "ade_size": 640,
+        "ade_miou": 51.0,
+        "city_miou": 82.4,
+    },
+}
+
+
+@dataclass(frozen=True)
+class SegFormerConfig:
+    """Everything needed to build a SegFormer; serialisable to JSON/YAML through `to_dict`/`from_dict`."""
+
+    embed_dims: tuple[int, ...] = (32, 64, 160, 256)
+    depths: tuple[int, ...] = (2, 2, 2, 2)
+    num_heads: tuple[int, ...] = (1, 2, 5, 8)
+    sr_ratios: tuple[int, ...] = (8, 4, 2, 1)
+    mlp_ratio: int = 4
+    decoder_dim: int = 256
+    num_classes: int = 150
+    in_channels: int = 3
+    drop_path_rate: float = 0.1
+    classifier_dropout: float = 0.1
+    # Block norms and stage-final norms; patch-embed and reduction norms use torch's default 1e-5 as the original.
+    layer_norm_eps: float = 1e-6
+    class_names: tuple[str, ...] | None = None
+    variant: str | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        n = len(self.embed_dims)
+        for name in ("depths", "num_heads", "sr_ratios"):
+            value = getattr(self, name)
+            if len(value) != n:
+                raise ValueError(f"config.{name}={value} must have one entry per stage ({n} stages)")
+        for dim, heads in zip(self.embed_dims, self.num_heads, strict=True):
+            if dim % heads:
+                raise ValueError(f"config.embed_dims {dim} is not divisible by num_heads {heads}")
+        if any(d < 1 for d in self.depths) or min(self.sr_ratios) < 1:
+            raise ValueError(f"config.depths {self.depths} and sr_ratios {self.sr_ratios} must be >= 1")
+        if self.num_classes < 1 or self.in_channels < 1 or self.decoder_dim < 1 or self.mlp_ratio < 1:
+            raise ValueError(
+                "config.num_classes, in_channels, decoder_dim and mlp_ratio must be >= 1, got "
+                f"{self.num_classes}, {self.in_channels}, {self.decoder_dim}, {self.mlp_ratio}"
+            )
+        if not 0.0 <= self.drop_path_rate < 1.0 or not 0.0 <= self.classifier_dropout < 1.0:
+            raise ValueError("config.drop_path_rate and classifier_dropout must be in [0, 1)")
+        if self.class_names is not None and len(self.class_names) != self.num_classes:
+            raise ValueError(
+                f"config.class_names has {len(self.class_names)} names but num_classes is {self.num_classes}"
+            )
+
+    @classmethod
+    def from_name(cls, name: str, **overrides: Any) -> SegFormerConfig:
+        """The config of a named variant (b0..b5, also 'mit-b0' / 'segformer-b0'), with fields overridden."""
+        key = name.lower().removeprefix("segformer-").removeprefix("segformer_").removeprefix("mit-")
+        key = key.removeprefix("mit_")
+        if key not in VARIANTS:
+            raise ValueError(f"unknown SegFormer variant {name!r}; choose one of {', '.join(VARIANTS)}")
+        dims, depths, decoder_dim = VARIANTS[key]
+        base = {"embed_dims": dims, "depths": depths, "decoder_dim": decoder_dim, "variant": key}
+        return cls(**{**base, **overrides})
+
+    def replace(self, **changes: Any) -> SegFormerConfig:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def name(self) -> str:
+        """The variant name if the architecture matches one of the table, else 'custom'."""
+        for key, (dims, depths, decoder_dim) in VARIANTS.items():
+            if (dims, depths, decoder_dim) == (self.embed_dims, self.depths, self.decoder_dim):
+                return key
+        return "custom"
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        for key, value in out.items():
+            if isinstance(value, tuple):
+                out[key] = list(value)
+        out["variant"] = self.name
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SegFormerConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown SegFormerConfig fields {unknown}; known fields: {sorted(known)}")
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**values)
+
+    def save_json(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")

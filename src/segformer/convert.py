@@ -1,0 +1,230 @@
+"""Declarative key maps between our state dict and the published layouts: official NVlabs (mmseg 0.x),
+Hugging Face hub (transformers `save_pretrained`), and segmentation_models_pytorch.
+
+One table drives both directions. Templates name indices: `{s}` stage from 0, `{s1}` stage from 1, `{r}` stage
+counted from the last (smp's decoder order), `{b}` block. Every key must be mapped or explicitly dropped, so
+a checkpoint of another architecture fails loudly instead of loading half its weights.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+from torch import Tensor
+
+FORMATS = ("ours", "official", "hf", "smp")
+NUM_STAGES = 4
+
+# Encoder leaves: ours, official (= smp) and HF, each relative to that format's encoder prefix.
+_ENCODER = [
+    ("stages.{s}.patch_embed.proj", "patch_embed{s1}.proj", "patch_embeddings.{s}.proj"),
+    ("stages.{s}.patch_embed.norm", "patch_embed{s1}.norm", "patch_embeddings.{s}.layer_norm"),
+    ("stages.{s}.blocks.{b}.norm1", "block{s1}.{b}.norm1", "block.{s}.{b}.layer_norm_1"),
+    ("stages.{s}.blocks.{b}.attn.q", "block{s1}.{b}.attn.q", "block.{s}.{b}.attention.self.query"),
+    ("stages.{s}.blocks.{b}.attn.kv", "block{s1}.{b}.attn.kv", "block.{s}.{b}.attention.self.kv"),
+    ("stages.{s}.blocks.{b}.attn.proj", "block{s1}.{b}.attn.proj", "block.{s}.{b}.attention.output.dense"),
+    ("stages.{s}.blocks.{b}.attn.sr", "block{s1}.{b}.attn.sr", "block.{s}.{b}.attention.self.sr"),
+    ("stages.{s}.blocks.{b}.attn.norm", "block{s1}.{b}.attn.norm", "block.{s}.{b}.attention.self.layer_norm"),
+    ("stages.{s}.blocks.{b}.norm2", "block{s1}.{b}.norm2", "block.{s}.{b}.layer_norm_2"),
+    ("stages.{s}.blocks.{b}.ffn.fc1", "block{s1}.{b}.mlp.fc1", "block.{s}.{b}.mlp.dense1"),
+    ("stages.{s}.blocks.{b}.ffn.dwconv", "block{s1}.{b}.mlp.dwconv.dwconv", "block.{s}.{b}.mlp.dwconv.dwconv"),
+    ("stages.{s}.blocks.{b}.ffn.fc2", "block{s1}.{b}.mlp.fc2", "block.{s}.{b}.mlp.dense2"),
+    ("stages.{s}.norm", "norm{s1}", "layer_norm.{s}"),
+]
+_ENCODER_PREFIX = {"ours": "encoder.", "official": "backbone.", "hf": "segformer.encoder.", "smp": "encoder."}
+
+# Decoder leaves, absolute keys: ours, official, HF, smp.
+_DECODER = [
+    ("head.proj.{s}", "decode_head.linear_c{s1}.proj", "decode_head.linear_c.{s}.proj", "decoder.mlp_stage.{r}.linear"),
+    ("head.fuse", "decode_head.linear_fuse.conv", "decode_head.linear_fuse", "decoder.fuse_stage.0"),
+    ("head.bn", "decode_head.linear_fuse.bn", "decode_head.batch_norm", "decoder.fuse_stage.1"),
+    ("head.classifier", "decode_head.linear_pred", "decode_head.classifier", "segmentation_head.0"),
+]
+
+# Keys that carry nothing our model uses: the official head's unused `conv_seg`, ImageNet classifiers.
+_DROP = {
+    "official": re.compile(r"^(decode_head\.conv_seg|head|backbone\.head)\.(weight|bias)$"),
+    "hf": re.compile(r"^classifier\.(weight|bias)$"),
+    "smp": re.compile(r"^encoder\.head\.(weight|bias)$"),
+    "ours": re.compile(r"^$"),
+}
+
+_LEAF = r"\.(?P<leaf>weight|bias|running_mean|running_var|num_batches_tracked)$"
+_PLACEHOLDER = re.compile(r"\{(s|s1|r|b)\}")
+
+
+def _table(fmt: str) -> list[tuple[str, str]]:
+    """(our template, their template) pairs for one format, full keys."""
+    col = {"official": 1, "smp": 1, "hf": 2}[fmt]
+    pairs = [(_ENCODER_PREFIX["ours"] + row[0], _ENCODER_PREFIX[fmt] + row[col]) for row in _ENCODER]
+    col = {"official": 1, "hf": 2, "smp": 3}[fmt]
+    return pairs + [(row[0], row[col]) for row in _DECODER]
+
+
+def _compile(template: str) -> re.Pattern[str]:
+    parts = _PLACEHOLDER.split(template)
+    # split() alternates literal text and placeholder names
+    regex = "".join(re.escape(p) if i % 2 == 0 else rf"(?P<{p}>\d+)" for i, p in enumerate(parts))
+    return re.compile("^" + regex + _LEAF)
+
+
+def _indices(match: re.Match[str]) -> dict[str, int]:
+    found = match.groupdict()
+    out: dict[str, int] = {}
+    if found.get("s") is not None:
+        out["s"] = int(found["s"])
+    elif found.get("s1") is not None:
+        out["s"] = int(found["s1"]) - 1
+    elif found.get("r") is not None:
+        out["s"] = NUM_STAGES - 1 - int(found["r"])
+    if found.get("b") is not None:
+        out["b"] = int(found["b"])
+    if "s" in out:
+        out.update(s1=out["s"] + 1, r=NUM_STAGES - 1 - out["s"])
+    return out
+
+
+_RULES: dict[tuple[str, str], list[tuple[re.Pattern[str], str]]] = {}
+
+
+def _rules(src: str, dst: str) -> list[tuple[re.Pattern[str], str]]:
+    if (src, dst) not in _RULES:
+        fmt = dst if src == "ours" else src
+        pairs = _table(fmt)
+        if src != "ours":
+            pairs = [(theirs, ours) for ours, theirs in pairs]
+        _RULES[(src, dst)] = [(_compile(a), b) for a, b in pairs]
+    return _RULES[(src, dst)]
+
+
+def _rename(sd: dict[str, Tensor], src: str, dst: str) -> dict[str, Tensor]:
+    out, unmapped = {}, []
+    rules = _rules(src, dst)
+    for key, value in sd.items():
+        if _DROP[src].match(key):
+            continue
+        for pattern, target in rules:
+            m = pattern.match(key)
+            if m:
+                out[target.format(**_indices(m)) + "." + m.group("leaf")] = value
+                break
+        else:
+            unmapped.append(key)
+    if unmapped:
+        raise KeyError(f"{len(unmapped)} keys do not belong to a {src} SegFormer state dict: {unmapped[:5]}")
+    return out
+
+
+# HF keeps keys and values as two Linears; we (like the original) keep one fused `kv`.
+_HF_KEY = re.compile(r"^(.*attention\.self\.)key\.(weight|bias)$")
+
+
+def _hf_merge_kv(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    out = {}
+    for key, value in sd.items():
+        m = _HF_KEY.match(key)
+        if m:
+            other = f"{m.group(1)}value.{m.group(2)}"
+            if other not in sd:
+                raise KeyError(f"missing {other!r} next to {key!r}")
+            out[f"{m.group(1)}kv.{m.group(2)}"] = torch.cat([value, sd[other]], dim=0)
+        elif not re.match(r"^.*attention\.self\.value\.(weight|bias)$", key):
+            out[key] = value
+    return out
+
+
+def _hf_split_kv(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    out = {}
+    for key, value in sd.items():
+        m = re.match(r"^(.*attention\.self\.)kv\.(weight|bias)$", key)
+        if m:
+            k, v = value.chunk(2, dim=0)
+            out[f"{m.group(1)}key.{m.group(2)}"] = k.clone()
+            out[f"{m.group(1)}value.{m.group(2)}"] = v.clone()
+        else:
+            out[key] = value
+    return out
+
+
+def detect_format(sd: dict[str, Any]) -> tuple[str, bool]:
+    """(format, has_decoder) from the keys alone; raises when no SegFormer layout matches."""
+    keys = set(sd)
+    if "encoder.stages.0.patch_embed.proj.weight" in keys:
+        return "ours", "head.classifier.weight" in keys
+    if "backbone.patch_embed1.proj.weight" in keys:
+        return "official", "decode_head.linear_pred.weight" in keys
+    if "patch_embed1.proj.weight" in keys:  # an ImageNet backbone file (mit_bX.pth), or smp-hub/mit_bX
+        return "official", False
+    if "segformer.encoder.patch_embeddings.0.proj.weight" in keys:
+        return "hf", "decode_head.classifier.weight" in keys
+    if "encoder.patch_embeddings.0.proj.weight" in keys:  # a bare SegformerModel
+        return "hf", False
+    if "encoder.patch_embed1.proj.weight" in keys:
+        return "smp", "segmentation_head.0.weight" in keys
+    sample = sorted(keys)[:5]
+    raise KeyError(f"not a SegFormer state dict (no known layout matches); first keys: {sample}")
+
+
+def normalize_keys(sd: dict[str, Any]) -> dict[str, Any]:
+    """Strip wrappers' prefixes (DDP `module.`, torch.compile `_orig_mod.`) and prefix headless layouts."""
+    out = {}
+    for key, value in sd.items():
+        for prefix in ("module.", "_orig_mod."):
+            key = key.removeprefix(prefix)
+        out[key] = value
+    if "patch_embed1.proj.weight" in out:
+        out = {("backbone." + k if not k.startswith("head.") else k): v for k, v in out.items()}
+    if "encoder.patch_embeddings.0.proj.weight" in out:
+        out = {"segformer." + k: v for k, v in out.items()}
+    return out
+
+
+def to_ours(sd: dict[str, Tensor], fmt: str | None = None) -> dict[str, Tensor]:
+    """Any supported layout -> ours. Unknown keys raise; known-useless keys (conv_seg, ImageNet heads) drop."""
+    sd = normalize_keys(sd)
+    fmt = fmt or detect_format(sd)[0]
+    if fmt == "ours":
+        return dict(sd)
+    if fmt == "hf":
+        sd = _hf_merge_kv(sd)
+    return _rename(sd, fmt, "ours")
+
+
+def from_ours(sd: dict[str, Tensor], fmt: str) -> dict[str, Tensor]:
+    """Ours -> another layout (`hf` is what `save_pretrained` writes)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; choose one of {FORMATS}")
+    if fmt == "ours":
+        return dict(sd)
+    out = _rename(sd, "ours", fmt)
+    return _hf_split_kv(out) if fmt == "hf" else out
+
+
+def infer_config_fields(sd: dict[str, Tensor]) -> dict[str, Any]:
+    """Architecture fields read off the shapes of a state dict in our layout (heads cannot be read: defaults)."""
+    dims, depths, srs = [], [], []
+    s = 0
+    while f"encoder.stages.{s}.patch_embed.proj.weight" in sd:
+        dims.append(sd[f"encoder.stages.{s}.patch_embed.proj.weight"].shape[0])
+        depth = 0
+        while f"encoder.stages.{s}.blocks.{depth}.norm1.weight" in sd:
+            depth += 1
+        depths.append(depth)
+        sr = sd.get(f"encoder.stages.{s}.blocks.0.attn.sr.weight")
+        srs.append(sr.shape[-1] if sr is not None else 1)
+        s += 1
+    if not dims:
+        raise KeyError("state dict has no encoder weights (encoder.stages.0.patch_embed.proj.weight)")
+    fields: dict[str, Any] = {
+        "embed_dims": tuple(dims),
+        "depths": tuple(depths),
+        "sr_ratios": tuple(srs),
+        "in_channels": sd["encoder.stages.0.patch_embed.proj.weight"].shape[1],
+        "mlp_ratio": sd["encoder.stages.0.blocks.0.ffn.fc1.weight"].shape[0] // dims[0],
+    }
+    if "head.classifier.weight" in sd:
+        fields["decoder_dim"] = sd["head.classifier.weight"].shape[1]
+        fields["num_classes"] = sd["head.classifier.weight"].shape[0]
+    return fields

@@ -1,0 +1,69 @@
+"""Small building blocks shared by the encoder and the decoder: token/map reshapes, DropPath, weight init."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+def to_map(x: Tensor, hw: tuple[int, int]) -> Tensor:
+    """(B, N, C) tokens -> (B, C, H, W) map. A view: the result is channels-last in memory, no copy."""
+    return x.transpose(1, 2).unflatten(2, hw)
+
+
+def to_tokens(x: Tensor) -> Tensor:
+    """(B, C, H, W) map -> (B, N, C) tokens. A view when the map is channels-last (what convs here return)."""
+    return x.flatten(2).transpose(1, 2)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop a whole residual branch per sample, rescaling the kept ones (Huang et al. 2016)."""
+
+    def __init__(self, p: float = 0.0) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def drop_path_rates(depths: tuple[int, ...], max_rate: float) -> list[list[float]]:
+    """Per-block drop rates rising linearly from 0 to `max_rate` over all blocks, split by stage (as the original)."""
+    n = sum(depths)
+    rates = [max_rate * i / max(n - 1, 1) for i in range(n)]
+    out, start = [], 0
+    for depth in depths:
+        out.append(rates[start : start + depth])
+        start += depth
+    return out
+
+
+@torch.no_grad()
+def init_weights(module: nn.Module) -> None:
+    """The original initialisation, applied once to the whole model with `model.apply(init_weights)`.
+
+    Linear: truncated normal std 0.02; Conv2d: normal with std sqrt(2 / fan_out), fan_out = k*k*out/groups
+    (what the MiT encoder and mmcv's ConvModule use); norms: weight 1, bias 0; all biases 0.
+    """
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Conv2d):
+        kh, kw = module.kernel_size
+        fan_out = kh * kw * module.out_channels // module.groups
+        module.weight.normal_(0.0, math.sqrt(2.0 / fan_out))
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm | nn.modules.batchnorm._BatchNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)

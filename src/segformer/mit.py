@@ -1,0 +1,152 @@
+"""Mix Transformer (MiT) encoder: overlapping patch embeddings, efficient self-attention, Mix-FFN.
+
+No positional encoding: the 3x3 depthwise conv in Mix-FFN leaks enough position information (paper section 3.1).
+Tokens travel as (B, N, C); maps made from them with `to_map` are channels-last views, so convs need no copies.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import SegFormerConfig
+from .layers import DropPath, drop_path_rates, to_map, to_tokens
+
+
+class OverlapPatchEmbed(nn.Module):
+    """Strided conv whose kernel is larger than its stride (7/4 then 3/2), so neighbouring patches overlap."""
+
+    def __init__(self, in_channels: int, dim: int, kernel: int, stride: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, dim, kernel, stride, padding=kernel // 2)
+        self.norm = nn.LayerNorm(dim)  # torch default eps 1e-5, as the original
+
+    def forward(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        x = self.proj(x)  # (B, C, ceil(H/s), ceil(W/s))
+        hw = (x.shape[2], x.shape[3])
+        return self.norm(to_tokens(x)), hw
+
+
+class EfficientSelfAttention(nn.Module):
+    """Multi-head attention whose keys/values come from a map shrunk by a strided conv (sequence / sr_ratio^2)."""
+
+    def __init__(self, dim: int, num_heads: int, sr_ratio: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)  # rows [:dim] -> keys, [dim:] -> values (the official layout)
+        self.proj = nn.Linear(dim, dim)
+        self.sr_ratio = sr_ratio
+        if sr_ratio > 1:
+            self.sr = nn.Conv2d(dim, dim, sr_ratio, sr_ratio)
+            self.norm = nn.LayerNorm(dim)  # eps 1e-5, as the original
+
+    def forward(self, x: Tensor, hw: tuple[int, int]) -> Tensor:
+        b, n, c = x.shape
+        q = self.q(x).unflatten(-1, (self.num_heads, -1)).transpose(1, 2)  # (B, h, N, d)
+        if self.sr_ratio > 1:
+            x = self.norm(to_tokens(self.sr(to_map(x, hw))))  # (B, N / sr^2, C)
+        k, v = self.kv(x).unflatten(-1, (2, self.num_heads, -1)).permute(2, 0, 3, 1, 4)  # 2 x (B, h, M, d)
+        out = F.scaled_dot_product_attention(q, k, v)  # scale d^-0.5, as the original
+        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+
+
+class MixFFN(nn.Module):
+    """Linear -> 3x3 depthwise conv -> GELU -> Linear (the conv comes before the activation, as the original)."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.dwconv = nn.Conv2d(hidden, hidden, 3, 1, 1, groups=hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor, hw: tuple[int, int]) -> Tensor:
+        x = to_tokens(self.dwconv(to_map(self.fc1(x), hw)))
+        return self.fc2(F.gelu(x))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + DropPath(attn(LN(x))), then x + DropPath(ffn(LN(x)))."""
+
+    def __init__(self, dim: int, num_heads: int, sr_ratio: int, mlp_ratio: int, drop_path: float, eps: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.attn = EfficientSelfAttention(dim, num_heads, sr_ratio)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.ffn = MixFFN(dim, dim * mlp_ratio)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: Tensor, hw: tuple[int, int]) -> Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), hw))
+        return x + self.drop_path(self.ffn(self.norm2(x), hw))
+
+
+class Stage(nn.Module):
+    """Patch embedding, a stack of blocks, and a final LayerNorm; returns a (B, C, H, W) map."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        sr_ratio: int,
+        mlp_ratio: int,
+        drop_paths: list[float],
+        eps: float,
+        first: bool,
+    ) -> None:
+        super().__init__()
+        self.patch_embed = OverlapPatchEmbed(in_channels, dim, kernel=7 if first else 3, stride=4 if first else 2)
+        self.blocks = nn.ModuleList(Block(dim, num_heads, sr_ratio, mlp_ratio, p, eps) for p in drop_paths[:depth])
+        self.norm = nn.LayerNorm(dim, eps=eps)
+        self.grad_checkpointing = False
+
+    def forward(self, x: Tensor) -> Tensor:
+        x, hw = self.patch_embed(x)
+        for block in self.blocks:
+            if self.grad_checkpointing and self.training:
+                from torch.utils.checkpoint import checkpoint
+
+                x = checkpoint(block, x, hw, use_reentrant=False)
+            else:
+                x = block(x, hw)
+        return to_map(self.norm(x), hw)
+
+
+class MixTransformer(nn.Module):
+    """The hierarchical encoder: four maps at strides 4, 8, 16, 32 (sizes ceil(H/4), ceil(H/8), ...)."""
+
+    def __init__(self, config: SegFormerConfig) -> None:
+        super().__init__()
+        rates = drop_path_rates(config.depths, config.drop_path_rate)
+        in_dims = (config.in_channels, *config.embed_dims[:-1])
+        self.stages = nn.ModuleList(
+            Stage(cin, dim, depth, heads, sr, config.mlp_ratio, dp, config.layer_norm_eps, first=i == 0)
+            for i, (cin, dim, depth, heads, sr, dp) in enumerate(
+                zip(in_dims, config.embed_dims, config.depths, config.num_heads, config.sr_ratios, rates, strict=True)
+            )
+        )
+        # Smallest input side for which every reduction conv still sees at least one full window.
+        self.min_size = min(
+            h for h in range(1, 4096) if all(-(-h // (4 * 2**i)) >= sr for i, sr in enumerate(config.sr_ratios))
+        )
+        self.feature_info = [
+            {"num_chs": dim, "reduction": 4 * 2**i, "module": f"stages.{i}"} for i, dim in enumerate(config.embed_dims)
+        ]
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        if min(x.shape[-2], x.shape[-1]) < self.min_size:
+            raise ValueError(
+                f"input of size {tuple(x.shape[-2:])} is too small: this model needs H, W >= {self.min_size} pixels"
+            )
+        features = []
+        for stage in self.stages:
+            x = stage(x)
+            features.append(x)
+        return features
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute block activations in backward: much less memory for high-resolution crops."""
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
