@@ -1,7 +1,9 @@
 """SegFormer (Xie et al., NeurIPS 2021): Mix Transformer encoder + All-MLP decoder, exact and fast."""
 
 from .config import VARIANTS, SegFormerConfig
+from .evaluation import evaluate
 from .head import AllMLPHead
+from .inference import Segmenter
 from .loading import CheckpointError, create_model, load_model
 from .mit import EfficientSelfAttention, MixFFN, MixTransformer, OverlapPatchEmbed
 from .model import MEAN, STD, SegFormer
@@ -20,7 +22,9 @@ __all__ = [
     "OverlapPatchEmbed",
     "SegFormer",
     "SegFormerConfig",
+    "Segmenter",
     "create_model",
+    "evaluate",
     "list_models",
     "load_model",
 ]

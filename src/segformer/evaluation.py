@@ -1,0 +1,163 @@
+"""Evaluate a model on a segmentation dataset: inference at the original size, one confusion matrix, mmseg metrics.
+
+Under torch.distributed each rank takes samples rank, rank + world, ... (no padded sampler, so no sample counts
+twice) and the matrices are summed once at the end: every rank returns the same, exact result.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .inference import InferenceOptions, _model_device, iter_same_size, normalize_batch, predict_batch
+from .metrics import ConfusionMatrix
+
+log = logging.getLogger("segformer")
+
+
+def _rank_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class _Samples(torch.utils.data.Dataset):
+    """The dataset's `load(i)` for a subset of indices, so a DataLoader can read ahead in worker processes."""
+
+    def __init__(self, dataset: Any, indices: Sequence[int]) -> None:
+        self.dataset = dataset
+        self.indices = list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int) -> tuple[int, np.ndarray, np.ndarray, str]:
+        i = self.indices[k]
+        image, mask, name = self.dataset.load(i)
+        return i, image, mask, name
+
+
+def _identity(x: Any) -> Any:
+    return x
+
+
+def _sample_path(dataset: Any, index: int, name: str) -> str:
+    samples = getattr(dataset, "samples", None)
+    try:
+        return str(samples[index][1])
+    except (TypeError, IndexError, KeyError):
+        return name
+
+
+def check_labels(mask: np.ndarray, num_classes: int, ignore_index: int, where: str) -> None:
+    """Raise a one-line ValueError naming `where` when a label is neither a class id nor ignore_index."""
+    values = mask[(mask != ignore_index)]
+    if values.size and (int(values.max()) >= num_classes or int(values.min()) < 0):
+        bad = int(values.max()) if int(values.max()) >= num_classes else int(values.min())
+        raise ValueError(
+            f"{where}: label value {bad} is outside the model's {num_classes} classes (0..{num_classes - 1}, "
+            f"{ignore_index} = ignore); use a model trained for this dataset or fix the mask"
+        )
+
+
+def evaluate_confusion(
+    model: nn.Module,
+    dataset: Any,
+    options: InferenceOptions | None = None,
+    *,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    max_samples: int | None = None,
+    num_workers: int = 0,
+) -> ConfusionMatrix:
+    """The all-reduced confusion matrix of `model` over `dataset` (anything with `len`, `load(i)` -> (uint8
+    image (H, W, 3), mask (H, W), name), and optionally `class_names`, `ignore_index`, `samples`).
+
+    The model is put in eval mode and given back in the mode it had (training calls this periodically).
+    """
+    from tqdm.auto import tqdm
+
+    options = options or InferenceOptions()
+    num_classes = model.config.num_classes
+    ignore_index = int(getattr(dataset, "ignore_index", 255))
+    names = getattr(dataset, "class_names", None)
+    if names is None or len(names) != num_classes:
+        names = model.config.class_names
+    cm = ConfusionMatrix(num_classes, ignore_index=ignore_index, class_names=names)
+
+    total = len(dataset) if max_samples is None else min(len(dataset), max_samples)
+    rank, world = _rank_world()
+    indices = range(rank, total, world)
+    was_training = model.training
+    if device is not None:
+        model.to(device)
+    model.eval()
+    device = _model_device(model)
+    loader = torch.utils.data.DataLoader(
+        _Samples(dataset, indices), batch_size=None, shuffle=False, num_workers=num_workers, collate_fn=_identity
+    )
+    # Whole-image batches of equal-sized images; slide mode already batches the windows of one image.
+    limit = options.batch_size if options.mode == "whole" else 1
+    bar = tqdm(total=len(indices), desc="eval", unit="img", disable=not progress or rank != 0, leave=False)
+    try:
+        for group in iter_same_size(loader, lambda s: s[1].shape, limit):
+            for i, _, mask, name in group:
+                check_labels(np.asarray(mask), num_classes, ignore_index, _sample_path(dataset, i, name))
+            images = torch.from_numpy(np.stack([s[1] for s in group])).to(device)  # (B, H, W, 3) uint8
+            scores = predict_batch(model, normalize_batch(images), options, softmax=False)
+            preds = scores.argmax(dim=1)  # (B, H, W)
+            for k, (_, _, mask, _) in enumerate(group):
+                cm.update(preds[k], torch.as_tensor(np.asarray(mask)).to(device))
+            bar.update(len(group))
+    finally:
+        bar.close()
+        model.train(was_training)
+    cm.all_reduce()
+    return cm
+
+
+def evaluate(
+    model: nn.Module,
+    dataset: Any,
+    *,
+    mode: str = "whole",
+    scale: tuple[int, int] | None = None,
+    crop: tuple[int, int] | int | None = None,
+    stride: tuple[int, int] | int | None = None,
+    scales: Sequence[float] | None = None,
+    flip: bool = False,
+    size_divisor: int | None = None,
+    batch_size: int = 8,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    max_samples: int | None = None,
+    num_workers: int = 0,
+) -> dict[str, Any]:
+    """aAcc, mIoU, mAcc, mDice (fractions) and per-class IoU/Acc/Dice of `model` on `dataset`.
+
+    Defaults run every image at its own size; the paper's protocol for a dataset is
+    `evaluate(model, ds, **eval_options(ds.info))` (ADE20K: whole at (2048, 512); Cityscapes: slide 1024/768).
+    """
+    options = InferenceOptions(
+        mode, scale, crop, stride, tuple(scales) if scales else None, flip, size_divisor, batch_size
+    )
+    cm = evaluate_confusion(
+        model, dataset, options, device=device, progress=progress, max_samples=max_samples, num_workers=num_workers
+    )
+    return cm.compute()
+
+
+def eval_options(info: Any, tta: bool = False) -> dict[str, Any]:
+    """`evaluate` keyword arguments for the paper's test protocol of a `segformer.data.DatasetInfo`."""
+    opts = InferenceOptions.for_dataset(info, tta=tta)
+    out: dict[str, Any] = {"mode": opts.mode, "scale": opts.scale, "scales": opts.scales, "flip": opts.flip}
+    if opts.mode == "slide":
+        out.update(crop=opts.crop, stride=opts.stride)
+    return out

@@ -1,0 +1,312 @@
+"""Inference the way the paper's numbers were measured (mmseg test modes), at the original image size.
+
+- whole: resize the image (keep aspect) to the test scale, e.g. ADE20K (2048, 512) = long side <= 2048 and short
+  side <= 512 (mmcv `rescale_size`: factor min(long/max(h, w), short/min(h, w)), sizes rounded half up), optionally
+  both sides rounded up to a multiple of `size_divisor` (the official ADE20K `AlignedResize`, size_divisor 32);
+  with `scale=None` the image runs at its own size. Logits are resized bilinearly (align_corners=False) to the
+  network input size, then to the original size, as mmseg's `encode_decode` + rescale.
+- slide: the image is padded (bottom/right, with the mean colour) to at least the crop, cut into crop-sized
+  windows every `stride` pixels (the last window in each direction ends at the border), each window's logits are
+  upsampled to the crop size and added, the sum is divided by how many windows covered each pixel.
+- multi-scale + flip (TTA): the above at each ratio of `scales` (times the test scale, or the image size when
+  `scale=None`) and, with `flip`, on the horizontally flipped image too; softmax probabilities are averaged.
+
+Image resizing uses torch bilinear interpolation (align_corners=False, no antialiasing) on the normalised float
+image; mmseg uses cv2 INTER_LINEAR on uint8, which samples the same way but rounds to integers, so results can
+differ in the last digits of mIoU.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor, nn
+
+from .imageio import read_image, to_rgb
+from .model import MEAN, STD
+
+ImageLike = str | Path | Image.Image | np.ndarray | Tensor
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    """How to run the model on one image: mode "whole" or "slide", test scale, windows and TTA."""
+
+    mode: str = "whole"
+    scale: tuple[int, int] | None = None  # mmseg img_scale (long, short); None = the image's own size
+    crop: tuple[int, int] | None = None  # slide window (H, W)
+    stride: tuple[int, int] | None = None  # slide step (H, W)
+    scales: tuple[float, ...] | None = None  # TTA ratios; None = (1.0,)
+    flip: bool = False  # also run on the horizontally flipped image and average
+    size_divisor: int | None = None  # round resized sides up to a multiple (official ADE20K: 32)
+    batch_size: int = 8  # images (whole) or windows (slide) per forward pass
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scale", _pair(self.scale, "scale"))
+        object.__setattr__(self, "crop", _pair(self.crop, "crop"))
+        object.__setattr__(self, "stride", _pair(self.stride, "stride"))
+        if self.scales is not None:
+            object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
+        if self.mode not in ("whole", "slide"):
+            raise ValueError(f"mode {self.mode!r} is not one of 'whole', 'slide'")
+        if self.mode == "slide":
+            if self.crop is None:
+                raise ValueError("slide mode needs a crop size (e.g. crop=(1024, 1024), stride=(768, 768))")
+            stride = self.stride or self.crop
+            if min(self.crop) < 1 or min(stride) < 1 or stride[0] > self.crop[0] or stride[1] > self.crop[1]:
+                raise ValueError(
+                    f"slide stride {stride} must be between 1 and the crop {self.crop}, or windows leave gaps"
+                )
+            object.__setattr__(self, "stride", stride)
+        if self.scales is not None and (not self.scales or min(self.scales) <= 0):
+            raise ValueError(f"TTA scales {self.scales} must be positive ratios such as 0.75 1.0 1.25")
+        if self.size_divisor is not None and self.size_divisor < 1:
+            raise ValueError(f"size_divisor must be >= 1, got {self.size_divisor}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+    @property
+    def passes(self) -> int:
+        """Forward passes averaged per image (1 without TTA)."""
+        return len(self.scales or (1.0,)) * (2 if self.flip else 1)
+
+    @classmethod
+    def for_dataset(cls, info: Any, tta: bool = False, **overrides: Any) -> InferenceOptions:
+        """The paper's test settings of a `segformer.data.DatasetInfo` (scale, mode, window; TTA ratios + flip)."""
+        values: dict[str, Any] = {"mode": info.eval_mode, "scale": tuple(info.scale)}
+        if info.eval_mode == "slide":
+            values.update(crop=tuple(info.eval_crop), stride=tuple(info.eval_stride))
+        if tta:
+            values.update(scales=tuple(info.tta_scales), flip=True)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> InferenceOptions:
+        return replace(self, **changes)
+
+
+def _pair(value: Any, name: str) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    if isinstance(value, int):
+        return (value, value)
+    value = tuple(int(v) for v in value)
+    if len(value) != 2:
+        raise ValueError(f"{name} must be an int or a pair, got {value}")
+    return value  # type: ignore[return-value]
+
+
+def resized_size(
+    height: int, width: int, scale: tuple[int, int] | None, ratio: float = 1.0, size_divisor: int | None = None
+) -> tuple[int, int]:
+    """The (H, W) the network sees: keep-ratio rescale to `scale` x `ratio` (mmcv rules), then aligned."""
+    if scale is None:
+        h, w = int(height * ratio + 0.5), int(width * ratio + 0.5)
+    else:
+        long_side, short_side = int(max(scale) * ratio), int(min(scale) * ratio)
+        factor = min(long_side / max(height, width), short_side / min(height, width))
+        h, w = int(height * factor + 0.5), int(width * factor + 0.5)
+    if size_divisor:
+        h, w = math.ceil(h / size_divisor) * size_divisor, math.ceil(w / size_divisor) * size_divisor
+    return max(h, 1), max(w, 1)
+
+
+def to_rgb_array(image: ImageLike) -> np.ndarray:
+    """RGB uint8 (H, W, 3) from a path, PIL image or array (grayscale/RGBA/16-bit converted; paths EXIF-rotated)."""
+    if isinstance(image, (str, Path)):
+        return read_image(image)
+    if isinstance(image, Tensor):
+        image = image.detach().cpu().numpy()
+    return to_rgb(image)
+
+
+def normalize_batch(images: Tensor) -> Tensor:
+    """uint8 (B, H, W, 3) on any device -> normalised float (B, 3, H, W); normalising on the GPU saves copies."""
+    x = images.permute(0, 3, 1, 2).float()  # (B, H, W, 3) -> (B, 3, H, W)
+    mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def _whole(model: nn.Module, x: Tensor, batch_size: int) -> Tensor:
+    """Logits (B, K, h, w) at the size of the normalised input x (B, C, h, w)."""
+    outs = [_resize(model(x[i : i + batch_size]).float(), x.shape[-2:]) for i in range(0, len(x), batch_size)]
+    return torch.cat(outs)
+
+
+def slide_windows(
+    height: int, width: int, crop: tuple[int, int], stride: tuple[int, int]
+) -> list[tuple[int, int, int, int]]:
+    """(y1, y2, x1, x2) of every window over an image at least as large as the crop (mmseg grid rules)."""
+    (ch, cw), (sh, sw) = crop, stride
+    rows = max(height - ch + sh - 1, 0) // sh + 1
+    cols = max(width - cw + sw - 1, 0) // sw + 1
+    out = []
+    for i in range(rows):
+        for j in range(cols):
+            y2, x2 = min(i * sh + ch, height), min(j * sw + cw, width)
+            out.append((max(y2 - ch, 0), y2, max(x2 - cw, 0), x2))
+    return out
+
+
+def _slide(model: nn.Module, x: Tensor, crop: tuple[int, int], stride: tuple[int, int], batch_size: int) -> Tensor:
+    """Logits (B, K, h, w) at the size of x from overlapping crop-sized windows, averaged by coverage."""
+    b, _, h, w = x.shape
+    pad_h, pad_w = max(crop[0] - h, 0), max(crop[1] - w, 0)
+    if pad_h or pad_w:
+        x = F.pad(x, (0, pad_w, 0, pad_h))  # zeros = the mean colour after normalisation
+    hp, wp = x.shape[-2:]
+    windows = slide_windows(hp, wp, crop, stride)
+    total: Tensor | None = None
+    count = torch.zeros(1, 1, hp, wp, device=x.device)
+    per_pass = max(1, batch_size // b)
+    for start in range(0, len(windows), per_pass):
+        chunk = windows[start : start + per_pass]
+        batch = torch.cat([x[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in chunk])  # (len(chunk) * B, C, ch, cw)
+        logits = _resize(model(batch).float(), crop)
+        if total is None:
+            total = x.new_zeros(b, logits.shape[1], hp, wp, dtype=torch.float32)
+        for k, (y1, y2, x1, x2) in enumerate(chunk):
+            total[:, :, y1:y2, x1:x2] += logits[k * b : (k + 1) * b]
+            count[:, :, y1:y2, x1:x2] += 1
+    assert total is not None
+    return (total / count)[:, :, :h, :w]
+
+
+def predict_batch(model: nn.Module, x: Tensor, options: InferenceOptions, softmax: bool = True) -> Tensor:
+    """(B, K, H, W) at the size of the normalised batch x (B, C, H, W): softmax probabilities (averaged over
+    the TTA passes), or, with `softmax=False` and a single pass, the resized logits (same argmax, cheaper)."""
+    h, w = x.shape[-2:]
+    ratios = options.scales or (1.0,)
+    flips = (False, True) if options.flip else (False,)
+    total: Tensor | None = None
+    with torch.inference_mode():
+        for ratio in ratios:
+            xs = _resize(x, resized_size(h, w, options.scale, ratio, options.size_divisor))
+            for flip in flips:
+                xi = xs.flip(-1) if flip else xs
+                if options.mode == "slide":
+                    logits = _slide(model, xi, options.crop, options.stride, options.batch_size)  # type: ignore[arg-type]
+                else:
+                    logits = _whole(model, xi, options.batch_size)
+                if flip:
+                    logits = logits.flip(-1)
+                out = _resize(logits, (h, w))
+                if softmax or options.passes > 1:
+                    out = out.softmax(dim=1)
+                total = out if total is None else total + out
+    assert total is not None
+    return total / options.passes if options.passes > 1 else total
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def predict_logits(
+    model: nn.Module,
+    image: ImageLike,
+    *,
+    mode: str = "whole",
+    scale: tuple[int, int] | None = None,
+    crop: tuple[int, int] | int | None = None,
+    stride: tuple[int, int] | int | None = None,
+    scales: Sequence[float] | None = None,
+    flip: bool = False,
+    size_divisor: int | None = None,
+) -> Tensor:
+    """Softmax probabilities (K, H, W) at the original image size, on the model's device.
+
+    `image` is a path, PIL image, uint8 (H, W, 3) array, or an already normalised float tensor (C, H, W). The
+    model is put in eval mode. Options are those of `InferenceOptions`; the argmax over K is the label map.
+    """
+    options = InferenceOptions(mode, scale, crop, stride, tuple(scales) if scales else None, flip, size_divisor)
+    model.eval()
+    device = _model_device(model)
+    if isinstance(image, Tensor) and image.is_floating_point() and image.ndim == 3:
+        x = image.to(device).unsqueeze(0)
+    else:
+        x = normalize_batch(torch.from_numpy(to_rgb_array(image)).to(device).unsqueeze(0))
+    return predict_batch(model, x, options)[0]
+
+
+def iter_same_size(items: Iterable[Any], size_of: Any, limit: int) -> Iterable[list[Any]]:
+    """Consecutive items grouped into lists of at most `limit` sharing `size_of(item)` (for batching)."""
+    group: list[Any] = []
+    for item in items:
+        if group and (len(group) >= limit or size_of(item) != size_of(group[0])):
+            yield group
+            group = []
+        group.append(item)
+    if group:
+        yield group
+
+
+class Segmenter:
+    """`segmenter(image)` -> (H, W) int64 class ids at the original size, for a path, PIL image or uint8 array.
+
+    >>> seg = Segmenter(load_model("nvidia/segformer-b0-finetuned-ade-512-512"), device="cuda")
+    >>> labels = seg("room.jpg")
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        mode: str = "whole",
+        device: str | torch.device | None = None,
+        *,
+        scale: tuple[int, int] | None = None,
+        crop: tuple[int, int] | int | None = None,
+        stride: tuple[int, int] | int | None = None,
+        scales: Sequence[float] | None = None,
+        flip: bool = False,
+        size_divisor: int | None = None,
+        batch_size: int = 8,
+    ) -> None:
+        self.options = InferenceOptions(
+            mode, scale, crop, stride, tuple(scales) if scales else None, flip, size_divisor, batch_size
+        )
+        self.model = model.eval() if device is None else model.to(device).eval()
+        self.device = _model_device(self.model)
+
+    @classmethod
+    def from_options(cls, model: nn.Module, options: InferenceOptions, device: str | torch.device | None = None):
+        seg = cls(model, device=device)
+        seg.options = options
+        return seg
+
+    def probabilities(self, image: ImageLike) -> Tensor:
+        """Softmax probabilities (K, H, W) on the CPU at the original size."""
+        x = normalize_batch(torch.from_numpy(to_rgb_array(image)).to(self.device).unsqueeze(0))
+        return predict_batch(self.model, x, self.options)[0].cpu()
+
+    def __call__(self, image: ImageLike) -> np.ndarray:
+        return self.predict_arrays([to_rgb_array(image)])[0]
+
+    def predict_arrays(self, images: Sequence[np.ndarray], softmax: bool = False) -> list[Any]:
+        """Label maps (or, with `softmax`, (labels, probabilities) pairs) for RGB uint8 arrays; images of
+        the same size go through the model together."""
+        out: list[Any] = [None] * len(images)
+        groups = iter_same_size(range(len(images)), lambda i: images[i].shape, self.options.batch_size)
+        for group in groups:
+            batch = torch.from_numpy(np.stack([images[i] for i in group])).to(self.device)  # (B, H, W, 3)
+            scores = predict_batch(self.model, normalize_batch(batch), self.options, softmax=softmax)
+            labels = scores.argmax(dim=1).cpu().numpy().astype(np.int64)
+            for k, i in enumerate(group):
+                out[i] = (labels[k], scores[k].cpu()) if softmax else labels[k]
+        return out
