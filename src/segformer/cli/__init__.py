@@ -7,10 +7,12 @@ import logging
 import sys
 
 from . import convert, info
+from . import train as train_cmd
 
 COMMANDS = {
     "info": info,
     "convert": convert,
+    "train": train_cmd,
 }
 
 

@@ -1,0 +1,111 @@
+"""Train a SegFormer (the paper's recipe by default); every TrainConfig field is a flag.
+
+Settings are layered: the dataset's preset (ade20k, cityscapes, coco-stuff, voc), then RUN_DIR/config.yaml when
+resuming, then --config FILE (YAML), then flags. The resolved config is written to RUN_DIR/config.yaml.
+Multi-GPU: torchrun --nproc-per-node N -m segformer train ... (batch size is per process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+
+def _optional(parse: Any) -> Any:
+    def parse_or_none(text: str) -> Any:
+        return None if text.lower() in ("none", "null") else parse(text)
+
+    parse_or_none.__name__ = getattr(parse, "__name__", "value")
+    return parse_or_none
+
+
+def _pair_of_floats(text: str) -> tuple[float, float]:
+    try:
+        parts = tuple(float(p) for p in text.replace(":", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} must look like 0.5,2.0") from None
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"{text!r} must look like 0.5,2.0")
+    return parts  # type: ignore[return-value]
+
+
+HELP = {
+    "model": "variant b0..b5, or a SegFormerConfig .json/.yaml file",
+    "dataset": "ade20k, cityscapes, voc, coco-stuff, or folder (ROOT/images/SPLIT, ROOT/masks/SPLIT)",
+    "data_root": "dataset root folder",
+    "out": "run folder (checkpoints, config.yaml, metrics.jsonl, best/, final/, curves.png)",
+    "pretrained": "ImageNet encoder weights: file, folder or hub id such as nvidia/mit-b0",
+    "crop": "training crop, 512 or HxW",
+    "scale": "resize img_scale LONGxSHORT, e.g. 2048x512",
+    "batch_size": "per process; global batch = batch size x processes x grad accumulation",
+    "amp": "mixed precision: none, bf16, fp16 (with a grad scaler)",
+    "eval_every": "evaluate (whole-image) every N iterations, keeping best/ by mIoU; 0 = only at the end",
+    "resume": "continue from RUN_DIR/last.pt (settings from RUN_DIR/config.yaml unless overridden)",
+    "deterministic": "deterministic algorithms: a resumed run ends with the same weights as an uninterrupted one",
+    "tensorboard": "also log to RUN_DIR/tensorboard (needs the tensorboard package)",
+    "device": "auto, cpu, cuda, cuda:1",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..training.config import TrainConfig  # light: dataclasses and yaml only
+    from .common import parse_size
+
+    parser.add_argument("--config", type=Path, default=None, metavar="FILE", help="YAML file of TrainConfig fields")
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        hint = hints[f.name]
+        optional = typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in typing.get_args(hint)
+        if optional:
+            (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
+        flag = "--" + f.name.replace("_", "-")
+        default_text = f"default: {f.default}" if f.default is not None else "default: from the dataset/preset"
+        help_text = f"{HELP[f.name]} ({default_text})" if f.name in HELP else default_text
+        if hint is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
+            continue
+        if typing.get_origin(hint) is tuple:
+            parse: Any = parse_size if typing.get_args(hint)[0] is int else _pair_of_floats
+        else:
+            parse = hint
+        parser.add_argument(
+            flag,
+            type=_optional(parse) if optional else parse,
+            default=argparse.SUPPRESS,  # absent unless given, so an explicit "none" can override a preset
+            metavar=f.name.upper(),
+            help=help_text,
+        )
+
+
+def resolve_config(args: argparse.Namespace) -> Any:
+    """The TrainConfig the layers (preset < run config.yaml on resume < --config < flags) add up to."""
+    from ..training.config import TrainConfig, read_yaml
+
+    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+    file_values = read_yaml(args.config) if args.config is not None else {}
+    run_values: dict[str, Any] = {}
+    if flags.get("resume", file_values.get("resume", False)):
+        out = flags.get("out", file_values.get("out"))
+        if out and (Path(out) / "config.yaml").is_file():
+            run_values = read_yaml(Path(out) / "config.yaml")
+    merged = {**run_values, **file_values, **flags}
+    dataset = merged.get("dataset", TrainConfig.dataset)
+    return TrainConfig.from_preset(dataset, **merged)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..training import train
+
+    config = resolve_config(args)
+    result = train(config)
+    if result.final_metrics is not None:
+        print(
+            f"final mIoU {result.final_metrics['mIoU']:.4f} (best {result.best_miou:.4f}); model in {result.out}/final"
+        )
+    else:
+        print(f"model in {result.out}/final")
+    return 0
