@@ -1,0 +1,209 @@
+"""Pictures of predictions: colour label maps, image overlays with a legend, grids, and a confusion heatmap.
+
+Only numpy and Pillow (default bitmap font), so predictions can be looked at without the `plot` extra.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+IGNORE_COLOUR = (0, 0, 0)
+
+
+def _palette(palette: np.ndarray | Sequence[Sequence[int]], needed: int) -> np.ndarray:
+    pal = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
+    if len(pal) < needed:  # ids beyond the palette (e.g. 255 = ignore) are drawn black
+        pal = np.concatenate([pal, np.tile(np.array(IGNORE_COLOUR, np.uint8), (needed - len(pal), 1))])
+    return pal
+
+
+def colorize(labels: np.ndarray, palette: np.ndarray | Sequence[Sequence[int]]) -> np.ndarray:
+    """(H, W) class ids -> (H, W, 3) uint8 colours; ids outside the palette (255 = ignore) are black."""
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"labels must be a (H, W) map, got shape {labels.shape}")
+    ids = labels.astype(np.int64)
+    if ids.size and ids.min() < 0:
+        raise ValueError(f"labels contain negative ids ({ids.min()})")
+    pal = _palette(palette, int(ids.max(initial=0)) + 1)
+    return pal[ids]
+
+
+def _font() -> ImageFont.ImageFont:
+    return ImageFont.load_default()
+
+
+def _text_size(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont) -> tuple[int, int]:
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    return right - left, bottom - top
+
+
+def overlay(
+    image: np.ndarray,
+    labels: np.ndarray,
+    palette: np.ndarray | Sequence[Sequence[int]],
+    class_names: Sequence[str] | None = None,
+    alpha: float = 0.5,
+    legend: bool = True,
+    ignore_index: int | None = 255,
+) -> np.ndarray:
+    """The RGB image (H, W, 3) blended with class colours (weight `alpha`), same size, uint8.
+
+    With `legend`, a box in the top-left corner lists the classes present, largest area first (as many as fit).
+    Pixels equal to `ignore_index` keep the image's colours.
+    """
+    image = np.asarray(image)
+    labels = np.asarray(labels)
+    if image.ndim != 3 or image.shape[2] != 3 or image.shape[:2] != labels.shape:
+        raise ValueError(f"image {image.shape} must be (H, W, 3) with the labels' size {labels.shape}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    colours = colorize(labels, palette).astype(np.float32)
+    blended = image.astype(np.float32) * (1 - alpha) + colours * alpha
+    if ignore_index is not None:
+        keep = labels == ignore_index
+        blended[keep] = image[keep]
+    out = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+    if legend:
+        out = _draw_legend(out, labels, palette, class_names, ignore_index)
+    return out
+
+
+def _draw_legend(
+    image: np.ndarray,
+    labels: np.ndarray,
+    palette: np.ndarray | Sequence[Sequence[int]],
+    class_names: Sequence[str] | None,
+    ignore_index: int | None,
+) -> np.ndarray:
+    ids, counts = np.unique(labels, return_counts=True)
+    order = [int(i) for i, _ in sorted(zip(ids, counts, strict=True), key=lambda t: -t[1]) if i != ignore_index]
+    if not order:
+        return image
+    pal = _palette(palette, max(order) + 1)
+    img = Image.fromarray(image)
+    draw = ImageDraw.Draw(img, "RGBA")
+    font = _font()
+
+    def name(i: int) -> str:
+        return class_names[i] if class_names is not None and i < len(class_names) else str(i)
+
+    line_h = max(_text_size(draw, "Ag", font)[1], 8) + 4
+    swatch = line_h - 4
+    fits = max((img.height - 8) // line_h, 1)
+    shown = order if len(order) <= fits else order[: fits - 1]
+    lines = [name(i) for i in shown] + ([f"+{len(order) - len(shown)} more"] if len(shown) < len(order) else [])
+    width = max(_text_size(draw, t, font)[0] for t in lines) + swatch + 14
+    draw.rectangle((2, 2, 2 + width, 2 + len(lines) * line_h + 4), fill=(0, 0, 0, 150))
+    for row, text in enumerate(lines):
+        y = 6 + row * line_h
+        if row < len(shown):
+            colour = tuple(int(c) for c in pal[shown[row]])
+            draw.rectangle((6, y, 6 + swatch, y + swatch), fill=colour, outline=(255, 255, 255))
+        draw.text((10 + swatch, y), text, fill=(255, 255, 255), font=font)
+    return np.asarray(img)
+
+
+def save_grid(
+    rows: Sequence[Sequence[np.ndarray]],
+    path: str | Path,
+    titles: Sequence[str] | Sequence[Sequence[str]] | None = None,
+    gap: int = 4,
+) -> Path:
+    """Tile RGB (or (H, W) grayscale) arrays into one picture, one list per row, and save it (format from suffix).
+
+    `titles` is one title per column (drawn above the first row) or one list of titles per row (above each cell).
+    Cells of different sizes are top-left aligned on a white background.
+    """
+    if not rows or not all(rows):
+        raise ValueError("save_grid needs at least one non-empty row of images")
+    cells = [[_as_rgb(c) for c in row] for row in rows]
+    ncols = max(len(r) for r in cells)
+    per_cell = titles is not None and len(titles) > 0 and not isinstance(titles[0], str)
+    font = _font()
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    title_h = _text_size(probe, "Ag", font)[1] + 6 if titles else 0
+    col_w = [max((r[c].shape[1] for r in cells if c < len(r)), default=0) for c in range(ncols)]
+    row_h = [max(c.shape[0] for c in r) + title_h for r in cells]
+    width = sum(col_w) + gap * (ncols + 1)
+    height = sum(row_h) + gap * (len(cells) + 1)
+    canvas = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    y = gap
+    for r, row in enumerate(cells):
+        x = gap
+        for c, cell in enumerate(row):
+            title = None
+            if per_cell:
+                row_titles = titles[r] if r < len(titles) else ()  # type: ignore[index]
+                title = row_titles[c] if c < len(row_titles) else None
+            elif titles is not None and r == 0 and c < len(titles):
+                title = titles[c]  # type: ignore[assignment]
+            if title:
+                draw.text((x, y + 1), str(title), fill=(0, 0, 0), font=font)
+            canvas.paste(Image.fromarray(cell), (x, y + title_h))
+            x += col_w[c] + gap
+        y += row_h[r] + gap
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+    return path
+
+
+def _as_rgb(cell: np.ndarray) -> np.ndarray:
+    cell = np.asarray(cell)
+    if cell.ndim == 2:
+        cell = np.repeat(cell[:, :, None], 3, axis=2)
+    if cell.ndim != 3 or cell.shape[2] not in (3, 4):
+        raise ValueError(f"grid cells must be (H, W), (H, W, 3) or (H, W, 4) arrays, got shape {cell.shape}")
+    if cell.dtype != np.uint8:
+        cell = np.clip(cell * (255.0 if cell.max(initial=0) <= 1.0 else 1.0), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(cell[:, :, :3])
+
+
+def confusion_image(
+    matrix: np.ndarray, class_names: Sequence[str] | None = None, cell: int | None = None
+) -> np.ndarray:
+    """A row-normalised confusion matrix (rows = ground truth) as an RGB heatmap: white 0 -> dark blue 1.
+
+    Class names label the rows and columns when there are at most 40 classes; larger matrices show the cells only.
+    """
+    m = np.asarray(matrix, dtype=np.float64)
+    k = m.shape[0]
+    rows = m.sum(axis=1, keepdims=True)
+    norm = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
+    cell = cell or max(2, min(24, 800 // max(k, 1)))
+    white, dark = np.array([255.0, 255.0, 255.0]), np.array([8.0, 48.0, 107.0])
+    heat = (white + (dark - white) * norm[:, :, None]).round().astype(np.uint8)  # (K, K, 3)
+    heat = heat.repeat(cell, axis=0).repeat(cell, axis=1)
+    if k > 40:
+        return heat
+    names = [str(n) for n in (class_names or range(k))]
+    font = _font()
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    margin = max(_text_size(probe, n, font)[0] for n in names) + 8
+    size = margin + k * cell + 4
+    canvas = Image.new("RGB", (size, size), (255, 255, 255))
+    canvas.paste(Image.fromarray(heat), (margin, margin))
+    draw = ImageDraw.Draw(canvas)
+    for i, n in enumerate(names):
+        draw.text((2, margin + i * cell + max(cell // 2 - 5, 0)), n, fill=(0, 0, 0), font=font)
+    # Column names: written left-aligned in rows, then turned 90 degrees to read bottom-up above each column.
+    header = Image.new("RGB", (margin, k * cell), (255, 255, 255))
+    hdraw = ImageDraw.Draw(header)
+    for i, n in enumerate(names):
+        hdraw.text((4, i * cell + max(cell // 2 - 5, 0)), n, fill=(0, 0, 0), font=font)
+    canvas.paste(header.rotate(90, expand=True), (margin, 0))
+    return np.asarray(canvas)
+
+
+def save_confusion(path: str | Path, matrix: np.ndarray, class_names: Sequence[str] | None = None) -> Path:
+    """Write `confusion_image` as a PNG (see there)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(confusion_image(matrix, class_names)).save(path)
+    return path
