@@ -102,9 +102,11 @@ class TrainConfig:
             raise ValueError(f"train config: eval_max_samples={self.eval_max_samples} must be >= 1")
 
     @classmethod
-    def from_preset(cls, dataset: str, **overrides: Any) -> TrainConfig:
-        """The paper recipe for `dataset` (ade20k, cityscapes, coco-stuff, voc; anything else: defaults)."""
-        return cls.from_dict({"dataset": dataset, **PRESETS.get(dataset, {}), **overrides})
+    def from_preset(cls, dataset: str, /, **overrides: Any) -> TrainConfig:
+        """The paper recipe for `dataset` (ade20k, cityscapes, coco-stuff, voc; anything else: defaults).
+
+        `overrides` may also name `dataset` (the same one) when they come from a merged config dict."""
+        return cls.from_dict({**PRESETS.get(dataset, {}), "dataset": dataset, **overrides})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "train config") -> TrainConfig:
