@@ -6,8 +6,10 @@ twice) and the matrices are summed once at the end: every rank returns the same,
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -114,7 +116,7 @@ def evaluate_confusion(
             scores = predict_batch(model, normalize_batch(images), options, softmax=False)
             preds = scores.argmax(dim=1)  # (B, H, W)
             for k, (_, _, mask, _) in enumerate(group):
-                cm.update(preds[k], torch.as_tensor(np.asarray(mask)).to(device))
+                cm.update(preds[k], torch.from_numpy(np.array(mask)).to(device))  # copy: read-only arrays warn
             bar.update(len(group))
     finally:
         bar.close()
@@ -157,7 +159,47 @@ def evaluate(
 def eval_options(info: Any, tta: bool = False) -> dict[str, Any]:
     """`evaluate` keyword arguments for the paper's test protocol of a `segformer.data.DatasetInfo`."""
     opts = InferenceOptions.for_dataset(info, tta=tta)
-    out: dict[str, Any] = {"mode": opts.mode, "scale": opts.scale, "scales": opts.scales, "flip": opts.flip}
-    if opts.mode == "slide":
-        out.update(crop=opts.crop, stride=opts.stride)
-    return out
+    keys = ("mode", "scale", "crop", "stride", "scales", "flip", "size_divisor")
+    return {k: getattr(opts, k) for k in keys}
+
+
+def _percent(value: float) -> str:
+    return "    -" if value != value else f"{100 * value:6.2f}"  # NaN: class absent from labels and predictions
+
+
+def format_table(metrics: dict[str, Any]) -> str:
+    """Per-class IoU / Acc / Dice and the means, in percent, as a plain-text table ('-' = absent class)."""
+    per_class = metrics["per_class"]
+    width = max([len(str(n)) for n in per_class] + [5])
+    lines = [f"{'class':<{width}}  {'IoU':>6}  {'Acc':>6}  {'Dice':>6}", "-" * (width + 24)]
+    for name, m in per_class.items():
+        lines.append(f"{str(name):<{width}}  {_percent(m['IoU'])}  {_percent(m['Acc'])}  {_percent(m['Dice'])}")
+    lines.append("-" * (width + 24))
+    lines.append(
+        f"aAcc {_percent(metrics['aAcc']).strip()}  mIoU {_percent(metrics['mIoU']).strip()}  "
+        f"mAcc {_percent(metrics['mAcc']).strip()}  mDice {_percent(metrics['mDice']).strip()}"
+    )
+    return "\n".join(lines)
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and value != value:
+        return None  # NaN is not JSON; null marks a class absent from labels and predictions
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    return value
+
+
+def write_report(folder: str | Path, metrics: dict[str, Any], cm: ConfusionMatrix) -> dict[str, Path]:
+    """metrics.json (fractions; NaN written as null), confusion.npy (raw counts, rows = ground truth) and
+    confusion.png (row-normalised heatmap) in `folder`."""
+    from .visualize import save_confusion
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {"metrics": folder / "metrics.json", "matrix": folder / "confusion.npy", "png": folder / "confusion.png"}
+    paths["metrics"].write_text(json.dumps(_json_safe(metrics), indent=2) + "\n")
+    matrix = cm.matrix.cpu().numpy()
+    np.save(paths["matrix"], matrix)
+    save_confusion(paths["png"], matrix, cm.class_names)
+    return paths

@@ -7,12 +7,16 @@ import logging
 import sys
 
 from . import convert, info
+from . import evaluate as eval_cmd
+from . import predict as predict_cmd
 from . import train as train_cmd
 
 COMMANDS = {
     "info": info,
     "convert": convert,
     "train": train_cmd,
+    "eval": eval_cmd,
+    "predict": predict_cmd,
 }
 
 

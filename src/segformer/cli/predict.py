@@ -1,0 +1,89 @@
+"""Predict label maps for images or folders: NAME.png (class ids, palette PNG) and NAME_overlay.jpg per image.
+
+Folders are searched recursively and their relative paths kept under --out. An unreadable file is reported
+("NAME: reason") and skipped; the exit code is 1 at the end if any file failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from .evaluate import add_inference_arguments
+
+PRESETS = ("ade20k", "cityscapes", "voc", "coco-stuff")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("weights", help="anything load_model accepts: file, folder or hub id")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (searched recursively)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument(
+        "--preset",
+        choices=PRESETS,
+        default=None,
+        help="use a dataset's test protocol (scale, mode, window, TTA ratios); default: whole image at its own size",
+    )
+    add_inference_arguments(p)
+    p.add_argument(
+        "--palette",
+        choices=PRESETS,
+        default=None,
+        help="class colours of a dataset (default: the dataset whose class count matches the model, else generated)",
+    )
+    p.add_argument("--probabilities", action="store_true", help="also write NAME_prob.npy (float16 K x H x W)")
+    p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the class colours (0..1)")
+    p.add_argument("--no-legend", action="store_true", help="overlays without the legend of classes present")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from ..data import DATASETS
+    from ..imageio import default_palette
+    from ..inference import Segmenter, predict_files
+    from ..loading import load_model
+    from .evaluate import describe, inference_options, resolve_device
+
+    if not 0.0 <= args.alpha <= 1.0:
+        raise ValueError(f"--alpha {args.alpha} must be between 0 and 1")
+    model = load_model(args.weights)
+    k = model.config.num_classes
+    options = inference_options(args, DATASETS[args.preset] if args.preset else None)
+    if args.palette:
+        info = DATASETS[args.palette]
+        if info.num_classes < k:
+            print(f"segformer predict: note: palette {args.palette} has {info.num_classes} colours for {k} classes")
+    else:
+        info = next((d for d in DATASETS.values() if d.num_classes == k), None)
+    palette = info.palette_array() if info is not None else default_palette(k)
+    if info is not None and info.num_classes < k:
+        palette = default_palette(k).copy()
+        palette[: info.num_classes] = info.palette_array()
+    names = model.config.class_names or (info.class_names if info is not None and info.num_classes == k else None)
+    segmenter = Segmenter.from_options(model, options, device=resolve_device(args.device))
+    print(f"predicting with {args.weights} ({k} classes): {describe(options)}")
+
+    def report(name: str, reason: str) -> None:
+        print(f"{name}: {reason}", file=sys.stderr)
+
+    summary = predict_files(
+        segmenter,
+        args.inputs,
+        args.out,
+        palette=palette,
+        class_names=names,
+        probabilities=args.probabilities,
+        alpha=args.alpha,
+        legend=not args.no_legend,
+        progress=not args.no_progress,
+        report=report,
+    )
+    print(f"wrote {len(summary.written)} label maps and overlays to {args.out}", end="")
+    if summary.failed:
+        print(f"; {len(summary.failed)} failed:")
+        for name, reason in summary.failed:
+            print(f"  {name}: {reason}")
+        return 1
+    print()
+    return 0
