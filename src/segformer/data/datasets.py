@@ -1,0 +1,431 @@
+"""Segmentation datasets read from their standard layouts on disk, with each dataset's label mapping applied.
+
+Every dataset is a list of (image path, mask path) pairs plus a per-sample label table; files are read and
+validated lazily in `load(i)`, so building a dataset over 100k images only lists directories.
+
+Bad samples: `load(i)` always raises a one-line error naming the file (unreadable/truncated image or mask, size
+mismatch, mask value that is neither a class id nor 255). With `skip_bad=True`, `ds[i]` instead logs a warning,
+marks the sample bad (`ds.skipped` counts distinct bad samples, across DataLoader workers too) and returns the
+next good sample, so a training step never fails or shrinks; building also drops images without a mask.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..imageio import IMAGE_SUFFIXES, ImageReadError, read_image, read_mask
+from .catalog import (
+    ADE20K_REDUCE_ZERO_LABEL,
+    CITYSCAPES_LABEL_TO_TRAIN_LUT,
+    COCO_STUFF_TO_TRAIN_LUT,
+    DATASETS,
+    IGNORE_INDEX,
+    DatasetInfo,
+    folder_info,
+)
+
+log = logging.getLogger("segformer")
+
+Transform = Callable[[np.ndarray, np.ndarray, np.random.Generator], Any]
+SeedLike = int | Sequence[int] | np.random.SeedSequence
+
+
+class SegmentationDataset(torch.utils.data.Dataset):
+    """(image, mask) pairs with class names, palette and label mapping; picklable for DataLoader workers.
+
+    `ds[i]` returns `transform(image, mask, rng)` (or `load(i)` without a transform). The key may be an int, in
+    which case `rng` is seeded from OS entropy, or a pair `(i, seed)` with `seed` anything `np.random.default_rng`
+    takes, e.g. (run seed, iteration, slot): every sample is then reproducible and resumable (`TrainSampler`
+    yields such keys).
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[tuple[str | Path, str | Path]],
+        info: DatasetInfo,
+        *,
+        label_maps: Sequence[np.ndarray | None] | None = None,
+        transform: Transform | None = None,
+        skip_bad: bool = False,
+        where: str = "",
+        dropped: int = 0,
+    ) -> None:
+        self.samples = [(Path(img), Path(msk)) for img, msk in samples]
+        if not self.samples:
+            raise ValueError(f"{where or info.name}: no samples (empty split); check the dataset root and split name")
+        self.info = info
+        self.label_maps = list(label_maps) if label_maps is not None else [None] * len(self.samples)
+        if len(self.label_maps) != len(self.samples):
+            raise ValueError(f"{len(self.label_maps)} label maps for {len(self.samples)} samples")
+        self.transform = transform
+        self.skip_bad = skip_bad
+        self.where = where
+        self.dropped = dropped  # samples left out while building (skip_bad and no mask)
+        # One flag per sample in shared memory: DataLoader workers mark bad samples where the main process sees them.
+        self._bad = torch.zeros(len(self.samples), dtype=torch.bool).share_memory_()
+
+    def __setstate__(self, state: dict) -> None:
+        # A plain pickle round trip copies the flags into private memory; share them again for forked workers.
+        self.__dict__.update(state)
+        self._bad.share_memory_()
+
+    # -- metadata ---------------------------------------------------------------------------------------------
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.info.class_names
+
+    @property
+    def num_classes(self) -> int:
+        return self.info.num_classes
+
+    @property
+    def palette(self) -> np.ndarray:
+        return self.info.palette_array()
+
+    @property
+    def ignore_index(self) -> int:
+        return IGNORE_INDEX
+
+    @property
+    def skipped(self) -> int:
+        """Distinct bad samples met so far (dropped while building + skipped while loading), in any process."""
+        return self.dropped + int(self._bad.sum())
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __repr__(self) -> str:
+        return (
+            f"SegmentationDataset({self.info.name!r}, {self.where!r}, {len(self)} samples, {self.num_classes} classes)"
+        )
+
+    def with_transform(self, transform: Transform | None) -> SegmentationDataset:
+        """A shallow copy with another transform (same samples and bad-sample flags)."""
+        other = copy.copy(self)
+        other.transform = transform
+        return other
+
+    # -- reading ----------------------------------------------------------------------------------------------
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray, str]:
+        """(image uint8 (H, W, 3) RGB, mask uint8 (H, W) with ids 0..K-1 or 255, name); raises on a bad sample."""
+        image_path, mask_path = self.samples[index]
+        image = read_image(image_path)
+        raw = read_mask(mask_path)
+        if raw.shape != image.shape[:2]:
+            raise ImageReadError(
+                f"{mask_path}: mask is {raw.shape[1]}x{raw.shape[0]} but image {image_path.name} is "
+                f"{image.shape[1]}x{image.shape[0]} (WxH, after EXIF rotation); masks must match their image"
+            )
+        if raw.dtype != np.uint8:
+            if raw.size and (raw.min() < 0 or raw.max() > 255):
+                bad = int(raw.max()) if raw.max() > 255 else int(raw.min())
+                raise ImageReadError(f"{mask_path}: mask value {bad} is not a class id (0..255 expected)")
+            raw = raw.astype(np.uint8)
+        lut = self.label_maps[index]
+        mask = lut[raw] if lut is not None else np.ascontiguousarray(raw)
+        top = int(mask[mask != IGNORE_INDEX].max(initial=0))
+        if top >= self.num_classes:
+            raw_value = int(raw[mask == top].flat[0])
+            mapped = f" (class id {top} after the {self.info.name} label mapping)" if lut is not None else ""
+            raise ImageReadError(
+                f"{mask_path}: mask value {raw_value}{mapped} is >= num_classes {self.num_classes}; "
+                f"ids must be 0..{self.num_classes - 1} or {IGNORE_INDEX} (ignore)"
+            )
+        return image, mask, image_path.stem
+
+    def sample(self, index: int, rng: np.random.Generator) -> Any:
+        """`transform(image, mask, rng)` for sample `index` (the raw `load` tuple without a transform)."""
+        image, mask, name = self.load(index)
+        if self.transform is None:
+            return image, mask, name
+        return self.transform(image, mask, rng)
+
+    def __getitem__(self, key: int | tuple[int, SeedLike]) -> Any:
+        if isinstance(key, tuple):
+            index, seed = key
+        else:
+            index, seed = key, None
+        index = int(index)
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} samples")
+        if not self.skip_bad:
+            return self.sample(index, np.random.default_rng(seed))
+        for step in range(len(self)):
+            i = (index + step) % len(self)
+            if self._bad[i]:
+                continue
+            try:
+                # The same generator state whichever sample ends up used: the substitute stays deterministic.
+                return self.sample(i, np.random.default_rng(seed))
+            except (ImageReadError, OSError, ValueError) as e:
+                self._bad[i] = True
+                log.warning("skipping bad sample %d (%d skipped so far): %s", i, self.skipped, e)
+        raise RuntimeError(f"{self.where or self.info.name}: every one of the {len(self)} samples is unreadable")
+
+    def check(self) -> list[str]:
+        """Read every sample and return the errors (one line each); for validating a dataset before training."""
+        errors = []
+        for i in range(len(self)):
+            try:
+                self.load(i)
+            except (ImageReadError, OSError, ValueError) as e:
+                errors.append(str(e))
+        return errors
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Layout discovery
+# ---------------------------------------------------------------------------------------------------------------
+def _find_root(root: Path, marker: str, parents: Sequence[str]) -> Path:
+    """`root` itself when it holds `marker`, else the first of root/<parent> that does (users pass either)."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: dataset root does not exist")
+    for candidate in (root, *(root / p for p in parents)):
+        if (candidate / marker).is_dir():
+            return candidate
+    raise FileNotFoundError(
+        f"{root}: no {marker}/ folder here or under {', '.join(parents)}; point the root at the dataset folder"
+    )
+
+
+def _split_dir(base: Path, split: str, aliases: dict[str, str], what: str) -> Path:
+    name = aliases.get(split, split)
+    path = base / name
+    if not path.is_dir():
+        have = sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
+        raise FileNotFoundError(f"{path}: no such {what} split folder (found: {', '.join(have) or 'none'})")
+    return path
+
+
+def _images_under(folder: Path) -> dict[str, Path]:
+    """Images below `folder` keyed by their path relative to it without suffix; duplicates are an error."""
+    found: dict[str, Path] = {}
+    for path in sorted(folder.rglob("*")):
+        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+            key = path.relative_to(folder).with_suffix("").as_posix()
+            if key in found:
+                raise ValueError(f"{path}: two images with the same name ({found[key].name}); rename one")
+            found[key] = path
+    return found
+
+
+def _pair(
+    images: dict[str, Path], mask_for: Callable[[str, Path], Path | None], skip_bad: bool, where: str
+) -> tuple[list[tuple[Path, Path]], int]:
+    """Match each image with its mask; a missing mask is an error (or dropped and counted with skip_bad)."""
+    pairs, dropped = [], 0
+    for key, image in images.items():
+        mask = mask_for(key, image)
+        if mask is None or not mask.is_file():
+            if not skip_bad:
+                raise FileNotFoundError(
+                    f"{image}: no mask for this image (expected {mask}); add it or remove the image"
+                )
+            log.warning("%s: no mask (expected %s), skipped", image, mask)
+            dropped += 1
+            continue
+        pairs.append((image, mask))
+    if not pairs:
+        raise ValueError(f"{where}: no image/mask pairs (empty split); check the dataset root and split name")
+    return pairs, dropped
+
+
+def read_class_names(path: str | Path) -> tuple[str, ...]:
+    """Class names from a text file, one per line (blank lines and '#' comments ignored)."""
+    names = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            names.append(line)
+    if not names:
+        raise ValueError(f"{path}: no class names (one name per line expected)")
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise ValueError(f"{path}: class name {dup!r} appears twice")
+    if len(names) > 255:
+        raise ValueError(f"{path}: {len(names)} classes; at most 255 fit in 8-bit masks with 255 = ignore")
+    return tuple(names)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Builders, one per layout
+# ---------------------------------------------------------------------------------------------------------------
+def ade20k(root: str | Path, split: str = "training", **kwargs: Any) -> SegmentationDataset:
+    """ADEChallengeData2016/{images,annotations}/{training,validation}; reduce_zero_label (0 -> 255, k -> k-1)."""
+    base = _find_root(Path(root), "images", ["ADEChallengeData2016"])
+    aliases = {"train": "training", "val": "validation"}
+    image_dir = _split_dir(base / "images", split, aliases, "ADE20K images")
+    mask_dir = base / "annotations" / image_dir.name
+    skip_bad = kwargs.get("skip_bad", False)
+    pairs, dropped = _pair(_images_under(image_dir), lambda k, _: mask_dir / f"{k}.png", skip_bad, str(image_dir))
+    return SegmentationDataset(
+        pairs,
+        DATASETS["ade20k"],
+        label_maps=[ADE20K_REDUCE_ZERO_LABEL] * len(pairs),
+        where=str(image_dir),
+        dropped=dropped,
+        **kwargs,
+    )
+
+
+def cityscapes(root: str | Path, split: str = "train", **kwargs: Any) -> SegmentationDataset:
+    """leftImg8bit/<split>/<city>/*_leftImg8bit.png with gtFine/<split>/<city>/*_gtFine_labelTrainIds.png, or
+    *_gtFine_labelIds.png mapped through the official labelId -> trainId table when trainIds files are absent."""
+    base = _find_root(Path(root), "leftImg8bit", ["cityscapes"])
+    image_dir = _split_dir(base / "leftImg8bit", split, {}, "Cityscapes leftImg8bit")
+    gt_dir = base / "gtFine" / image_dir.name
+    images = {k: p for k, p in _images_under(image_dir).items() if k.endswith("_leftImg8bit")}
+    luts: dict[Path, np.ndarray | None] = {}
+
+    def mask_for(key: str, _: Path) -> Path | None:
+        stem = key[: -len("_leftImg8bit")]
+        train_ids = gt_dir / f"{stem}_gtFine_labelTrainIds.png"
+        if train_ids.is_file():
+            luts[train_ids] = None
+            return train_ids
+        label_ids = gt_dir / f"{stem}_gtFine_labelIds.png"
+        luts[label_ids] = CITYSCAPES_LABEL_TO_TRAIN_LUT
+        return label_ids
+
+    pairs, dropped = _pair(images, mask_for, kwargs.get("skip_bad", False), str(image_dir))
+    return SegmentationDataset(
+        pairs,
+        DATASETS["cityscapes"],
+        label_maps=[luts[m] for _, m in pairs],
+        where=str(image_dir),
+        dropped=dropped,
+        **kwargs,
+    )
+
+
+def voc(root: str | Path, split: str = "train", **kwargs: Any) -> SegmentationDataset:
+    """VOC2012: JPEGImages, SegmentationClass palette PNGs (indices are ids, 255 border = ignore) and
+    ImageSets/Segmentation/<split>.txt. SBD-augmented splits ("aug", "train_aug", as mmseg's voc_aug.py makes)
+    read SegmentationClassAug first."""
+    base = _find_root(Path(root), "JPEGImages", ["VOC2012", "VOCdevkit/VOC2012"])
+    list_file = base / "ImageSets" / "Segmentation" / f"{split}.txt"
+    if not list_file.is_file():
+        have = sorted(p.stem for p in list_file.parent.glob("*.txt")) if list_file.parent.is_dir() else []
+        raise FileNotFoundError(f"{list_file}: no such VOC split list (found: {', '.join(have) or 'none'})")
+    ids = [line.split()[0] for line in list_file.read_text().splitlines() if line.strip()]
+    mask_dirs = [base / "SegmentationClass", base / "SegmentationClassAug"]
+    if "aug" in split:
+        mask_dirs.reverse()
+    images = {}
+    for name in ids:
+        image = base / "JPEGImages" / f"{name}.jpg"
+        if not image.is_file():
+            raise FileNotFoundError(f"{image}: listed in {list_file.name} but missing")
+        images[name] = image
+
+    def mask_for(key: str, _: Path) -> Path:
+        candidates = [d / f"{key}.png" for d in mask_dirs]
+        return next((c for c in candidates if c.is_file()), candidates[0])
+
+    pairs, dropped = _pair(images, mask_for, kwargs.get("skip_bad", False), str(list_file))
+    return SegmentationDataset(pairs, DATASETS["voc"], where=str(list_file), dropped=dropped, **kwargs)
+
+
+def coco_stuff(root: str | Path, split: str = "train2017", **kwargs: Any) -> SegmentationDataset:
+    """COCO-Stuff 164k: images/<split>/*.jpg with annotations/<split>/*_labelTrainIds.png (mmseg's converted
+    0..170 ids) or the raw stuffthingmaps *.png (0..181) mapped to the 171 classes."""
+    base = _find_root(Path(root), "images", ["coco_stuff164k", "cocostuff"])
+    aliases = {"train": "train2017", "val": "val2017"}
+    image_dir = _split_dir(base / "images", split, aliases, "COCO-Stuff images")
+    ann_dir = base / "annotations" / image_dir.name
+    luts: dict[Path, np.ndarray | None] = {}
+
+    def mask_for(key: str, _: Path) -> Path:
+        train_ids = ann_dir / f"{key}_labelTrainIds.png"
+        if train_ids.is_file():
+            luts[train_ids] = None
+            return train_ids
+        raw = ann_dir / f"{key}.png"
+        luts[raw] = COCO_STUFF_TO_TRAIN_LUT
+        return raw
+
+    pairs, dropped = _pair(_images_under(image_dir), mask_for, kwargs.get("skip_bad", False), str(image_dir))
+    return SegmentationDataset(
+        pairs,
+        DATASETS["coco-stuff"],
+        label_maps=[luts[m] for _, m in pairs],
+        where=str(image_dir),
+        dropped=dropped,
+        **kwargs,
+    )
+
+
+def image_folder(
+    root: str | Path, split: str = "train", *, num_classes: int | None = None, **kwargs: Any
+) -> SegmentationDataset:
+    """ROOT/images/<split>/NAME.<jpg|png|...> with ROOT/masks/<split>/NAME.png (matched by path without suffix,
+    subfolders allowed); class names from ROOT/classes.txt or `num_classes` ("class_0", ...); 255 = ignore."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: dataset root does not exist")
+    classes_file = root / "classes.txt"
+    if classes_file.is_file():
+        names = read_class_names(classes_file)
+        if num_classes is not None and num_classes != len(names):
+            raise ValueError(
+                f"{classes_file}: lists {len(names)} classes but num_classes={num_classes}; make them agree"
+            )
+    elif num_classes is not None:
+        if not 1 <= num_classes <= 255:
+            raise ValueError(f"num_classes must be 1..255 (255 = ignore in 8-bit masks), got {num_classes}")
+        names = tuple(f"class_{i}" for i in range(num_classes))
+    else:
+        raise FileNotFoundError(f"{classes_file}: missing; write one class name per line or pass num_classes")
+    image_dir = _split_dir(root / "images", split, {}, "images")
+    mask_dir = root / "masks" / split
+    if not mask_dir.is_dir():
+        raise FileNotFoundError(f"{mask_dir}: no masks folder for split {split!r} (expected ROOT/masks/{split}/)")
+    pairs, dropped = _pair(
+        _images_under(image_dir), lambda k, _: mask_dir / f"{k}.png", kwargs.get("skip_bad", False), str(image_dir)
+    )
+    return SegmentationDataset(pairs, folder_info(names), where=str(image_dir), dropped=dropped, **kwargs)
+
+
+BUILDERS: dict[str, Callable[..., SegmentationDataset]] = {
+    "ade20k": ade20k,
+    "cityscapes": cityscapes,
+    "voc": voc,
+    "coco-stuff": coco_stuff,
+}
+
+
+def build_dataset(
+    name: str,
+    root: str | Path,
+    split: str,
+    *,
+    num_classes: int | None = None,
+    transform: Transform | None = None,
+    skip_bad: bool = False,
+) -> SegmentationDataset:
+    """The dataset `name` ("ade20k", "cityscapes", "voc", "coco-stuff" or "folder") read from `root`.
+
+    Split names are the dataset's own ("training"/"validation" for ADE20K, "train2017"/"val2017" for COCO-Stuff)
+    or "train"/"val" for any of them.
+    """
+    options = {"transform": transform, "skip_bad": skip_bad}
+    if name == "folder":
+        return image_folder(root, split, num_classes=num_classes, **options)
+    if name not in BUILDERS:
+        raise ValueError(f"unknown dataset {name!r}; choose from {', '.join([*BUILDERS, 'folder'])}")
+    info = DATASETS[name]
+    if num_classes is not None and num_classes != info.num_classes:
+        raise ValueError(
+            f"dataset {name!r} has {info.num_classes} classes, not num_classes={num_classes}; "
+            "use the 'folder' layout for a different class set"
+        )
+    return BUILDERS[name](root, split, **options)
