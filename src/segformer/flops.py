@@ -13,9 +13,11 @@ from .model import SegFormer
 
 
 def count_macs(config: SegFormerConfig, size: tuple[int, int], batch: int = 1) -> int:
-    """Multiply-accumulates of one forward pass at `size` (H, W); FlopCounterMode counts 2 FLOPs per MAC."""
+    """Multiply-accumulates of one forward pass at `size` (H, W), as the paper counts them: the decoder in its
+    literal order (not the folded one this library runs). FlopCounterMode counts 2 FLOPs per MAC."""
     with torch.device("meta"):
         model = SegFormer(config).eval()
+        model.head.fold = False
         x = torch.empty(batch, config.in_channels, *size)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(x)

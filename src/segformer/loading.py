@@ -41,6 +41,11 @@ def _note_licence() -> None:
         log.warning(LICENCE_NOTE)
 
 
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def read_state_dict(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """(tensors, metadata) from a .safetensors or torch file, unwrapping `state_dict`/`model` containers."""
     path = Path(path)
@@ -59,18 +64,14 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
-            text = str(e)
-            if "Unsupported global" in text or "GLOBAL" in text or "not an allowed global" in text:
+            if "Weights only load failed" in str(e):
                 raise CheckpointError(
                     f"{path}: refused to load: the file holds pickled Python objects, not just tensors "
                     "(unpickling it could run code); convert it to safetensors where you trust it"
                 ) from None
-            raise CheckpointError(
-                f"{path}: not a PyTorch checkpoint, or a truncated one ({text.splitlines()[0]})"
-            ) from None
-        except (RuntimeError, EOFError, OSError, ValueError) as e:
-            first = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise CheckpointError(f"{path}: not a PyTorch checkpoint, or a truncated one ({first})") from None
+            raise CheckpointError(f"{path}: not a PyTorch checkpoint, or a truncated one ({_first_line(e)})") from None
+        except Exception as e:  # torch raises RuntimeError, EOFError, KeyError, ... on files that are not checkpoints
+            raise CheckpointError(f"{path}: not a PyTorch checkpoint, or a truncated one ({_first_line(e)})") from None
     if isinstance(obj, dict):
         for wrapper in ("state_dict", "model", "module"):
             if isinstance(obj.get(wrapper), dict):
@@ -88,10 +89,9 @@ def _hub_folder(repo_id: str) -> Path:
     try:
         return Path(snapshot_download(repo_id, allow_patterns=["config.json", *_WEIGHT_FILES]))
     except Exception as e:  # offline, unknown repo, auth: all end the same way for the user
-        first = str(e).splitlines()[0] if str(e) else ""
         raise CheckpointError(
-            f"{repo_id}: could not get it from the Hugging Face hub ({type(e).__name__}: {first}); when offline, "
-            "download it once where there is internet (it is then cached) or pass a local file or folder"
+            f"{repo_id}: could not get it from the Hugging Face hub ({type(e).__name__}: {_first_line(e)}); "
+            "when offline, download it once where there is internet (it is then cached) or pass a local file or folder"
         ) from None
 
 
