@@ -1,0 +1,194 @@
+"""Inference modes: test-scale arithmetic, slide windows and averaging, flip/multi-scale TTA, Segmenter inputs."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from segformer import Segmenter, create_model
+from segformer.imageio import normalize
+from segformer.inference import InferenceOptions, predict_batch, predict_logits, resized_size, slide_windows
+
+
+class PoolModel(nn.Module):
+    """A flip-symmetric stand-in: 4x4 average pooling then a 1x1 conv, logits at 1/4 like SegFormer."""
+
+    def __init__(self, num_classes: int = 3) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, num_classes, 1)
+        self.config = SimpleNamespace(num_classes=num_classes, class_names=None)
+
+    def forward(self, x):
+        return self.conv(F.avg_pool2d(x, 4, ceil_mode=True))
+
+
+class SkewModel(PoolModel):
+    """Not flip-symmetric: each output column also sees its right neighbour."""
+
+    def forward(self, x):
+        y = super().forward(x)
+        return y + 2 * torch.roll(y, -1, dims=-1)
+
+
+class WindowMean(nn.Module):
+    """Logits equal, everywhere, to the mean of channel 0 of the window: exposes how windows are averaged."""
+
+    def forward(self, x):
+        b, _, h, w = x.shape
+        return x[:, :1].mean(dim=(2, 3), keepdim=True).expand(b, 1, (h + 3) // 4, (w + 3) // 4)
+
+
+@pytest.fixture(scope="module")
+def b0():
+    torch.manual_seed(0)
+    return create_model("b0", num_classes=4).eval()
+
+
+def test_resized_size_follows_mmcv_rescale_and_alignment():
+    # ADE20K (2048, 512): short side to 512 unless the long side would pass 2048
+    assert resized_size(300, 400, (2048, 512)) == (512, 683)  # factor 512/300, 400*1.7067=682.67 -> 683
+    assert resized_size(300, 400, (2048, 512), size_divisor=32) == (512, 704)
+    assert resized_size(100, 1000, (2048, 512)) == (205, 2048)  # long side limits: 2048/1000
+    assert resized_size(1024, 2048, (2048, 1024)) == (1024, 2048)
+    assert resized_size(1024, 2048, (2048, 1024), ratio=0.75) == (768, 1536)
+    assert resized_size(50, 70, None, ratio=1.5) == (75, 105)
+    assert resized_size(50, 70, None) == (50, 70)
+
+
+def test_slide_windows_cover_the_image_and_end_at_the_border():
+    assert slide_windows(10, 7, (4, 4), (3, 3)) == [
+        (0, 4, 0, 4), (0, 4, 3, 7),
+        (3, 7, 0, 4), (3, 7, 3, 7),
+        (6, 10, 0, 4), (6, 10, 3, 7),
+    ]  # fmt: skip
+    assert slide_windows(11, 4, (4, 4), (3, 3))[-1] == (7, 11, 0, 4)  # last window clamped to end at 11
+    city = [(0, 1024, 0, 1024), (0, 1024, 768, 1792), (0, 1024, 1024, 2048)]  # Cityscapes 1024x2048, 1024/768
+    assert slide_windows(1024, 2048, (1024, 1024), (768, 768)) == city
+
+
+def test_slide_averages_overlapping_windows_by_count():
+    x = torch.arange(70, dtype=torch.float32).view(1, 1, 10, 7).expand(1, 3, 10, 7).contiguous()
+    options = InferenceOptions(mode="slide", crop=(4, 4), stride=(3, 3))
+    out = predict_batch(WindowMean(), x, options, softmax=False)[0, 0]
+    img = x[0, 0].numpy()
+    total, count = np.zeros((10, 7)), np.zeros((10, 7))
+    for y1, y2, x1, x2 in [(0, 4, 0, 4), (0, 4, 3, 7), (3, 7, 0, 4), (3, 7, 3, 7), (6, 10, 0, 4), (6, 10, 3, 7)]:
+        total[y1:y2, x1:x2] += img[y1:y2, x1:x2].mean()
+        count[y1:y2, x1:x2] += 1
+    np.testing.assert_allclose(out.numpy(), total / count, rtol=1e-6)
+    assert count.min() >= 1 and count.max() == 4
+
+
+def test_slide_equals_whole_when_one_window_covers_the_image(b0):
+    image = np.random.default_rng(0).integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    whole = predict_logits(b0, image)
+    slide = predict_logits(b0, image, mode="slide", crop=(64, 96), stride=(32, 32))
+    torch.testing.assert_close(slide, whole, atol=1e-5, rtol=1e-5)
+    assert whole.shape == (4, 64, 96)
+    assert torch.allclose(whole.sum(0), torch.ones(64, 96), atol=1e-5)  # softmax probabilities
+
+
+def test_slide_pads_images_smaller_than_the_crop(b0):
+    image = np.random.default_rng(1).integers(0, 256, (40, 52, 3), dtype=np.uint8)
+    x = normalize(image)[None]
+    padded = F.pad(x, (0, 64 - 52, 0, 64 - 40))  # bottom/right, zeros = mean colour
+    with torch.no_grad():
+        logits = F.interpolate(b0(padded), size=(64, 64), mode="bilinear", align_corners=False)[:, :, :40, :52]
+    slide = predict_logits(b0, image, mode="slide", crop=64, stride=48)
+    torch.testing.assert_close(slide, logits.softmax(1)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_whole_at_test_scale_resizes_in_and_back(b0):
+    image = np.random.default_rng(2).integers(0, 256, (30, 45, 3), dtype=np.uint8)
+    x = normalize(image)[None]
+    size = resized_size(30, 45, (128, 64), size_divisor=32)
+    assert size == (64, 96)
+    with torch.no_grad():
+        logits = b0(F.interpolate(x, size=size, mode="bilinear", align_corners=False))
+    logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+    logits = F.interpolate(logits, size=(30, 45), mode="bilinear", align_corners=False)
+    out = predict_logits(b0, image, scale=(128, 64), size_divisor=32)
+    torch.testing.assert_close(out, logits.softmax(1)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_flip_tta_on_a_symmetric_model_changes_nothing():
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 32, 48)
+    model = PoolModel()
+    plain = predict_batch(model, x, InferenceOptions())
+    flipped = predict_batch(model, x, InferenceOptions(flip=True))
+    torch.testing.assert_close(flipped, plain, atol=1e-6, rtol=1e-5)
+
+    skew = SkewModel()
+    with torch.no_grad():
+        a = F.interpolate(skew(x), size=(32, 48), mode="bilinear", align_corners=False).softmax(1)
+        b = F.interpolate(skew(x.flip(-1)), size=(32, 48), mode="bilinear", align_corners=False).softmax(1).flip(-1)
+    out = predict_batch(skew, x, InferenceOptions(flip=True))
+    torch.testing.assert_close(out, (a + b) / 2, atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(out, a, atol=1e-3)  # flipping does something on a model that is not symmetric
+
+
+def test_multi_scale_averages_probabilities_at_the_original_size():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32, 40)
+    model = SkewModel()
+    out = predict_batch(model, x, InferenceOptions(scales=(0.5, 1.0, 1.5)))
+    expected = 0
+    with torch.no_grad():
+        for size in [(16, 20), (32, 40), (48, 60)]:
+            xs = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            logits = F.interpolate(model(xs), size=size, mode="bilinear", align_corners=False)
+            expected = expected + F.interpolate(logits, size=(32, 40), mode="bilinear", align_corners=False).softmax(1)
+    torch.testing.assert_close(out, expected / 3, atol=1e-6, rtol=1e-5)
+    assert out.shape == (2, 3, 32, 40)
+
+
+def test_bad_options_are_refused():
+    with pytest.raises(ValueError, match="crop"):
+        InferenceOptions(mode="slide")
+    with pytest.raises(ValueError, match="gaps"):
+        InferenceOptions(mode="slide", crop=64, stride=96)
+    with pytest.raises(ValueError, match="mode"):
+        InferenceOptions(mode="sliding")
+    with pytest.raises(ValueError, match="scales"):
+        InferenceOptions(scales=(0.0, 1.0))
+
+
+def test_segmenter_takes_paths_pil_and_arrays_of_any_kind(b0, tmp_path):
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    seg = Segmenter(b0, device="cpu")
+    labels = seg(rgb)
+    assert labels.shape == (48, 64) and labels.dtype == np.int64
+    assert labels.min() >= 0 and labels.max() < 4
+
+    # EXIF orientation 6 (rotate 90 clockwise to display): a 64x48 file is a 48x64 (W x H) picture upright
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(rgb).save(tmp_path / "rotated.jpg", exif=exif.tobytes())
+    assert seg(tmp_path / "rotated.jpg").shape == (64, 48)
+    assert seg(str(tmp_path / "rotated.jpg")).shape == (64, 48)
+
+    gray = rng.integers(0, 256, (48, 64), dtype=np.uint8)
+    np.testing.assert_array_equal(seg(Image.fromarray(gray)), seg(np.repeat(gray[:, :, None], 3, axis=2)))
+    rgba = np.concatenate([rgb, np.full((48, 64, 1), 7, np.uint8)], axis=2)
+    np.testing.assert_array_equal(seg(rgba), labels)
+    deep = gray.astype(np.uint16) * 257  # 16-bit scaled back to the same 8-bit values
+    np.testing.assert_array_equal(seg(deep), seg(Image.fromarray(gray)))
+
+
+def test_batched_prediction_equals_one_by_one(b0):
+    rng = np.random.default_rng(4)
+    images = [rng.integers(0, 256, size, dtype=np.uint8) for size in [(40, 56, 3), (40, 56, 3), (64, 32, 3)]]
+    seg = Segmenter(b0, batch_size=4)
+    batched = seg.predict_arrays(images)
+    for image, labels in zip(images, batched, strict=True):
+        assert labels.shape == image.shape[:2]
+        np.testing.assert_array_equal(labels, seg(image))
+    probs = seg.probabilities(images[2])
+    assert probs.shape == (4, 64, 32)
+    np.testing.assert_array_equal(probs.argmax(0).numpy(), batched[2])
