@@ -173,9 +173,13 @@ def test_folder_layout_classes_and_num_classes(tmp_path):
     (root / "images" / "train" / "sub").mkdir()
     _save_image(root / "images" / "train" / "sub" / "c.jpg", _rgb(9, 7))
     _save_mask(root / "masks" / "train" / "sub" / "c.png", np.full((9, 7), 255, np.uint8))
+    (root / "images" / "train" / "._a.png").write_bytes(b"macOS resource fork")  # hidden: not an image
+    Image.fromarray(np.full((9, 7), 2, np.uint16)).save(root / "masks" / "train" / "b.png")  # 16-bit mask
     ds = build_dataset("folder", root, "train")
     assert ds.class_names == ("x", "y", "z") and ds.palette.shape == (3, 3) and ds.ignore_index == 255
-    assert [name for *_, name in (ds.load(i) for i in range(len(ds)))] == ["a", "b", "c"]
+    loaded = [ds.load(i) for i in range(len(ds))]
+    assert [name for *_, name in loaded] == ["a", "b", "c"]
+    assert loaded[1][1].dtype == np.uint8 and (loaded[1][1] == 2).all()
     with pytest.raises(ValueError, match="lists 3 classes but num_classes=4"):
         build_dataset("folder", root, "train", num_classes=4)
     (root / "classes.txt").unlink()

@@ -207,10 +207,11 @@ def _split_dir(base: Path, split: str, aliases: dict[str, str], what: str) -> Pa
 
 
 def _images_under(folder: Path) -> dict[str, Path]:
-    """Images below `folder` keyed by their path relative to it without suffix; duplicates are an error."""
+    """Images below `folder` keyed by their path relative to it without suffix; duplicates are an error. Hidden
+    files (".name", e.g. macOS "._x.jpg" resource forks) are not images and are left out."""
     found: dict[str, Path] = {}
     for path in sorted(folder.rglob("*")):
-        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+        if path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".") and path.is_file():
             key = path.relative_to(folder).with_suffix("").as_posix()
             if key in found:
                 raise ValueError(f"{path}: two images with the same name ({found[key].name}); rename one")
