@@ -73,7 +73,7 @@ def test_catalog_facts():
     for info in DATASETS.values():
         assert info.palette_array().shape == (info.num_classes, 3)
         assert len(set(info.class_names)) == info.num_classes
-        assert json.loads(json.dumps(info.to_dict()))["class_names"] == list(info.class_names)
+        assert DatasetInfo.from_dict(json.loads(json.dumps(info.to_dict()))) == info
     ade, city, voc = DATASETS["ade20k"], DATASETS["cityscapes"], DATASETS["voc"]
     assert ade.class_names[:3] == ("wall", "building", "sky") and ade.class_names[-1] == "flag"
     assert ade.palette[0] == (120, 120, 120) and ade.palette[-1] == (92, 0, 255)
@@ -344,6 +344,15 @@ def test_photometric_distortion_changes_colours_within_bounds():
     assert all(o.shape == image.shape and o.dtype == np.uint8 for o in outs)
     assert sum(not np.array_equal(o, image) for o in outs) >= 6  # P(no step applied) = 1/16
     assert np.array_equal(PhotoMetricDistortion()(image, np.random.default_rng(3)), outs[3])
+    # On a grey ramp every step is a per-value, order-preserving map (HSV keeps greys grey): outputs stay grey and
+    # monotone, and brightness alone shifts values by at most 32.
+    ramp = np.repeat(np.arange(256, dtype=np.uint8)[None, :, None], 3, axis=2)
+    for seed in range(8):
+        out = PhotoMetricDistortion()(ramp, np.random.default_rng(seed)).astype(int)
+        assert (out == out[..., :1]).all() and (np.diff(out[0, :, 0]) >= 0).all()
+    shifted = PhotoMetricDistortion(contrast_range=(1, 1), saturation_range=(1, 1), hue_delta=0)
+    diffs = {int((shifted(ramp, np.random.default_rng(s)).astype(int) - ramp)[0, 100, 0]) for s in range(8)}
+    assert len(diffs) > 2 and max(abs(d) for d in diffs) <= 32
 
 
 # ---------------------------------------------------------------------------------------------------------------

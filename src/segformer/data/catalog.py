@@ -56,6 +56,13 @@ class DatasetInfo:
             k: [list(x) for x in v] if k == "palette" else list(v) if isinstance(v, tuple) else v for k, v in d.items()
         }
 
+    @classmethod
+    def from_dict(cls, data: dict) -> DatasetInfo:
+        """Inverse of `to_dict` (lists back to tuples)."""
+        values = {k: tuple(tuple(x) if isinstance(x, list) else x for x in v) if isinstance(v, list) else v
+                  for k, v in data.items()}  # fmt: skip
+        return cls(**values)
+
 
 def _colours(hex_table: str) -> Palette:
     """'rrggbb rrggbb ...' -> ((r, g, b), ...): palettes are stored as hex to keep them compact and greppable."""

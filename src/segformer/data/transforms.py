@@ -5,9 +5,10 @@ Every random decision is drawn from the `np.random.Generator` passed in, so a sa
 (image, mask, generator state): training can seed per (seed, iteration, sample) and resume exactly.
 
 Speed: the random crop is chosen on the rescaled *mask* (cheap, uint8, nearest) and only the cropped region of
-the image is resampled, via Pillow's `resize(box=...)`. That gives exactly the pixels of "resize the whole image,
-then crop" (Pillow maps output pixel centres through the same affine map and clamps at the image, not the box
-border) at a fraction of the cost for the up-to-2x upscaled images of the recipe.
+the image is resampled, via Pillow's `resize(box=...)`. That gives the pixels of "resize the whole image, then
+crop" (Pillow maps output pixel centres through the same affine map and clamps at the image, not the box border;
+float rounding leaves at most 1 grey level of difference) at a fraction of the cost for the up-to-2x upscaled
+images of the recipe.
 
 Differences from mmseg (cv2): Pillow's bilinear filter antialiases when shrinking and its nearest filter samples
 pixel centres; the HSV round trip uses Pillow's 8-bit HSV (hue in 256 steps rather than 180) and saturation and
@@ -99,7 +100,7 @@ class PhotoMetricDistortion:
         if contrast_first and contrast is not None:
             lut = contrast[lut]
         saturation = rng.uniform(*self.saturation_range) if rng.integers(2) else None
-        hue = int(rng.integers(-self.hue_delta, self.hue_delta)) if rng.integers(2) else None
+        hue = int(rng.integers(-self.hue_delta, self.hue_delta)) if rng.integers(2) and self.hue_delta > 0 else None
         img = Image.fromarray(image).point(lut.tolist() * 3)
         if saturation is not None or hue is not None:
             h, s, v = img.convert("HSV").split()  # Pillow's 8-bit HSV: hue 0..255 per turn
