@@ -40,7 +40,7 @@ def test_key_maps_round_trip_exactly(official_file):
     sd = _official(official_file)
     ours = to_ours(sd)
     assert detect_format(ours) == ("ours", True)
-    for fmt in ("official", "hf", "smp"):
+    for fmt in ("official", "hf", "smp", "hf5"):
         there = from_ours(ours, fmt)
         assert detect_format(there) == (fmt, True)
         back = to_ours(there)

@@ -72,7 +72,7 @@ def test_they_load_ours(theirs_from_ours, size):
     assert _max_diff(got, _hf_logits(theirs, x)) <= TOL
 
 
-@pytest.mark.parametrize("layout", ["official", "smp"])
+@pytest.mark.parametrize("layout", ["official", "smp", "transformers-in-memory"])
 def test_official_and_smp_checkpoints(reference, layout, tmp_path):
     _, ref, _, hub = reference
     official = hf_to_official(hub)
@@ -80,9 +80,12 @@ def test_official_and_smp_checkpoints(reference, layout, tmp_path):
         path = tmp_path / "segformer.160k.pth"
         names = tuple(f"cls{i}" for i in range(19))
         torch.save({"meta": {"CLASSES": names, "config": "num_classes=19"}, "state_dict": official}, path)
-    else:
+    elif layout == "smp":
         path = tmp_path / "smp.pth"
         torch.save(official_to_smp(official), path)
+    else:  # transformers 5.x renames modules in memory; users torch.save(model.state_dict()) that layout
+        path = tmp_path / "hf_state_dict.pt"
+        torch.save(ref.state_dict(), path)
     ours = load_model(path)
     if layout == "official":
         assert ours.config.class_names == names

@@ -1,5 +1,6 @@
 """Declarative key maps between our state dict and the published layouts: official NVlabs (mmseg 0.x),
-Hugging Face hub (transformers `save_pretrained`), and segmentation_models_pytorch.
+Hugging Face hub (transformers `save_pretrained`), segmentation_models_pytorch, and the module names transformers 5.x
+uses in memory (`model.state_dict()` saved with torch.save).
 
 One table drives both directions. Templates name indices: `{s}` stage from 0, `{s1}` stage from 1, `{r}` stage
 counted from the last (smp's decoder order), `{b}` block. Every key must be mapped or explicitly dropped, so
@@ -14,33 +15,124 @@ from typing import Any
 import torch
 from torch import Tensor
 
-FORMATS = ("ours", "official", "hf", "smp")
+FORMATS = ("ours", "official", "hf", "smp", "hf5")
 NUM_STAGES = 4
 
-# Encoder leaves: ours, official (= smp) and HF, each relative to that format's encoder prefix.
+# Encoder leaves: ours, official (= smp), HF hub and transformers-5 in-memory (`hf5`), each relative to that
+# format's encoder prefix.
 _ENCODER = [
-    ("stages.{s}.patch_embed.proj", "patch_embed{s1}.proj", "patch_embeddings.{s}.proj"),
-    ("stages.{s}.patch_embed.norm", "patch_embed{s1}.norm", "patch_embeddings.{s}.layer_norm"),
-    ("stages.{s}.blocks.{b}.norm1", "block{s1}.{b}.norm1", "block.{s}.{b}.layer_norm_1"),
-    ("stages.{s}.blocks.{b}.attn.q", "block{s1}.{b}.attn.q", "block.{s}.{b}.attention.self.query"),
-    ("stages.{s}.blocks.{b}.attn.kv", "block{s1}.{b}.attn.kv", "block.{s}.{b}.attention.self.kv"),
-    ("stages.{s}.blocks.{b}.attn.proj", "block{s1}.{b}.attn.proj", "block.{s}.{b}.attention.output.dense"),
-    ("stages.{s}.blocks.{b}.attn.sr", "block{s1}.{b}.attn.sr", "block.{s}.{b}.attention.self.sr"),
-    ("stages.{s}.blocks.{b}.attn.norm", "block{s1}.{b}.attn.norm", "block.{s}.{b}.attention.self.layer_norm"),
-    ("stages.{s}.blocks.{b}.norm2", "block{s1}.{b}.norm2", "block.{s}.{b}.layer_norm_2"),
-    ("stages.{s}.blocks.{b}.ffn.fc1", "block{s1}.{b}.mlp.fc1", "block.{s}.{b}.mlp.dense1"),
-    ("stages.{s}.blocks.{b}.ffn.dwconv", "block{s1}.{b}.mlp.dwconv.dwconv", "block.{s}.{b}.mlp.dwconv.dwconv"),
-    ("stages.{s}.blocks.{b}.ffn.fc2", "block{s1}.{b}.mlp.fc2", "block.{s}.{b}.mlp.dense2"),
-    ("stages.{s}.norm", "norm{s1}", "layer_norm.{s}"),
+    (
+        "stages.{s}.patch_embed.proj",
+        "patch_embed{s1}.proj",
+        "patch_embeddings.{s}.proj",
+        "stages.{s}.patch_embeddings.proj",
+    ),
+    (
+        "stages.{s}.patch_embed.norm",
+        "patch_embed{s1}.norm",
+        "patch_embeddings.{s}.layer_norm",
+        "stages.{s}.patch_embeddings.layer_norm",
+    ),
+    (
+        "stages.{s}.blocks.{b}.norm1",
+        "block{s1}.{b}.norm1",
+        "block.{s}.{b}.layer_norm_1",
+        "stages.{s}.blocks.{b}.layernorm_before",
+    ),
+    (
+        "stages.{s}.blocks.{b}.attn.q",
+        "block{s1}.{b}.attn.q",
+        "block.{s}.{b}.attention.self.query",
+        "stages.{s}.blocks.{b}.attention.q_proj",
+    ),
+    (
+        "stages.{s}.blocks.{b}.attn.kv",
+        "block{s1}.{b}.attn.kv",
+        "block.{s}.{b}.attention.self.kv",
+        "stages.{s}.blocks.{b}.attention.kv_proj",
+    ),
+    (
+        "stages.{s}.blocks.{b}.attn.proj",
+        "block{s1}.{b}.attn.proj",
+        "block.{s}.{b}.attention.output.dense",
+        "stages.{s}.blocks.{b}.attention.o_proj",
+    ),
+    (
+        "stages.{s}.blocks.{b}.attn.sr",
+        "block{s1}.{b}.attn.sr",
+        "block.{s}.{b}.attention.self.sr",
+        "stages.{s}.blocks.{b}.attention.sequence_reduction.sequence_reduction",
+    ),
+    (
+        "stages.{s}.blocks.{b}.attn.norm",
+        "block{s1}.{b}.attn.norm",
+        "block.{s}.{b}.attention.self.layer_norm",
+        "stages.{s}.blocks.{b}.attention.sequence_reduction.layer_norm",
+    ),
+    (
+        "stages.{s}.blocks.{b}.norm2",
+        "block{s1}.{b}.norm2",
+        "block.{s}.{b}.layer_norm_2",
+        "stages.{s}.blocks.{b}.layernorm_after",
+    ),
+    (
+        "stages.{s}.blocks.{b}.ffn.fc1",
+        "block{s1}.{b}.mlp.fc1",
+        "block.{s}.{b}.mlp.dense1",
+        "stages.{s}.blocks.{b}.mlp.fc1",
+    ),
+    (
+        "stages.{s}.blocks.{b}.ffn.dwconv",
+        "block{s1}.{b}.mlp.dwconv.dwconv",
+        "block.{s}.{b}.mlp.dwconv.dwconv",
+        "stages.{s}.blocks.{b}.mlp.dwconv.dwconv",
+    ),
+    (
+        "stages.{s}.blocks.{b}.ffn.fc2",
+        "block{s1}.{b}.mlp.fc2",
+        "block.{s}.{b}.mlp.dense2",
+        "stages.{s}.blocks.{b}.mlp.fc2",
+    ),
+    ("stages.{s}.norm", "norm{s1}", "layer_norm.{s}", "stages.{s}.layer_norm"),
 ]
-_ENCODER_PREFIX = {"ours": "encoder.", "official": "backbone.", "hf": "segformer.encoder.", "smp": "encoder."}
+_ENCODER_PREFIX = {
+    "ours": "encoder.",
+    "official": "backbone.",
+    "hf": "segformer.encoder.",
+    "smp": "encoder.",
+    "hf5": "segformer.",
+}
 
-# Decoder leaves, absolute keys: ours, official, HF, smp.
+# Decoder leaves, absolute keys: ours, official, HF hub, smp, hf5.
 _DECODER = [
-    ("head.proj.{s}", "decode_head.linear_c{s1}.proj", "decode_head.linear_c.{s}.proj", "decoder.mlp_stage.{r}.linear"),
-    ("head.fuse", "decode_head.linear_fuse.conv", "decode_head.linear_fuse", "decoder.fuse_stage.0"),
-    ("head.bn", "decode_head.linear_fuse.bn", "decode_head.batch_norm", "decoder.fuse_stage.1"),
-    ("head.classifier", "decode_head.linear_pred", "decode_head.classifier", "segmentation_head.0"),
+    (
+        "head.proj.{s}",
+        "decode_head.linear_c{s1}.proj",
+        "decode_head.linear_c.{s}.proj",
+        "decoder.mlp_stage.{r}.linear",
+        "decode_head.linear_projections.{s}.proj",
+    ),
+    (
+        "head.fuse",
+        "decode_head.linear_fuse.conv",
+        "decode_head.linear_fuse",
+        "decoder.fuse_stage.0",
+        "decode_head.linear_fuse",
+    ),
+    (
+        "head.bn",
+        "decode_head.linear_fuse.bn",
+        "decode_head.batch_norm",
+        "decoder.fuse_stage.1",
+        "decode_head.batch_norm",
+    ),
+    (
+        "head.classifier",
+        "decode_head.linear_pred",
+        "decode_head.classifier",
+        "segmentation_head.0",
+        "decode_head.classifier",
+    ),
 ]
 
 # Keys that carry nothing our model uses: the official head's unused `conv_seg`, ImageNet classifiers.
@@ -48,6 +140,7 @@ _DROP = {
     "official": re.compile(r"^(decode_head\.conv_seg|head|backbone\.head)\.(weight|bias)$"),
     "hf": re.compile(r"^classifier\.(weight|bias)$"),
     "smp": re.compile(r"^encoder\.head\.(weight|bias)$"),
+    "hf5": re.compile(r"^classifier\.(weight|bias)$"),
     "ours": re.compile(r"^$"),
 }
 
@@ -57,9 +150,9 @@ _PLACEHOLDER = re.compile(r"\{(s|s1|r|b)\}")
 
 def _table(fmt: str) -> list[tuple[str, str]]:
     """(our template, their template) pairs for one format, full keys."""
-    col = {"official": 1, "smp": 1, "hf": 2}[fmt]
+    col = {"official": 1, "smp": 1, "hf": 2, "hf5": 3}[fmt]
     pairs = [(_ENCODER_PREFIX["ours"] + row[0], _ENCODER_PREFIX[fmt] + row[col]) for row in _ENCODER]
-    col = {"official": 1, "hf": 2, "smp": 3}[fmt]
+    col = {"official": 1, "hf": 2, "smp": 3, "hf5": 4}[fmt]
     return pairs + [(row[0], row[col]) for row in _DECODER]
 
 
@@ -117,32 +210,36 @@ def _rename(sd: dict[str, Tensor], src: str, dst: str) -> dict[str, Tensor]:
     return out
 
 
-# HF keeps keys and values as two Linears; we (like the original) keep one fused `kv`.
-_HF_KEY = re.compile(r"^(.*attention\.self\.)key\.(weight|bias)$")
+# transformers keeps keys and values as two Linears; we (like the original) keep one fused `kv`.
+# format -> (key infix, value infix, fused infix in that format's table)
+_SPLIT_KV = {
+    "hf": ("attention.self.key.", "attention.self.value.", "attention.self.kv."),
+    "hf5": ("attention.k_proj.", "attention.v_proj.", "attention.kv_proj."),
+}
 
 
-def _hf_merge_kv(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+def _merge_kv(sd: dict[str, Tensor], fmt: str) -> dict[str, Tensor]:
+    key_part, value_part, kv_part = _SPLIT_KV[fmt]
     out = {}
     for key, value in sd.items():
-        m = _HF_KEY.match(key)
-        if m:
-            other = f"{m.group(1)}value.{m.group(2)}"
+        if key_part in key:
+            other = key.replace(key_part, value_part)
             if other not in sd:
                 raise KeyError(f"missing {other!r} next to {key!r}")
-            out[f"{m.group(1)}kv.{m.group(2)}"] = torch.cat([value, sd[other]], dim=0)
-        elif not re.match(r"^.*attention\.self\.value\.(weight|bias)$", key):
+            out[key.replace(key_part, kv_part)] = torch.cat([value, sd[other]], dim=0)  # rows: keys, then values
+        elif value_part not in key:
             out[key] = value
     return out
 
 
-def _hf_split_kv(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+def _split_kv(sd: dict[str, Tensor], fmt: str) -> dict[str, Tensor]:
+    key_part, value_part, kv_part = _SPLIT_KV[fmt]
     out = {}
     for key, value in sd.items():
-        m = re.match(r"^(.*attention\.self\.)kv\.(weight|bias)$", key)
-        if m:
+        if kv_part in key:
             k, v = value.chunk(2, dim=0)
-            out[f"{m.group(1)}key.{m.group(2)}"] = k.clone()
-            out[f"{m.group(1)}value.{m.group(2)}"] = v.clone()
+            out[key.replace(kv_part, key_part)] = k.clone()
+            out[key.replace(kv_part, value_part)] = v.clone()
         else:
             out[key] = value
     return out
@@ -161,6 +258,8 @@ def detect_format(sd: dict[str, Any]) -> tuple[str, bool]:
         return "hf", "decode_head.classifier.weight" in keys
     if "encoder.patch_embeddings.0.proj.weight" in keys:  # a bare SegformerModel
         return "hf", False
+    if "segformer.stages.0.patch_embeddings.proj.weight" in keys:  # transformers 5.x `model.state_dict()`
+        return "hf5", "decode_head.classifier.weight" in keys
     if "encoder.patch_embed1.proj.weight" in keys:
         return "smp", "segmentation_head.0.weight" in keys
     sample = sorted(keys)[:5]
@@ -176,8 +275,8 @@ def normalize_keys(sd: dict[str, Any]) -> dict[str, Any]:
         out[key] = value
     if "patch_embed1.proj.weight" in out:
         out = {("backbone." + k if not k.startswith("head.") else k): v for k, v in out.items()}
-    if "encoder.patch_embeddings.0.proj.weight" in out:
-        out = {"segformer." + k: v for k, v in out.items()}
+    if "encoder.patch_embeddings.0.proj.weight" in out or "stages.0.patch_embeddings.proj.weight" in out:
+        out = {"segformer." + k: v for k, v in out.items()}  # a bare SegformerModel
     return out
 
 
@@ -187,8 +286,8 @@ def to_ours(sd: dict[str, Tensor], fmt: str | None = None) -> dict[str, Tensor]:
     fmt = fmt or detect_format(sd)[0]
     if fmt == "ours":
         return dict(sd)
-    if fmt == "hf":
-        sd = _hf_merge_kv(sd)
+    if fmt in _SPLIT_KV:
+        sd = _merge_kv(sd, fmt)
     return _rename(sd, fmt, "ours")
 
 
@@ -199,7 +298,7 @@ def from_ours(sd: dict[str, Tensor], fmt: str) -> dict[str, Tensor]:
     if fmt == "ours":
         return dict(sd)
     out = _rename(sd, "ours", fmt)
-    return _hf_split_kv(out) if fmt == "hf" else out
+    return _split_kv(out, fmt) if fmt in _SPLIT_KV else out
 
 
 def infer_config_fields(sd: dict[str, Tensor]) -> dict[str, Any]:
