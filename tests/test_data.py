@@ -212,6 +212,9 @@ def test_grayscale_rgba_16bit_and_exif_images_load_upright(tmp_path):
     loaded = {name: image for image, _, name in (ds.load(i) for i in range(len(ds)))}
     assert all(im.shape == (6, 10, 3) and im.dtype == np.uint8 for im in loaded.values())
     assert (loaded["gray"] == 77).all() and (loaded["deep"] == 255).all()
+    _save_mask(root / "masks" / "train" / "rotated.png", np.ones((10, 6), np.uint8))  # drawn on the stored pixels
+    with pytest.raises(ImageReadError, match=r"rotated\.png: mask is 6x10 but .* before EXIF rotation"):
+        ds.load(ds.samples.index((split / "rotated.jpg", root / "masks" / "train" / "rotated.png")))
 
 
 def test_bad_samples_raise_naming_the_file(tmp_path):

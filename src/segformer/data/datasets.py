@@ -119,9 +119,14 @@ class SegmentationDataset(torch.utils.data.Dataset):
         image = read_image(image_path)
         raw = read_mask(mask_path)
         if raw.shape != image.shape[:2]:
+            hint = (
+                " (rotated: was the mask drawn on the image before EXIF rotation?)"
+                if raw.shape == image.shape[1::-1]
+                else ""
+            )
             raise ImageReadError(
                 f"{mask_path}: mask is {raw.shape[1]}x{raw.shape[0]} but image {image_path.name} is "
-                f"{image.shape[1]}x{image.shape[0]} (WxH, after EXIF rotation); masks must match their image"
+                f"{image.shape[1]}x{image.shape[0]} (WxH, after EXIF rotation); masks must match their image{hint}"
             )
         if raw.dtype != np.uint8:
             if raw.size and (raw.min() < 0 or raw.max() > 255):
@@ -418,6 +423,7 @@ def build_dataset(
     Split names are the dataset's own ("training"/"validation" for ADE20K, "train2017"/"val2017" for COCO-Stuff)
     or "train"/"val" for any of them.
     """
+    root = Path(root).expanduser()
     options = {"transform": transform, "skip_bad": skip_bad}
     if name == "folder":
         return image_folder(root, split, num_classes=num_classes, **options)
