@@ -277,6 +277,20 @@ def test_rescale_size_matches_mmseg_keep_ratio():
     assert rescale_size(683, 512, (512, 2048)) == (683, 512)  # (long, short) in either order
 
 
+def test_transform_rescales_by_a_random_ratio_of_the_scale():
+    t = TrainTransform(scale=(80, 40), ratio_range=(0.5, 2.0), crop=(200, 200), flip_prob=0.0, photometric=False)
+    image, mask = _rgb(30, 40), np.zeros((30, 40), np.uint8)
+    sizes = set()
+    for seed in range(12):
+        _, y = t(image, mask, np.random.default_rng(seed))
+        valid = (y != 255).nonzero()
+        got = (int(valid[:, 0].max()) + 1, int(valid[:, 1].max()) + 1)
+        ratio = np.random.default_rng(seed).uniform(0.5, 2.0)  # the transform's first draw
+        assert got == rescale_size(30, 40, (int(80 * ratio), int(40 * ratio)))
+        sizes.add(got)
+    assert len(sizes) > 6 and min(sizes) >= (20, 26) and max(sizes) <= (80, 107)
+
+
 def test_transform_output_contract_and_padding():
     t = TrainTransform(scale=(64, 32), ratio_range=(0.5, 0.6), crop=(40, 48), photometric=False)
     image, mask = _rgb(30, 60), np.random.default_rng(1).integers(0, 5, (30, 60), dtype=np.uint8)
