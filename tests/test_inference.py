@@ -13,6 +13,8 @@ from segformer import Segmenter, create_model
 from segformer.imageio import normalize
 from segformer.inference import InferenceOptions, predict_batch, predict_logits, resized_size, slide_windows
 
+TINY = {"embed_dims": (8, 16, 40, 64), "depths": (1, 1, 1, 1), "decoder_dim": 32}  # a fast stand-in for B0
+
 
 class PoolModel(nn.Module):
     """A flip-symmetric stand-in: 4x4 average pooling then a 1x1 conv, logits at 1/4 like SegFormer."""
@@ -45,7 +47,7 @@ class WindowMean(nn.Module):
 @pytest.fixture(scope="module")
 def b0():
     torch.manual_seed(0)
-    return create_model("b0", num_classes=4).eval()
+    return create_model("b0", num_classes=4, **TINY).eval()
 
 
 def test_resized_size_follows_mmcv_rescale_and_alignment():

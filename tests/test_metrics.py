@@ -14,6 +14,8 @@ from segformer.evaluation import evaluate, evaluate_confusion
 from segformer.imageio import normalize
 from segformer.metrics import ConfusionMatrix
 
+TINY = {"embed_dims": (8, 16, 40, 64), "depths": (1, 1, 1, 1), "decoder_dim": 32}  # a fast stand-in for B0
+
 
 def test_hand_computed_with_ignore_pixel():
     target = torch.tensor([[0, 0, 1], [1, 2, 255]])
@@ -117,7 +119,7 @@ class TinySet:
 @pytest.fixture(scope="module")
 def tiny_model():
     torch.manual_seed(0)
-    return create_model("b0", num_classes=3).eval()
+    return create_model("b0", num_classes=3, **TINY).eval()
 
 
 def test_evaluate_matches_manual_loop_and_restores_train_mode(tiny_model):
@@ -154,7 +156,7 @@ def _ddp_worker(rank: int, port: int, log_dir: str) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    model = create_model("b0", num_classes=3)
+    model = create_model("b0", num_classes=3, **TINY)
     r = evaluate(model, TinySet(log_dir=log_dir), progress=False)
     with open(os.path.join(log_dir, f"result{rank}.json"), "w") as f:
         json.dump(r, f)

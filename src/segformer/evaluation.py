@@ -84,7 +84,7 @@ def evaluate_confusion(
 
     The model is put in eval mode and given back in the mode it had (training calls this periodically).
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     options = options or InferenceOptions()
     num_classes = model.config.num_classes

@@ -340,8 +340,8 @@ def collect_images(
         if path.is_dir():
             files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
             for f in files:
-                if skip is not None and f.resolve().is_relative_to(skip):
-                    continue
+                if skip is not None and skip != path.resolve() and f.resolve().is_relative_to(skip):
+                    continue  # earlier outputs in an --out inside this folder are not inputs
                 found.append((f, f.relative_to(path).with_suffix("")))
         elif path.is_file():
             found.append((path, Path(path.stem)))
@@ -370,7 +370,7 @@ def predict_files(
     reason)` (default: a logged warning) and skipped; the others are still written."""
     import logging
 
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     from .visualize import overlay
 

@@ -1,0 +1,115 @@
+"""`segformer eval` and `segformer predict` end to end on tiny data written here."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from segformer import Segmenter, create_model, evaluate, load_model
+from segformer.cli import main
+from segformer.data import build_dataset
+
+TINY = {"embed_dims": (8, 16, 40, 64), "depths": (1, 1, 1, 1), "decoder_dim": 32}  # a fast stand-in for B0
+
+NAMES = ("sky", "road", "car")
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("weights")
+    create_model("b0", num_classes=3, class_names=NAMES, **TINY).save_pretrained(folder)
+    return folder
+
+
+def write_folder_dataset(root: Path, classes: tuple[str, ...], n: int = 3, top_label: int | None = None) -> Path:
+    rng = np.random.default_rng(0)
+    (root / "images" / "val").mkdir(parents=True)
+    (root / "masks" / "val").mkdir(parents=True)
+    (root / "classes.txt").write_text("\n".join(classes) + "\n")
+    for i in range(n):
+        h, w = (48, 64) if i < 2 else (64, 40)
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / "images" / "val" / f"im{i}.png")
+        mask = rng.integers(0, 3, (h, w)).astype(np.uint8)
+        mask[:5] = 255
+        if top_label is not None and i == 1:
+            mask[20, 20] = top_label
+        Image.fromarray(mask).save(root / "masks" / "val" / f"im{i}.png")
+    return root
+
+
+def test_eval_cli_writes_table_metrics_and_confusion(weights, tmp_path, capsys):
+    root = write_folder_dataset(tmp_path / "data", NAMES)
+    out = tmp_path / "eval"
+    argv = ["eval", str(weights), "--dataset", "folder", "--data-root", str(root), "--out", str(out)]
+    assert main([*argv, "--num-workers", "0", "--no-progress", "--batch-size", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "mIoU" in printed and all(name in printed for name in NAMES)
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == {"aAcc", "mIoU", "mAcc", "mDice", "per_class"}
+    assert list(metrics["per_class"]) == list(NAMES)
+    expected = evaluate(load_model(weights), build_dataset("folder", root, "val"), progress=False)
+    for key in ("aAcc", "mIoU", "mAcc", "mDice"):
+        assert metrics[key] == pytest.approx(expected[key], abs=1e-9)
+        assert f"{key} {100 * expected[key]:.2f}" in printed  # the table is in percent
+    matrix = np.load(out / "confusion.npy")
+    assert matrix.shape == (3, 3) and matrix.sum() == 2 * 43 * 64 + 59 * 40  # every non-ignore pixel, once
+    with Image.open(out / "confusion.png") as png:
+        assert png.size[0] > 3 and png.mode == "RGB"
+
+
+def test_eval_cli_names_the_file_with_a_label_beyond_the_model(weights, tmp_path, capsys):
+    root = write_folder_dataset(tmp_path / "data", (*NAMES, "tree", "sign"), top_label=4)
+    argv = ["eval", str(weights), "--dataset", "folder", "--data-root", str(root), "--out", str(tmp_path / "o")]
+    assert main([*argv, "--num-workers", "0", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("segformer eval: error:")
+    assert "im1.png" in err[0] and "label value 4" in err[0] and "3 classes" in err[0]
+    assert not (tmp_path / "o" / "metrics.json").exists()
+
+
+def test_predict_cli_skips_a_corrupt_file_and_writes_the_others(weights, tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    src = tmp_path / "photos"
+    (src / "nested").mkdir(parents=True)
+    rgb = rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(src / "a.png")
+    Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(src / "b.jpg")
+    Image.fromarray((rng.integers(0, 65535, (36, 44))).astype(np.uint16)).save(src / "nested" / "deep16.png")
+    Image.fromarray(rng.integers(0, 256, (36, 44, 4), dtype=np.uint8)).save(src / "nested" / "alpha.png")
+    (src / "nested" / "broken.jpg").write_bytes(b"\xff\xd8 this is not a jpeg")
+    out = tmp_path / "out"
+    assert main(["predict", str(weights), str(src), "--out", str(out), "--probabilities", "--no-progress"]) == 1
+    captured = capsys.readouterr()
+    assert "broken.jpg: " in captured.err  # reported as it happens, with the reason
+    assert "4 label maps" in captured.out and "1 failed" in captured.out
+
+    labels = np.asarray(Image.open(out / "a.png"))
+    assert Image.open(out / "a.png").mode == "P"  # palette PNG: pixel values are the class ids
+    np.testing.assert_array_equal(labels, Segmenter(load_model(weights))(rgb))
+    for stem, size in [("b", (40, 56)), ("nested/deep16", (36, 44)), ("nested/alpha", (36, 44))]:
+        assert np.asarray(Image.open(out / f"{stem}.png")).shape == size
+        with Image.open(out / f"{stem}_overlay.jpg") as overlay:
+            assert overlay.size == (size[1], size[0])
+        probs = np.load(out / f"{stem}_prob.npy")
+        assert probs.dtype == np.float16 and probs.shape == (3, *size)
+        np.testing.assert_allclose(probs.astype(np.float32).sum(0), 1.0, atol=1e-2)
+    assert not list(out.rglob("broken*"))
+
+
+def test_predict_never_overwrites_its_inputs(weights, tmp_path, capsys):
+    src = tmp_path / "photos"
+    src.mkdir()
+    image = np.random.default_rng(2).integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    Image.fromarray(image).save(src / "x.png")
+    Image.fromarray(image).save(src / "y.jpg")
+    before = (src / "x.png").read_bytes()
+    assert main(["predict", str(weights), str(src), str(tmp_path / "missing.jpg"), "--out", str(src)]) == 1
+    assert (src / "x.png").read_bytes() == before
+    assert (src / "y_overlay.jpg").is_file()  # the other image is still predicted
+    err = capsys.readouterr().err
+    assert "would overwrite an input" in err and "missing.jpg: no such file" in err
