@@ -115,6 +115,7 @@ def test_ade20k_layout_reduces_zero_label(tmp_path):
     assert len(ds) == 2 and ds.num_classes == 150 and ds.info is DATASETS["ade20k"]
     image, labels, name = ds.load(0)
     assert image.shape == (16, 32, 3) and image.dtype == np.uint8 and name == "ADE_training_0"
+    assert image.flags.writeable and labels.flags.writeable
     np.testing.assert_array_equal(labels[::8, ::8], [[255, 0, 1, 149], [149, 0, 255, 2]])
     assert len(build_dataset("ade20k", base, "validation")) == 1
 

@@ -134,7 +134,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
                 raise ImageReadError(f"{mask_path}: mask value {bad} is not a class id (0..255 expected)")
             raw = raw.astype(np.uint8)
         lut = self.label_maps[index]
-        mask = lut[raw] if lut is not None else np.ascontiguousarray(raw)
+        mask = lut[raw] if lut is not None else np.array(raw)  # a writable array either way
         top = int(mask[mask != IGNORE_INDEX].max(initial=0))
         if top >= self.num_classes:
             raw_value = int(raw[mask == top].flat[0])
@@ -143,6 +143,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
                 f"{mask_path}: mask value {raw_value}{mapped} is >= num_classes {self.num_classes}; "
                 f"ids must be 0..{self.num_classes - 1} or {IGNORE_INDEX} (ignore)"
             )
+        if not image.flags.writeable:  # arrays backed by a PIL buffer are read-only; callers may edit theirs
+            image = image.copy()
         return image, mask, image_path.stem
 
     def sample(self, index: int, rng: np.random.Generator) -> Any:
