@@ -113,3 +113,51 @@ def test_predict_never_overwrites_its_inputs(weights, tmp_path, capsys):
     assert (src / "y_overlay.jpg").is_file()  # the other image is still predicted
     err = capsys.readouterr().err
     assert "would overwrite an input" in err and "missing.jpg: no such file" in err
+
+
+def test_colorize_and_overlay_blend_exact_colours():
+    from segformer.visualize import colorize, overlay
+
+    palette = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255]], np.uint8)
+    labels = np.array([[0, 1, 2, 255]] * 40)  # 255 = ignore: black in colorize, untouched in overlay
+    colours = colorize(labels, palette)
+    assert colours[0].tolist() == [[255, 0, 0], [0, 255, 0], [0, 0, 255], [0, 0, 0]]
+    image = np.full((40, 4, 3), 100, np.uint8)
+    out = overlay(image, labels, palette, alpha=0.25, legend=False)
+    assert out[0].tolist() == [[139, 75, 75], [75, 139, 75], [75, 75, 139], [100, 100, 100]]  # 0.75*100 + 0.25*255
+    with pytest.raises(ValueError, match="size"):
+        overlay(image, labels[:5], palette)
+
+
+def test_overlay_legend_lists_present_classes_and_keeps_the_size():
+    from segformer.visualize import overlay
+
+    palette = np.array([[200, 0, 0], [0, 200, 0], [0, 0, 200]], np.uint8)
+    labels = np.zeros((120, 160), np.int64)
+    labels[:, 80:] = 2
+    image = np.full((120, 160, 3), 255, np.uint8)
+    plain = overlay(image, labels, palette, NAMES, legend=False)
+    legend = overlay(image, labels, palette, NAMES)
+    assert legend.shape == image.shape and legend.dtype == np.uint8
+    changed = np.argwhere((legend != plain).any(axis=2))
+    assert changed.size and changed.max(axis=0).tolist()[0] < 60 and changed.min(axis=0).tolist() == [2, 2]
+    # both present classes get a swatch in their colour; the absent class 1 does not
+    assert (legend == [200, 0, 0]).all(axis=2).sum() > (plain == [200, 0, 0]).all(axis=2).sum()
+    assert not (legend == [0, 200, 0]).all(axis=2).any()
+
+
+def test_save_grid_and_confusion_picture(tmp_path):
+    from segformer.visualize import confusion_image, save_grid
+
+    a = np.zeros((30, 40, 3), np.uint8)
+    b = np.full((20, 50), 255, np.uint8)
+    path = save_grid([[a, b], [b]], tmp_path / "grid.png", titles=["image", "prediction"], gap=4)
+    with Image.open(path) as grid:
+        width, height = grid.size
+    assert width == max(40, 50) + 50 + 3 * 4  # column 0 holds a (40 wide) and, in row 2, b (50 wide)
+    assert height > 30 + 20 + 3 * 4  # plus the title line
+    heat = confusion_image(np.array([[10, 0], [5, 5]]), cell=10)
+    assert heat.ndim == 3 and heat.shape[0] == heat.shape[1] >= 20
+    big = confusion_image(np.eye(150, dtype=np.int64))  # no labels: cells only, diagonal dark
+    assert big.shape[:2] == (750, 750)
+    assert big[2, 2].tolist() == [8, 48, 107] and big[2, 7].tolist() == [255, 255, 255]

@@ -87,6 +87,8 @@ def evaluate_confusion(
     from tqdm import tqdm
 
     options = options or InferenceOptions()
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        model = model.module  # each rank runs its own share: no gradient sync, no collective inside forward
     num_classes = model.config.num_classes
     ignore_index = int(getattr(dataset, "ignore_index", 255))
     names = getattr(dataset, "class_names", None)
