@@ -289,7 +289,10 @@ class Segmenter:
         self.device = _model_device(self.model)
 
     @classmethod
-    def from_options(cls, model: nn.Module, options: InferenceOptions, device: str | torch.device | None = None):
+    def from_options(
+        cls, model: nn.Module, options: InferenceOptions, device: str | torch.device | None = None
+    ) -> Segmenter:
+        """A Segmenter with ready-made options, e.g. `InferenceOptions.for_dataset(DATASETS["cityscapes"])`."""
         seg = cls(model, device=device)
         seg.options = options
         return seg

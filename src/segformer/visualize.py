@@ -33,8 +33,12 @@ def colorize(labels: np.ndarray, palette: np.ndarray | Sequence[Sequence[int]]) 
     return pal[ids]
 
 
-def _font() -> ImageFont.ImageFont:
-    return ImageFont.load_default()
+def _font(size: int = 11) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """Pillow's bundled font at `size` px (Pillow >= 10.1 with FreeType), else the fixed 11 px bitmap font."""
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError, ImportError):
+        return ImageFont.load_default()
 
 
 def _text_size(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont) -> tuple[int, int]:
@@ -87,7 +91,7 @@ def _draw_legend(
     pal = _palette(palette, max(order) + 1)
     img = Image.fromarray(image)
     draw = ImageDraw.Draw(img, "RGBA")
-    font = _font()
+    font = _font(max(11, min(img.size) // 45))  # readable on 2048 px photos, not huge on small ones
 
     def name(i: int) -> str:
         return class_names[i] if class_names is not None and i < len(class_names) else str(i)
