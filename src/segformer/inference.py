@@ -246,7 +246,7 @@ def predict_logits(
         x = image.to(device).unsqueeze(0)
     else:
         x = normalize_batch(torch.from_numpy(to_rgb_array(image)).to(device).unsqueeze(0))
-    return predict_batch(model, x, options)[0]
+    return predict_batch(model, x, options)[0].clone()  # a normal tensor: inference-mode ones refuse in-place ops
 
 
 def iter_same_size(items: Iterable[Any], size_of: Any, limit: int) -> Iterable[list[Any]]:
@@ -300,7 +300,7 @@ class Segmenter:
     def probabilities(self, image: ImageLike) -> Tensor:
         """Softmax probabilities (K, H, W) on the CPU at the original size."""
         x = normalize_batch(torch.from_numpy(to_rgb_array(image)).to(self.device).unsqueeze(0))
-        return predict_batch(self.model, x, self.options)[0].cpu()
+        return predict_batch(self.model, x, self.options)[0].cpu().clone()  # clone: not an inference-mode tensor
 
     def __call__(self, image: ImageLike) -> np.ndarray:
         return self.predict_arrays([to_rgb_array(image)])[0]
