@@ -38,6 +38,13 @@ class SegFormer(nn.Module):
         """The four encoder maps (B, C_i, ceil(H/s), ceil(W/s)) for s = 4, 8, 16, 32."""
         return self.encoder(x)
 
+    @classmethod
+    def from_pretrained(cls, source: str | os.PathLike, num_classes: int | None = None) -> SegFormer:
+        """Same as `segformer.load_model`: a file, folder or hub id in any supported layout."""
+        from .loading import load_model
+
+        return load_model(source, num_classes=num_classes)
+
     def reset_classifier(self, num_classes: int, class_names: tuple[str, ...] | None = None) -> None:
         """A new, freshly initialised classifier for `num_classes` (fine-tuning on another label set)."""
         old = self.head.classifier
