@@ -194,3 +194,18 @@ def test_batched_prediction_equals_one_by_one(b0):
     probs = seg.probabilities(images[2])
     assert probs.shape == (4, 64, 32)
     np.testing.assert_array_equal(probs.argmax(0).numpy(), batched[2])
+
+
+def test_whole_mode_agrees_with_transformers_post_processing(b0, tmp_path):
+    import transformers  # dev dependency: the independent reference
+
+    b0.save_pretrained(tmp_path)
+    reference = transformers.SegformerForSemanticSegmentation.from_pretrained(tmp_path).eval()
+    processor = transformers.SegformerImageProcessor(do_resize=False, do_reduce_labels=False)
+    image = np.random.default_rng(5).integers(0, 256, (45, 70, 3), dtype=np.uint8)
+    with torch.no_grad():
+        inputs = processor(images=image, return_tensors="pt")
+        outputs = reference(**inputs)
+    expected = processor.post_process_semantic_segmentation(outputs, target_sizes=[(45, 70)])[0]
+    labels = Segmenter(b0)(image)
+    assert (labels == expected.numpy()).mean() > 0.999  # same normalisation, resize and argmax (ties aside)
