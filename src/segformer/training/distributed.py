@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -77,6 +78,26 @@ def gather_objects(obj: object) -> list[object]:
     return out
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over processes whose backward sums the gradients too (every rank's loss depends on every input)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+def all_reduce_sum(x: Tensor) -> Tensor:
+    return _AllReduceSum.apply(x)
+
+
 class CrossProcessBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm2d whose training statistics cover the whole global batch, on any device.
 
@@ -89,8 +110,7 @@ class CrossProcessBatchNorm2d(nn.BatchNorm2d):
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or world_size() == 1:
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
+        all_reduce = all_reduce_sum
         dims = (0, 2, 3)
         count = all_reduce(torch.tensor([float(x.numel() // x.shape[1])], device=x.device))
         mean = all_reduce(x.sum(dims)) / count  # (C,)

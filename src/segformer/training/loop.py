@@ -515,6 +515,8 @@ def _train(config: TrainConfig, device: torch.device, model: Any, train_ds: Any,
     finally:
         bar.close()  # before any error message, not after it
 
+    if world > 1:
+        _check_ranks_agree(model)
     final_metrics = evaluate_now(config.iters) if val_ds is not None else None
     result = TrainResult(out=run_dir, best_miou=best_miou, final_metrics=final_metrics, history=history)
     if main:
@@ -549,6 +551,18 @@ def _evaluate(model: SegFormer, dataset: Any, config: TrainConfig, device: torch
             progress=False,
             max_samples=config.eval_max_samples,
         )
+
+
+def _check_ranks_agree(model: nn.Module) -> None:
+    """DDP keeps replicas bitwise identical; compare digests once at the end so a silent divergence cannot pass."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for value in model.state_dict().values():
+        digest.update(value.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    digests = D.gather_objects(digest.hexdigest())
+    if len(set(digests)) != 1:
+        raise RuntimeError(f"the {len(digests)} processes ended with different weights (digests {digests})")
 
 
 def _check_compatible(path: Path, saved: dict[str, Any], config: TrainConfig) -> None:
