@@ -1,4 +1,15 @@
-"""All-MLP decoder: unify channels per level, upsample to 1/4, fuse, classify (paper section 3.2)."""
+"""All-MLP decoder: unify channels per level, upsample to 1/4, fuse, classify (paper section 3.2).
+
+The paper's order (project, upsample, concat, 1x1 fuse conv) spends most of B0's MACs on the fuse conv. Every step
+before the BatchNorm is linear, and bilinear weights sum to one, so
+
+    fuse(concat(up(L4 c4), ..., L1 c1)) = sum_i up(W_fuse_i L_i c_i) + sum_i W_fuse_i b_i
+
+where W_fuse_i is the fuse conv's column block for level i. `forward` therefore applies one composed C_i -> C
+projection per level at that level's own resolution, upsamples and adds (and, in eval mode, folds the BatchNorm into
+that projection too). The result is the same function (about 1e-7 apart in fp32); `forward_unfolded` keeps the
+paper's literal order for tests and for anyone who wants to check.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +20,19 @@ from torch import Tensor, nn
 from .layers import to_map, to_tokens
 
 
+def _map(tokens: Tensor, hw: tuple[int, int]) -> Tensor:
+    """(B, N, C) -> (B, C, H, W) channels-last view. Unlike `to_map` it keeps the batch stride N*C when B == 1, so
+    `F.interpolate` recognises the map as channels-last and does not copy it to NCHW first."""
+    return tokens.unflatten(1, hw).permute(0, 3, 1, 2)
+
+
 class AllMLPHead(nn.Module):
     """Per-level Linear(C_i -> C), bilinear upsample to the stride-4 size, concat [c4, c3, c2, c1],
-    1x1 conv (no bias) + BN + ReLU, Dropout2d, 1x1 classifier. Logits come out at 1/4 of the input size."""
+    1x1 conv (no bias) + BN + ReLU, Dropout2d, 1x1 classifier. Logits come out at 1/4 of the input size.
+
+    `fold` (default True) selects the folded computation described in the module docstring; set it to False to run
+    the literal one. Both have the same parameters and state-dict keys.
+    """
 
     def __init__(self, in_dims: tuple[int, ...], dim: int, num_classes: int, dropout: float = 0.1) -> None:
         super().__init__()
@@ -20,8 +41,14 @@ class AllMLPHead(nn.Module):
         self.bn = nn.BatchNorm2d(dim)
         self.dropout = nn.Dropout2d(dropout)
         self.classifier = nn.Conv2d(dim, num_classes, 1)
+        self.fold = True
+        self._cache: tuple[tuple, list[Tensor], Tensor] | None = None
 
     def forward(self, features: list[Tensor]) -> Tensor:
+        return self.forward_folded(features) if self.fold else self.forward_unfolded(features)
+
+    def forward_unfolded(self, features: list[Tensor]) -> Tensor:
+        """The paper's order of operations, kept as the reference the folded path is tested against."""
         size = features[0].shape[-2:]
         levels = []
         for feature, proj in zip(features, self.proj, strict=True):
@@ -32,3 +59,63 @@ class AllMLPHead(nn.Module):
         x = torch.cat(levels[::-1], dim=1)  # (B, 4C, H/4, W/4) in the original order c4, c3, c2, c1
         x = F.relu(self.bn(self.fuse(x)))
         return self.classifier(self.dropout(x))
+
+    def forward_folded(self, features: list[Tensor]) -> Tensor:
+        """Composed projections at each level's resolution, upsample-and-add, (folded) BN, ReLU, classifier."""
+        size = features[0].shape[-2:]
+        weights, bias = self.folded_weights()
+        inplace = not torch.is_grad_enabled()
+        x = _map(F.linear(to_tokens(features[0]), weights[0], bias), size)  # (B, C, H/4, W/4), channels-last
+        for feature, weight in zip(features[1:], weights[1:], strict=True):
+            y = _map(F.linear(to_tokens(feature), weight), feature.shape[-2:])  # (B, C, h_i, w_i) at its own size
+            if y.shape[-2:] != size:
+                y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
+            x = x.add_(y) if inplace else x + y
+        if not self._bn_folded():
+            x = self.bn(x)
+        x = F.relu(x, inplace=inplace)
+        x = self.dropout(x)
+        classifier = self.classifier.weight.flatten(1)  # (K, C, 1, 1) -> (K, C)
+        return _map(F.linear(to_tokens(x), classifier, self.classifier.bias), size)  # (B, K, H/4, W/4)
+
+    def _bn_folded(self) -> bool:
+        """BN is an affine map only when it normalises with running statistics (eval mode, stats tracked)."""
+        bn = self.bn
+        return not bn.training and bn.running_mean is not None and bn.running_var is not None
+
+    def folded_weights(self) -> tuple[list[Tensor], Tensor]:
+        """Per level a (C, C_i) weight W_fuse_i @ W_i, and one (C,) bias sum_i W_fuse_i b_i; in eval mode with the
+        BatchNorm folded in as well. Recomputed whenever a parameter or buffer changed (cached by tensor version when
+        no gradient is needed), so they never go stale after loading weights or an optimiser step."""
+        tensors = [*self.proj.parameters(), self.fuse.weight, *self.bn.parameters(), *self.bn.buffers()]
+        cacheable = not torch.is_grad_enabled() and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
+        if cacheable:
+            key = (self._bn_folded(), *((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors))
+            if self._cache is not None and self._cache[0] == key:
+                return self._cache[1], self._cache[2]
+        with torch.autocast(self.fuse.weight.device.type, enabled=False):
+            weights, bias = self._compose()
+        if cacheable:
+            self._cache = (key, weights, bias)
+        return weights, bias
+
+    def _compose(self) -> tuple[list[Tensor], Tensor]:
+        n, dim = len(self.proj), self.fuse.out_channels
+        fuse = self.fuse.weight.flatten(1)  # (C, n*C, 1, 1) -> (C, n*C)
+        weights, bias = [], None
+        for i, proj in enumerate(self.proj):
+            block = fuse[:, (n - 1 - i) * dim : (n - i) * dim]  # concat order is c4, c3, c2, c1
+            weights.append(block @ proj.weight)  # (C, C_i)
+            b = block @ proj.bias  # (C,)
+            bias = b if bias is None else bias + b
+        if self._bn_folded():
+            bn = self.bn
+            scale = torch.rsqrt(bn.running_var + bn.eps)
+            if bn.weight is not None:
+                scale = scale * bn.weight
+            shift = -bn.running_mean * scale
+            if bn.bias is not None:
+                shift = shift + bn.bias
+            weights = [w * scale[:, None] for w in weights]
+            bias = bias * scale + shift
+        return weights, bias

@@ -1,11 +1,15 @@
 """Mix Transformer (MiT) encoder: overlapping patch embeddings, efficient self-attention, Mix-FFN.
 
 No positional encoding: the 3x3 depthwise conv in Mix-FFN leaks enough position information (paper section 3.1).
-Tokens travel as (B, N, C); maps made from them with `to_map` are channels-last views, so convs need no copies.
+Tokens travel as (B, N, C); maps made from them with `to_map` are channels-last views. Every conv weight is stored
+channels-last too (`_channels_last`): oneDNN then reads those views directly and returns channels-last maps, whose
+`to_tokens` is again a view. With NCHW weights each conv reordered its input and output (about a third of B0's CPU
+time went to copies). State-dict keys and values are unchanged; only the weights' memory layout differs.
 """
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -13,12 +17,19 @@ from .config import SegFormerConfig
 from .layers import DropPath, drop_path_rates, to_map, to_tokens
 
 
+def _channels_last(conv: nn.Conv2d) -> nn.Conv2d:
+    """Store the weight channels-last, so the conv consumes and produces channels-last maps (no reorder copies)."""
+    # clone, not contiguous(): a depthwise weight (C, 1, k, k) counts as contiguous either way and keeps NCHW strides
+    conv.weight.data = conv.weight.data.clone(memory_format=torch.channels_last)
+    return conv
+
+
 class OverlapPatchEmbed(nn.Module):
     """Strided conv whose kernel is larger than its stride (7/4 then 3/2), so neighbouring patches overlap."""
 
     def __init__(self, in_channels: int, dim: int, kernel: int, stride: int) -> None:
         super().__init__()
-        self.proj = nn.Conv2d(in_channels, dim, kernel, stride, padding=kernel // 2)
+        self.proj = _channels_last(nn.Conv2d(in_channels, dim, kernel, stride, padding=kernel // 2))
         self.norm = nn.LayerNorm(dim)  # torch default eps 1e-5, as the original
 
     def forward(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
@@ -38,7 +49,7 @@ class EfficientSelfAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.sr_ratio = sr_ratio
         if sr_ratio > 1:
-            self.sr = nn.Conv2d(dim, dim, sr_ratio, sr_ratio)
+            self.sr = _channels_last(nn.Conv2d(dim, dim, sr_ratio, sr_ratio))
             self.norm = nn.LayerNorm(dim)  # eps 1e-5, as the original
 
     def forward(self, x: Tensor, hw: tuple[int, int]) -> Tensor:
@@ -57,7 +68,7 @@ class MixFFN(nn.Module):
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
-        self.dwconv = nn.Conv2d(hidden, hidden, 3, 1, 1, groups=hidden)
+        self.dwconv = _channels_last(nn.Conv2d(hidden, hidden, 3, 1, 1, groups=hidden))
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: Tensor, hw: tuple[int, int]) -> Tensor:

@@ -1,0 +1,150 @@
+"""The fast path is the same function: folded decoder vs the paper's literal order, in every mode that matters."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from segformer import VARIANTS, create_model
+from segformer.head import AllMLPHead
+
+TOL = 1e-5
+
+
+@torch.no_grad()
+def _randomize(model: nn.Module, seed: int = 0) -> None:
+    """Weights and BN statistics far from their init, so a wrong fold (scale, shift, slice order) cannot hide."""
+    g = torch.Generator().manual_seed(seed)
+    for name, t in model.state_dict().items():
+        if not t.is_floating_point():
+            continue
+        if name.endswith("running_var"):
+            t.copy_(torch.rand(t.shape, generator=g) + 0.5)
+        elif t.ndim == 1:
+            t.copy_(torch.randn(t.shape, generator=g) * 0.5 + (1.0 if "norm" in name or "bn" in name else 0.0))
+        else:
+            t.copy_(torch.randn(t.shape, generator=g) * (1.0 / t[0].numel()) ** 0.5)
+
+
+@pytest.fixture(scope="module")
+def b0_model():
+    """One randomised B0 (7 classes) per module; tests take deep copies."""
+    model = create_model("b0", num_classes=7)
+    _randomize(model, seed=1)
+    return model
+
+
+def _both(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    features = model.encoder(x)
+    return model.head(features), model.head.forward_unfolded(features)
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_folded_matches_unfolded_every_variant(name):
+    # The fold lives in the head, whose shape depends on the widths only; one block per stage keeps B3-B5 cheap.
+    depths = None if name == "b0" else (1, 1, 1, 1)
+    model = create_model(name, num_classes=19, **({"depths": depths} if depths else {}))
+    _randomize(model)
+    model.eval()
+    x = torch.randn(2, 3, 61, 99)  # odd sizes: ceil division everywhere, non-integer upsampling factors
+    with torch.no_grad():
+        folded, unfolded = _both(model, x)
+    assert folded.shape == (2, 19, 16, 25)
+    assert unfolded.abs().max() > 1.0
+    torch.testing.assert_close(folded, unfolded, atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("size", [(29, 29), (64, 64), (97, 130), (130, 97)])
+def test_folded_matches_unfolded_sizes(b0_model, size):
+    model = b0_model.eval()
+    with torch.inference_mode():
+        folded, unfolded = _both(model, torch.randn(1, 3, *size))
+    assert folded.shape[-2:] == (-(-size[0] // 4), -(-size[1] // 4))
+    torch.testing.assert_close(folded, unfolded, atol=TOL, rtol=0)
+
+
+def test_model_forward_uses_fold_and_flag_switches_back(b0_model):
+    model = copy.deepcopy(b0_model).eval()
+    x = torch.randn(1, 3, 64, 80)
+    calls = []
+    handle = model.head.fuse.register_forward_hook(lambda *a: calls.append(1))
+    with torch.no_grad():
+        fast = model(x)
+        assert calls == []  # the 1x1 fuse conv over 4C channels is never run on the folded path
+        model.head.fold = False
+        slow = model(x)
+        assert calls == [1]
+    handle.remove()
+    torch.testing.assert_close(fast, slow, atol=TOL, rtol=0)
+
+
+def test_training_mode_same_outputs_and_gradients():
+    """Train mode: BN uses batch statistics on the same pre-BN tensor; gradients reach every head parameter alike."""
+    head = AllMLPHead((8, 16, 24, 32), 24, num_classes=6, dropout=0.0)
+    _randomize(head, seed=3)
+    head.train()
+    features = [torch.randn(2, c, s, s + 1) for c, s in ((8, 16), (16, 8), (24, 4), (32, 2))]
+    results = []
+    for fold in (True, False):
+        h = copy.deepcopy(head)
+        h.fold = fold
+        feats = [f.clone().requires_grad_() for f in features]
+        out = h(feats)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        grads = {n: p.grad for n, p in h.named_parameters()}
+        results.append((out, grads, [f.grad for f in feats], h.bn.running_mean.clone()))
+    (o1, g1, f1, m1), (o2, g2, f2, m2) = results
+    torch.testing.assert_close(o1, o2, atol=TOL, rtol=0)
+    assert g1.keys() == g2.keys() and len(g1) == 13
+    for name in g1:
+        torch.testing.assert_close(g1[name], g2[name], atol=1e-4, rtol=1e-4, msg=name)
+    for a, b in zip(f1, f2, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(m1, m2, atol=1e-6, rtol=0)  # BN saw the same batch statistics
+
+
+@pytest.mark.parametrize("norm", ["sync", "no_running_stats"])
+def test_batchnorm_kinds(b0_model, norm):
+    model = copy.deepcopy(b0_model)
+    if norm == "sync":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # what DDP training does
+        assert isinstance(model.head.bn, nn.SyncBatchNorm)
+    else:
+        model.head.bn = nn.BatchNorm2d(model.head.bn.num_features, track_running_stats=False)
+    model.eval()
+    with torch.no_grad():
+        folded, unfolded = _both(model, torch.randn(2, 3, 64, 96))
+    # Batch statistics divide by this batch's own std, which magnifies fp32 rounding a little (~1e-5 seen).
+    torch.testing.assert_close(folded, unfolded, atol=TOL if norm == "sync" else 1e-4, rtol=0)
+
+
+def test_folded_weights_never_stale(b0_model):
+    model = copy.deepcopy(b0_model).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        before = model(x)
+        again = model(x)  # served from the cache
+    torch.testing.assert_close(before, again, atol=0, rtol=0)
+    other = copy.deepcopy(model)
+    _randomize(other, seed=6)
+    model.load_state_dict(other.state_dict())  # in-place copies: same tensors, new versions
+    with torch.inference_mode():
+        after = model(x)
+        reference = model.head.forward_unfolded(model.encoder(x))
+    assert (after - before).abs().max() > 1e-2
+    torch.testing.assert_close(after, reference, atol=TOL, rtol=0)
+    with torch.no_grad():
+        model.head.bn.running_var.mul_(4.0)  # a buffer change alone must invalidate the cache too
+        torch.testing.assert_close(model(x), model.head.forward_unfolded(model.encoder(x)), atol=TOL, rtol=0)
+
+
+def test_state_dict_unchanged_by_fast_layout(b0_model):
+    model = b0_model
+    keys = list(model.state_dict())
+    assert not any("_cache" in k for k in keys)
+    assert "head.fuse.weight" in keys and "encoder.stages.0.blocks.0.ffn.dwconv.weight" in keys
+    conv = model.encoder.stages[0].blocks[0].ffn.dwconv.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and conv.stride(1) == 1
