@@ -209,3 +209,13 @@ def test_whole_mode_agrees_with_transformers_post_processing(b0, tmp_path):
     expected = processor.post_process_semantic_segmentation(outputs, target_sizes=[(45, 70)])[0]
     labels = Segmenter(b0)(image)
     assert (labels == expected.numpy()).mean() > 0.999  # same normalisation, resize and argmax (ties aside)
+
+
+def test_bf16_autocast_stays_close_and_returns_float32(b0):
+    x = torch.randn(1, 3, 64, 96)
+    full = predict_batch(b0, x, InferenceOptions())
+    half = predict_batch(b0, x, InferenceOptions(amp="bf16"))
+    assert half.dtype == torch.float32
+    assert 0 < (half - full).abs().max() < 0.05  # autocast really ran, and probabilities barely moved
+    with pytest.raises(ValueError, match="amp"):
+        InferenceOptions(amp="int8")

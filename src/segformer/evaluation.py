@@ -139,6 +139,7 @@ def evaluate(
     flip: bool = False,
     size_divisor: int | None = None,
     batch_size: int = 8,
+    amp: str = "none",
     device: str | torch.device | None = None,
     progress: bool = True,
     max_samples: int | None = None,
@@ -150,7 +151,7 @@ def evaluate(
     `evaluate(model, ds, **eval_options(ds.info))` (ADE20K: whole at (2048, 512); Cityscapes: slide 1024/768).
     """
     options = InferenceOptions(
-        mode, scale, crop, stride, tuple(scales) if scales else None, flip, size_divisor, batch_size
+        mode, scale, crop, stride, tuple(scales) if scales else None, flip, size_divisor, batch_size, amp
     )
     cm = evaluate_confusion(
         model, dataset, options, device=device, progress=progress, max_samples=max_samples, num_workers=num_workers

@@ -19,7 +19,7 @@ differ in the last digits of mIoU.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from .imageio import IMAGE_SUFFIXES, ImageReadError, read_image, to_rgb, write_l
 from .model import MEAN, STD
 
 ImageLike = str | Path | Image.Image | np.ndarray | Tensor
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class InferenceOptions:
     flip: bool = False  # also run on the horizontally flipped image and average
     size_divisor: int | None = None  # round resized sides up to a multiple (official ADE20K: 32)
     batch_size: int = 8  # images (whole) or windows (slide) per forward pass
+    amp: str = "none"  # "bf16" / "fp16": run the model under autocast (logits are averaged in float32)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scale", _pair(self.scale, "scale"))
@@ -72,6 +74,8 @@ class InferenceOptions:
             raise ValueError(f"size_divisor must be >= 1, got {self.size_divisor}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.amp not in AMP_DTYPES:
+            raise ValueError(f"amp {self.amp!r} is not one of {', '.join(AMP_DTYPES)}")
 
     @property
     def passes(self) -> int:
@@ -146,7 +150,7 @@ def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
-def _whole(model: nn.Module, x: Tensor, batch_size: int) -> Tensor:
+def _whole(model: Callable[[Tensor], Tensor], x: Tensor, batch_size: int) -> Tensor:
     """Logits (B, K, h, w) at the size of the normalised input x (B, C, h, w)."""
     outs = [_resize(model(x[i : i + batch_size]).float(), x.shape[-2:]) for i in range(0, len(x), batch_size)]
     return torch.cat(outs)
@@ -167,7 +171,9 @@ def slide_windows(
     return out
 
 
-def _slide(model: nn.Module, x: Tensor, crop: tuple[int, int], stride: tuple[int, int], batch_size: int) -> Tensor:
+def _slide(
+    model: Callable[[Tensor], Tensor], x: Tensor, crop: tuple[int, int], stride: tuple[int, int], batch_size: int
+) -> Tensor:
     """Logits (B, K, h, w) at the size of x from overlapping crop-sized windows, averaged by coverage."""
     b, _, h, w = x.shape
     pad_h, pad_w = max(crop[0] - h, 0), max(crop[1] - w, 0)
@@ -198,15 +204,23 @@ def predict_batch(model: nn.Module, x: Tensor, options: InferenceOptions, softma
     ratios = options.scales or (1.0,)
     flips = (False, True) if options.flip else (False,)
     total: Tensor | None = None
+    dtype = AMP_DTYPES[options.amp]
+
+    def forward(batch: Tensor) -> Tensor:
+        if dtype is None:
+            return model(batch)
+        with torch.autocast(batch.device.type, dtype=dtype):
+            return model(batch)
+
     with torch.inference_mode():
         for ratio in ratios:
             xs = _resize(x, resized_size(h, w, options.scale, ratio, options.size_divisor))
             for flip in flips:
                 xi = xs.flip(-1) if flip else xs
                 if options.mode == "slide":
-                    logits = _slide(model, xi, options.crop, options.stride, options.batch_size)  # type: ignore[arg-type]
+                    logits = _slide(forward, xi, options.crop, options.stride, options.batch_size)  # type: ignore[arg-type]
                 else:
-                    logits = _whole(model, xi, options.batch_size)
+                    logits = _whole(forward, xi, options.batch_size)
                 if flip:
                     logits = logits.flip(-1)
                 out = _resize(logits, (h, w))
@@ -281,9 +295,10 @@ class Segmenter:
         flip: bool = False,
         size_divisor: int | None = None,
         batch_size: int = 8,
+        amp: str = "none",
     ) -> None:
         self.options = InferenceOptions(
-            mode, scale, crop, stride, tuple(scales) if scales else None, flip, size_divisor, batch_size
+            mode, scale, crop, stride, tuple(scales) if scales else None, flip, size_divisor, batch_size, amp
         )
         self.model = model.eval() if device is None else model.to(device).eval()
         self.device = _model_device(self.model)

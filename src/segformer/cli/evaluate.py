@@ -36,6 +36,7 @@ def add_inference_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--flip", action="store_true", help="average with the horizontally flipped image")
     p.add_argument("--batch-size", type=int, default=8, help="images (whole) or windows (slide) per forward")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none", help="autocast the model (GPU speed)")
 
 
 def _parse_scale(text: str) -> tuple[int, int] | str:
@@ -64,6 +65,7 @@ def inference_options(args: argparse.Namespace, info: DatasetInfo | None = None)
         "stride": args.stride,
         "size_divisor": args.size_divisor,
         "batch_size": args.batch_size,
+        "amp": args.amp,
     }
     if args.scales:
         overrides["scales"] = tuple(args.scales)
@@ -95,6 +97,8 @@ def describe(options: InferenceOptions) -> str:
         text += f", scales {list(options.scales)}"
     if options.flip:
         text += ", flip"
+    if options.amp != "none":
+        text += f", {options.amp} autocast"
     return text
 
 
