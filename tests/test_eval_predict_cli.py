@@ -161,3 +161,17 @@ def test_save_grid_and_confusion_picture(tmp_path):
     big = confusion_image(np.eye(150, dtype=np.int64))  # no labels: cells only, diagonal dark
     assert big.shape[:2] == (750, 750)
     assert big[2, 2].tolist() == [8, 48, 107] and big[2, 7].tolist() == [255, 255, 255]
+
+
+def test_predict_palette_follows_the_model_class_count_or_the_flag(tmp_path):
+    from segformer.data import DATASETS
+
+    torch.manual_seed(0)
+    create_model("b0", num_classes=19, **TINY).save_pretrained(tmp_path / "w19")
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(tmp_path / "a.jpg")
+    for flag, dataset in [([], "cityscapes"), (["--palette", "voc"], "voc")]:
+        out = tmp_path / dataset
+        assert main(["predict", str(tmp_path / "w19"), str(tmp_path / "a.jpg"), "--out", str(out), *flag]) == 0
+        with Image.open(out / "a.png") as png:
+            colours = np.array(png.getpalette()[: 19 * 3]).reshape(19, 3)
+        np.testing.assert_array_equal(colours, DATASETS[dataset].palette_array()[:19])
