@@ -12,8 +12,9 @@
   `scale=None`) and, with `flip`, on the horizontally flipped image too; softmax probabilities are averaged.
 
 Image resizing uses torch bilinear interpolation (align_corners=False, no antialiasing) on the normalised float
-image; mmseg uses cv2 INTER_LINEAR on uint8, which samples the same way but rounds to integers, so results can
-differ in the last digits of mIoU.
+image; mmseg uses cv2 INTER_LINEAR on uint8, which samples the same way but rounds to integers, and its
+AlignedResize resizes twice (to the scale, then to the aligned size) where this resizes once, straight to the
+aligned size; results can differ in the last digits of mIoU.
 """
 
 from __future__ import annotations
@@ -199,7 +200,8 @@ def _slide(
 
 def predict_batch(model: nn.Module, x: Tensor, options: InferenceOptions, softmax: bool = True) -> Tensor:
     """(B, K, H, W) at the size of the normalised batch x (B, C, H, W): softmax probabilities (averaged over
-    the TTA passes), or, with `softmax=False` and a single pass, the resized logits (same argmax, cheaper)."""
+    the TTA passes), or, with `softmax=False` and a single pass, the resized logits (same argmax, cheaper).
+    The caller puts the model in eval mode (dropout and BatchNorm statistics)."""
     h, w = x.shape[-2:]
     ratios = options.scales or (1.0,)
     flips = (False, True) if options.flip else (False,)
