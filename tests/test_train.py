@@ -394,3 +394,39 @@ def test_bad_inputs_fail_with_one_clear_line(tmp_path, capsys, monkeypatch):
     Image.fromarray(np.full((72, 80), 7, np.uint8)).save(bad)  # class 7 of 3
     fails(tiny_args(data, tmp_path / "run2", model, "--iters", "2"), "001.png", "--skip-bad-samples")
     assert main(tiny_args(data, tmp_path / "run3", model, "--iters", "2", "--skip-bad-samples")) == 0
+
+
+# ---------------------------------------------------------------------------------------------------- options
+
+
+def test_batch_plan_covers_the_same_samples_for_any_world_size_or_accumulation():
+    from segformer.training.loop import BatchPlan
+
+    def positions(batch: int, accum: int, world: int) -> list[set[int]]:
+        per_rank = [list(BatchPlan(0, 3, batch, accum, world, r)) for r in range(world)]
+        steps = [[] for _ in range(3)]
+        for batches in per_rank:
+            for k, b in enumerate(batches):
+                steps[k // accum].extend(b)
+        return [set(s) for s in steps]
+
+    reference = positions(4, 1, 1)
+    assert reference == [set(range(0, 4)), set(range(4, 8)), set(range(8, 12))]
+    assert positions(2, 1, 2) == positions(2, 2, 1) == positions(1, 2, 2) == reference
+    assert list(BatchPlan(2, 3, 4, 1, 1, 0)) == [[8, 9, 10, 11]]  # a resumed plan starts where it left off
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_clipping_accumulation_and_checkpointing_run(tmp_path, amp):
+    config = TrainConfig(
+        dataset="memory", out=str(tmp_path / "run"), iters=2, batch_size=2, grad_accum=2, lr=1e-3, warmup_iters=0,
+        amp=amp, clip_grad=1.0, grad_checkpointing=True, eval_every=0, log_every=1, num_workers=0,
+    )  # fmt: skip
+    model = tiny_segformer()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = train(config, model=model, train_dataset=MemoryDataset(4, 0))
+    assert all(math.isfinite(r["loss"]) for r in result.history) and len(result.history) == 2
+    assert model.encoder.stages[0].grad_checkpointing
+    assert not torch.equal(before["head.classifier.weight"], model.state_dict()["head.classifier.weight"])
+    scaler = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["scaler"]
+    assert ("scale" in scaler) == (amp == "fp16")  # the grad scaler is saved (and only exists) for fp16
