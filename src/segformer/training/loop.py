@@ -176,10 +176,10 @@ def _build_datasets(config: TrainConfig) -> tuple[Any, Any, Any]:
             num_classes=config.num_classes,
             skip_bad=config.skip_bad_samples,
         )
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:  # no such split, or an empty one
         if config.eval_every:
             hint = f"no '{config.val_split}' split: pass --eval-every 0 to skip evaluation"
-            raise FileNotFoundError(f"{e} ({hint})") from None
+            raise type(e)(f"{e} ({hint})") from None
         log.info("no '%s' split in %s: training without evaluation", config.val_split, config.data_root)
         val_ds = None
     return train_ds, transform, val_ds
@@ -274,9 +274,12 @@ def train(
     """
     device = resolve_device(config.device)
     own_group = D.init_distributed(device)
+    flags = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
     try:
         return _train(config, device, model, train_dataset, val_dataset)
     finally:
+        torch.use_deterministic_algorithms(flags[0])  # leave the process as it was
+        torch.backends.cudnn.benchmark = flags[1]
         if own_group:
             D.cleanup()
 
