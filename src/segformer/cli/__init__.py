@@ -9,6 +9,7 @@ import sys
 from . import convert, info
 from . import evaluate as eval_cmd
 from . import predict as predict_cmd
+from . import synth as synth_cmd
 from . import train as train_cmd
 
 COMMANDS = {
@@ -17,6 +18,7 @@ COMMANDS = {
     "train": train_cmd,
     "eval": eval_cmd,
     "predict": predict_cmd,
+    "synth": synth_cmd,
 }
 
 
