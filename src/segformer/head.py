@@ -21,9 +21,10 @@ from .layers import to_map, to_tokens
 
 
 def _map(tokens: Tensor, hw: tuple[int, int]) -> Tensor:
-    """(B, N, C) -> (B, C, H, W) channels-last view. Unlike `to_map` it keeps the batch stride N*C when B == 1, so
-    `F.interpolate` recognises the map as channels-last and does not copy it to NCHW first."""
-    return tokens.unflatten(1, hw).permute(0, 3, 1, 2)
+    """(B, N, C) contiguous -> (B, C, H, W) channels-last view. Unlike `layers.to_map` it keeps the batch stride N*C
+    when B == 1, so `F.interpolate` sees a channels-last map and does not copy it to NCHW first; and `view` with
+    sizes read from tensors keeps H, W symbolic when traced for ONNX."""
+    return tokens.view(tokens.shape[0], hw[0], hw[1], tokens.shape[2]).permute(0, 3, 1, 2)
 
 
 class AllMLPHead(nn.Module):
@@ -68,8 +69,8 @@ class AllMLPHead(nn.Module):
         x = _map(F.linear(to_tokens(features[0]), weights[0], bias), size)  # (B, C, H/4, W/4), channels-last
         for feature, weight in zip(features[1:], weights[1:], strict=True):
             y = _map(F.linear(to_tokens(feature), weight), feature.shape[-2:])  # (B, C, h_i, w_i) at its own size
-            if y.shape[-2:] != size:
-                y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
+            # Levels 2-4 are always smaller than level 1; no size test keeps the graph static for export/compile.
+            y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
             x = x.add_(y) if inplace else x + y
         if not self._bn_folded():
             x = self.bn(x)
