@@ -7,6 +7,7 @@ import logging
 import sys
 
 from . import convert, info
+from . import demo as demo_cmd
 from . import evaluate as eval_cmd
 from . import predict as predict_cmd
 from . import synth as synth_cmd
@@ -19,6 +20,7 @@ COMMANDS = {
     "eval": eval_cmd,
     "predict": predict_cmd,
     "synth": synth_cmd,
+    "demo": demo_cmd,
 }
 
 
