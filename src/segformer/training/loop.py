@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -458,63 +459,68 @@ def _train(config: TrainConfig, device: torch.device, model: Any, train_ds: Any,
         return metrics
 
     try:
-        for it in range(start, config.iters):
-            for a in range(config.grad_accum):
-                images, targets = _next_batch(batches)
-                images = images.to(device, non_blocking=True)
-                targets = targets.to(device, non_blocking=True)
-                sync = world == 1 or a == config.grad_accum - 1
-                with net.no_sync() if not sync else contextlib.nullcontext():
-                    with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                        logits = net(images)
-                    loss = segmentation_loss(logits, targets)
-                    scaler.scale(loss / config.grad_accum).backward()
-                loss = loss.detach()
-                nonfinite_at = torch.where((nonfinite_at < 0) & ~torch.isfinite(loss), it, nonfinite_at)
-                loss_sum += loss / config.grad_accum
-            if config.clip_grad is not None:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            lr = optimizer.param_groups[0]["lr"]
-            scheduler.step()
-            window += 1
-            bar.update(1)
-            done = it + 1
-            last = done == config.iters
+        with warnings.catch_warnings():
+            # fp16: the grad scaler skips steps whose gradients overflowed; the schedule still advances (as mmcv).
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
+            for it in range(start, config.iters):
+                for a in range(config.grad_accum):
+                    images, targets = _next_batch(batches)
+                    images = images.to(device, non_blocking=True)
+                    targets = targets.to(device, non_blocking=True)
+                    sync = world == 1 or a == config.grad_accum - 1
+                    with net.no_sync() if not sync else contextlib.nullcontext():
+                        with torch.autocast(
+                            device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
+                        ):
+                            logits = net(images)
+                        loss = segmentation_loss(logits, targets)
+                        scaler.scale(loss / config.grad_accum).backward()
+                    loss = loss.detach()
+                    nonfinite_at = torch.where((nonfinite_at < 0) & ~torch.isfinite(loss), it, nonfinite_at)
+                    loss_sum += loss / config.grad_accum
+                if config.clip_grad is not None:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                lr = optimizer.param_groups[0]["lr"]
+                scheduler.step()
+                window += 1
+                bar.update(1)
+                done = it + 1
+                last = done == config.iters
 
-            if done % config.log_every == 0 or last:
-                check_finite()
-                if world > 1:
-                    torch.distributed.all_reduce(loss_sum)
-                    loss_sum /= world
-                now = time.perf_counter()
-                record = {
-                    "iter": done,
-                    "loss": float(loss_sum) / window,
-                    "lr": lr,
-                    "sec_per_iter": (now - tick) / window,
-                }
-                loss_sum.zero_()
-                window, tick = 0, now
-                if main:
-                    history.append(record)
-                    _append(run_dir / "metrics.jsonl", record)
-                    bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}", refresh=False)
-                    if writer is not None:
-                        writer.add_scalar("train/loss", record["loss"], done)
-                        writer.add_scalar("train/lr", lr, done)
-            if config.eval_every and done % config.eval_every == 0 and not last:
-                check_finite()
-                evaluate_now(done)
-            if (config.save_every and done % config.save_every == 0) or last:
-                check_finite()
-                state = snapshot(done)
-                if main:
-                    save_checkpoint(run_dir, state)
-                last_saved = done
+                if done % config.log_every == 0 or last:
+                    check_finite()
+                    if world > 1:
+                        torch.distributed.all_reduce(loss_sum)
+                        loss_sum /= world
+                    now = time.perf_counter()
+                    record = {
+                        "iter": done,
+                        "loss": float(loss_sum) / window,
+                        "lr": lr,
+                        "sec_per_iter": (now - tick) / window,
+                    }
+                    loss_sum.zero_()
+                    window, tick = 0, now
+                    if main:
+                        history.append(record)
+                        _append(run_dir / "metrics.jsonl", record)
+                        bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}", refresh=False)
+                        if writer is not None:
+                            writer.add_scalar("train/loss", record["loss"], done)
+                            writer.add_scalar("train/lr", lr, done)
+                if config.eval_every and done % config.eval_every == 0 and not last:
+                    check_finite()
+                    evaluate_now(done)
+                if (config.save_every and done % config.save_every == 0) or last:
+                    check_finite()
+                    state = snapshot(done)
+                    if main:
+                        save_checkpoint(run_dir, state)
+                    last_saved = done
     finally:
         bar.close()  # before any error message, not after it
 
