@@ -90,6 +90,7 @@ class AllMLPHead(nn.Module):
         no gradient is needed), so they never go stale after loading weights or an optimiser step."""
         tensors = [*self.proj.parameters(), self.fuse.weight, *self.bn.parameters(), *self.bn.buffers()]
         cacheable = not torch.is_grad_enabled() and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
+        cacheable = cacheable and not any(t.is_inference() for t in tensors)  # those have no version counter
         if cacheable:
             key = (self._bn_folded(), *((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors))
             if self._cache is not None and self._cache[0] == key:

@@ -6,9 +6,11 @@ import argparse
 import logging
 import sys
 
+from . import benchmark as benchmark_cmd
 from . import convert, info
 from . import demo as demo_cmd
 from . import evaluate as eval_cmd
+from . import export as export_cmd
 from . import predict as predict_cmd
 from . import synth as synth_cmd
 from . import train as train_cmd
@@ -21,6 +23,8 @@ COMMANDS = {
     "predict": predict_cmd,
     "synth": synth_cmd,
     "demo": demo_cmd,
+    "export": export_cmd,
+    "benchmark": benchmark_cmd,
 }
 
 

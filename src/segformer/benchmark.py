@@ -1,0 +1,410 @@
+"""Latency and peak memory of our inference path beside its peers, measured side by side in one process.
+
+Every implementation gets the same weights and the same input. Latencies are medians over `repeats` rounds in
+which the implementations take turns (interleaved), so a noisy machine slows them all alike. Peak memory is the
+peak resident-set growth during one forward on CPU (glibc's free memory is trimmed and the kernel's high-water mark
+reset first), and `torch.cuda.max_memory_allocated` growth on GPU.
+
+Peers (`compare=True`): transformers' SegformerForSemanticSegmentation in eager PyTorch, and ONNX Runtime on
+transformers' model and on ours, each exported here with `torch.onnx`. transformers is a dev dependency only.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .model import SegFormer
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+AGREEMENT_TARGET = 0.995  # low-precision argmax must match fp32 on at least this share of pixels
+
+
+@dataclass
+class Row:
+    """One implementation's numbers; `ratio` is latency / the baseline row's latency."""
+
+    name: str
+    latency_ms: float
+    q25_ms: float
+    q75_ms: float
+    peak_mem_mb: float | None = None
+    ratio: float | None = None
+    mem_ratio: float | None = None
+    max_abs_diff: float | None = None  # logits vs our fp32 eager
+    agreement: float | None = None  # argmax agreement with our fp32 eager
+    note: str = ""
+
+
+@dataclass
+class BenchmarkResult:
+    model: str
+    size: tuple[int, int]
+    batch: int
+    threads: int
+    device: str
+    device_name: str
+    repeats: int
+    baseline: str
+    rows: list[Row] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def table(self) -> str:
+        """A Markdown table, ratios against `baseline`."""
+        lines = [
+            f"{self.model}, batch {self.batch}, {self.size[0]}x{self.size[1]}, {self.device_name}, "
+            f"{self.threads} threads, median of {self.repeats} interleaved runs",
+            "",
+            f"| implementation | ms (IQR) | x {self.baseline} | peak mem MB | mem x | max abs diff | argmax agree |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in self.rows:
+            lines.append(
+                f"| {r.name} | {r.latency_ms:.1f} ({r.q25_ms:.1f}-{r.q75_ms:.1f}) | {_fmt(r.ratio, '.3f')} "
+                f"| {_fmt(r.peak_mem_mb, '.0f')} | {_fmt(r.mem_ratio, '.2f')} | {_fmt(r.max_abs_diff, '.1e')} "
+                f"| {_fmt(r.agreement, '.2%')} |"
+            )
+        lines += [f"- {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def build_model(source: str, num_classes: int | None = None) -> tuple[SegFormer, str]:
+    """A variant name (b0..b5: random weights, as the paper's architecture) or any `load_model` source."""
+    from .config import VARIANTS
+    from .loading import create_model, load_model
+
+    name = source.lower().removeprefix("mit-").removeprefix("segformer-")
+    if name in VARIANTS:
+        note = f"{name}: randomly initialised weights ({num_classes or 150} classes); timings do not depend on them"
+        return create_model(name, num_classes=num_classes or 150), note
+    return load_model(source, num_classes=num_classes), ""
+
+
+def sample_image(size: tuple[int, int], batch: int = 1, seed: int = 0) -> Tensor:
+    """A normalised test batch that looks like a photo (smooth regions, edges, texture), not white noise."""
+    from .model import MEAN, STD
+
+    g = np.random.default_rng(seed)
+    h, w = size
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    images = []
+    for _ in range(batch):
+        img = np.zeros((h, w, 3), np.float32)
+        for c in range(3):  # smooth gradients
+            a, b = g.uniform(-1, 1, 2)
+            img[..., c] = 128 + 60 * np.sin(a * xx / 37 + b * yy / 53 + c)
+        for _ in range(12):  # flat-coloured blobs with sharp edges
+            cy, cx, r = g.uniform(0, h), g.uniform(0, w), g.uniform(0.05, 0.3) * min(h, w)
+            img[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = g.uniform(0, 255, 3)
+        img += g.normal(0, 8, img.shape)  # texture
+        images.append(np.clip(img, 0, 255))
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)  # (B, H, W, 3) -> (B, 3, H, W)
+    return ((x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)).contiguous()
+
+
+def inference_fn(
+    model: torch.nn.Module, x: Tensor, *, dtype: str = "fp32", compile: bool = False
+) -> Callable[[], Tensor]:
+    """`fn()` runs `model(x)` the fast way: eval mode, inference_mode, optional autocast (bf16/fp16) and
+    `torch.compile`. The logits come back in float32."""
+    model.eval()
+    device = x.device.type
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} must be one of {', '.join(DTYPES)}")
+    if dtype == "fp16" and device != "cuda":
+        raise ValueError("fp16 autocast is for GPUs; on CPU use --dtype bf16")
+    net = torch.compile(model) if compile else model
+
+    def fn() -> Tensor:
+        with torch.inference_mode(), torch.autocast(device, dtype=DTYPES[dtype], enabled=dtype != "fp32"):
+            return net(x).float()
+
+    return fn
+
+
+def argmax_agreement(a: Tensor, b: Tensor) -> float:
+    """Share of pixels whose class (argmax over dim 1) is the same in two logit batches."""
+    return float((a.argmax(1) == b.argmax(1)).float().mean())
+
+
+def cpu_supports_bf16() -> bool:
+    """AMX or AVX512-BF16: where CPU bf16 matmuls are native rather than emulated."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name(0)
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"CPU {name}"
+
+
+def time_interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int, sync: Callable[[], None]) -> dict:
+    """{name: [seconds per call]}: each round calls every fn once, in turn, after `warmup` untimed rounds."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for i in range(warmup + repeats):
+        for name, fn in fns.items():
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            if i >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def _rss_status(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/self/status has no {key}")
+
+
+def peak_memory_mb(fn: Callable[[], Any], device: str) -> float | None:
+    """Peak memory growth (MB) while `fn` runs; None where this platform cannot measure it."""
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 1e6
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed heap pages back, so reuse shows up as growth again
+        Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark (VmHWM) to the current RSS
+        base = _rss_status("VmRSS:")
+    except OSError:
+        return None
+    fn()
+    return (_rss_status("VmHWM:") - base) / 1e6
+
+
+def _export_transformers(hf_model, x: Tensor, path: Path, opset: int = 17) -> None:
+    """transformers' model through the same torch.onnx path as ours (dynamic batch/H/W)."""
+
+    class Logits(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, pixel_values: Tensor) -> Tensor:
+            return self.m(pixel_values=pixel_values).logits
+
+    with torch.no_grad():
+        torch.onnx.export(
+            Logits(hf_model).eval(),
+            (x,),
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=["pixel_values"],
+            output_names=["logits"],
+            dynamic_axes={"pixel_values": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch"}},
+            do_constant_folding=True,
+        )
+
+
+def run_benchmark(
+    model: str | SegFormer = "b0",
+    *,
+    size: tuple[int, int] = (512, 512),
+    batch: int = 1,
+    threads: int | None = 2,
+    device: str = "cpu",
+    dtype: str = "fp32",
+    compile: bool = False,
+    compare: bool = False,
+    unfolded: bool = False,
+    onnx: bool = True,
+    memory: bool = True,
+    repeats: int = 10,
+    warmup: int = 2,
+    num_classes: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> BenchmarkResult:
+    """Measure our model (fp32 eager; plus `dtype` autocast and/or `torch.compile` when asked; plus the paper-order
+    decoder with `unfolded`) and, with `compare`, transformers eager and ONNX Runtime on both exports.
+
+    The baseline of the ratios is transformers eager fp32 when compared, else our fp32 eager.
+    """
+    say = progress or (lambda s: None)
+    if threads:
+        torch.set_num_threads(threads)
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda: no CUDA device is visible to PyTorch")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} must be one of {', '.join(DTYPES)}")
+    if dtype == "fp16" and device != "cuda":
+        raise ValueError("fp16 autocast is for GPUs; on CPU use --dtype bf16")
+    if compare:
+        try:
+            import transformers
+        except ImportError:
+            raise RuntimeError(
+                "--compare needs transformers (a dev dependency): pip install transformers, or drop --compare"
+            ) from None
+    if isinstance(model, SegFormer):
+        ours, label = model, model.config.name
+    else:
+        ours, note = build_model(model, num_classes)
+        label = model
+    ours = ours.to(device).eval()
+    x = sample_image(size, batch).to(device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    result = BenchmarkResult(
+        model=f"{label} ({ours.config.name}, {ours.config.num_classes} classes)",
+        size=tuple(size),
+        batch=batch,
+        threads=torch.get_num_threads(),
+        device=device,
+        device_name=device_name(device),
+        repeats=repeats,
+        baseline="transformers eager" if compare else "ours eager fp32",
+        versions={"torch": torch.__version__},
+    )
+    if not isinstance(model, SegFormer) and note:
+        result.notes.append(note)
+
+    fns: dict[str, Callable[[], Any]] = {"ours eager fp32": inference_fn(ours, x)}
+    if dtype != "fp32":
+        fns[f"ours eager {dtype}"] = inference_fn(ours, x, dtype=dtype)
+        if device == "cpu" and dtype == "bf16" and not cpu_supports_bf16():
+            result.notes.append("this CPU has no AMX/AVX512-BF16: bf16 is emulated and slow here")
+    if compile:
+        fns[f"ours torch.compile {dtype}"] = inference_fn(ours, x, dtype=dtype, compile=True)
+    if unfolded:
+        import copy
+
+        paper = copy.deepcopy(ours)
+        paper.head.fold = False
+        fns["ours, decoder unfolded (paper order)"] = inference_fn(paper, x)
+
+    tmp = tempfile.TemporaryDirectory(prefix="segformer-bench-")
+    x_np = x.cpu().numpy()
+    if compare:
+        say("loading transformers' model with the same weights")
+        folder = ours.save_pretrained(Path(tmp.name) / "hf")
+        hf = transformers.SegformerForSemanticSegmentation.from_pretrained(folder).to(device).eval()
+        result.versions["transformers"] = transformers.__version__
+        attn = getattr(hf.config, "_attn_implementation", None)
+        result.notes.append(f"transformers {transformers.__version__} (attention implementation: {attn})")
+
+        def hf_fn() -> Tensor:
+            with torch.inference_mode():
+                return hf(pixel_values=x).logits
+
+        fns = {"transformers eager": hf_fn, **fns}
+        if onnx:
+            fns.update(_onnx_peers(ours, hf, x, x_np, Path(tmp.name), threads, device, result, say))
+    elif onnx and device == "cpu":
+        fns.update(_onnx_peers(ours, None, x, x_np, Path(tmp.name), threads, device, result, say))
+
+    say("checking outputs")
+    reference = fns["ours eager fp32"]().float().cpu()
+    outputs = {name: torch.as_tensor(fn()).float().cpu() for name, fn in fns.items()}
+    if memory:
+        say("measuring peak memory")
+        mem = {name: max(peak_memory_mb(fn, device) or 0.0 for _ in range(2)) for name, fn in fns.items()}
+        if device == "cpu" and any(v == 0.0 for v in mem.values()):
+            mem = {}
+    say(f"timing {len(fns)} implementations x {repeats} rounds")
+    times = time_interleaved(fns, repeats, warmup, sync)
+    base = statistics.median(times[result.baseline])
+    base_mem = mem.get(result.baseline) if memory else None
+    for name, t in times.items():
+        q = np.percentile(np.array(t) * 1000, [25, 75])
+        out = outputs[name]
+        row = Row(name, statistics.median(t) * 1000, float(q[0]), float(q[1]))
+        row.ratio = row.latency_ms / (base * 1000)
+        if memory and name in mem and "ONNX Runtime" not in name:
+            row.peak_mem_mb = mem[name]
+            row.mem_ratio = mem[name] / base_mem if base_mem else None
+        if out.shape == reference.shape:
+            row.max_abs_diff = float((out - reference).abs().max())
+            row.agreement = argmax_agreement(out, reference)
+        result.rows.append(row)
+    if memory and device == "cpu":
+        result.notes.append("peak memory: resident-set growth during one forward (ONNX Runtime rows: not measured)")
+    for name in fns:
+        if name.startswith("ours eager") and name != "ours eager fp32":
+            agree = next(r.agreement for r in result.rows if r.name == name)
+            verdict = "meets" if agree >= AGREEMENT_TARGET else "MISSES"
+            result.notes.append(f"{name}: argmax agreement with fp32 {agree:.3%} ({verdict} the 99.5% target)")
+    lat = {r.name: r.latency_ms for r in result.rows}
+    if "ONNX Runtime, our export" in lat and "ONNX Runtime, transformers' export" in lat:
+        ratio = lat["ONNX Runtime, our export"] / lat["ONNX Runtime, transformers' export"]
+        result.notes.append(f"ONNX Runtime: our export / transformers' export = {ratio:.3f}x latency")
+    tmp.cleanup()
+    return result
+
+
+def _onnx_peers(ours, hf, x, x_np, folder, threads, device, result, say) -> dict[str, Callable[[], Any]]:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        result.notes.append("onnxruntime not installed: ONNX Runtime rows skipped (pip install 'segformer[onnx]')")
+        return {}
+    from .export import export_onnx, ort_session
+
+    if device == "cuda":
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            result.notes.append("onnxruntime has no CUDAExecutionProvider here: ONNX Runtime rows skipped")
+            return {}
+        providers = ["CUDAExecutionProvider"]
+    else:
+        providers = ["CPUExecutionProvider"]
+    fns = {}
+    result.versions["onnxruntime"] = ort.__version__
+    if hf is not None:
+        say("exporting transformers' model to ONNX")
+        path = folder / "transformers.onnx"
+        _export_transformers(hf.cpu(), x.cpu(), path)
+        hf.to(device)
+        session = ort_session(path, threads, providers)
+        fns["ONNX Runtime, transformers' export"] = lambda: session.run(None, {"pixel_values": x_np})[0]
+    say("exporting our model to ONNX")
+    ours_cpu = ours.cpu()
+    path = export_onnx(ours_cpu, folder / "ours.onnx", sample_size=tuple(x.shape[-2:]), check=False).path
+    ours.to(device)
+    session2 = ort_session(path, threads, providers)
+    fns["ONNX Runtime, our export"] = lambda: session2.run(None, {"pixel_values": x_np})[0]
+    return fns
+
+
+def environment_note() -> str:
+    """Threads and library versions, for the benchmark report."""
+    return f"python {platform.python_version()}, torch {torch.__version__}, {os.cpu_count()} CPUs visible"

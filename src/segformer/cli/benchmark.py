@@ -1,0 +1,63 @@
+"""Measure inference latency and peak memory; with --compare, beside transformers and ONNX Runtime.
+
+Examples:
+  segformer benchmark --model b0 --size 512x512 --threads 2 --compare
+  segformer benchmark --model b0 --dtype bf16 --compile
+  segformer benchmark --model nvidia/segformer-b2-finetuned-ade-512-512 --device cuda --dtype fp16 --compare
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import parse_size
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="b0", help="b0..b5 (random weights) or any checkpoint load_model accepts")
+    p.add_argument("--size", type=parse_size, default=(512, 512), help="input HxW (default 512x512)")
+    p.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
+    p.add_argument("--threads", type=int, default=2, help="torch / ONNX Runtime intra-op threads (default 2)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32", help="also time autocast at this dtype")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile(model)")
+    p.add_argument("--compare", action="store_true", help="beside transformers eager and ONNX Runtime (both exports)")
+    p.add_argument("--unfolded", action="store_true", help="also time the paper-order (unfolded) decoder")
+    p.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime rows")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    p.add_argument("--repeats", type=int, default=10, help="timed interleaved rounds (default 10)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed rounds first (default 2)")
+    p.add_argument("--num-classes", type=int, default=None, help="classes for a random b0..b5 model (default 150)")
+    p.add_argument("--json", default=None, help="also write the result as JSON to this file")
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    import sys
+
+    from ..benchmark import run_benchmark
+
+    if args.repeats < 1 or args.batch < 1:
+        raise ValueError("--repeats and --batch must be at least 1")
+    result = run_benchmark(
+        args.model,
+        size=args.size,
+        batch=args.batch,
+        threads=args.threads,
+        device=args.device,
+        dtype=args.dtype,
+        compile=args.compile,
+        compare=args.compare,
+        unfolded=args.unfolded,
+        onnx=not args.no_onnx,
+        memory=not args.no_memory,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        num_classes=args.num_classes,
+        progress=lambda s: print(f"... {s}", file=sys.stderr),
+    )
+    print(result.table())
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result.to_dict(), f, indent=2)
+    return 0
