@@ -3,6 +3,7 @@ exact resume after SIGKILL, non-finite loss, and bad input. The 2-process test i
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -166,7 +167,7 @@ def test_cli_layers_preset_config_file_and_flags(tmp_path):
     from segformer.cli import train as train_cli
 
     (tmp_path / "c.yaml").write_text("dataset: cityscapes\niters: 100\nlr: 1e-4\ncrop: [256, 256]\n")
-    parser = __import__("argparse").ArgumentParser()
+    parser = argparse.ArgumentParser()
     train_cli.add_arguments(parser)
     args = parser.parse_args(["--config", str(tmp_path / "c.yaml"), "--lr", "2e-4", "--clip-grad", "none"])
     config = train_cli.resolve_config(args)

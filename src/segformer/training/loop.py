@@ -533,7 +533,7 @@ def _train(config: TrainConfig, device: torch.device, model: Any, train_ds: Any,
             save_checkpoint(run_dir, snapshot(config.iters), keep_previous=False)
         model.save_pretrained(run_dir / "final")
         if final_metrics is not None:
-            (run_dir / "final" / "metrics.json").write_text(json.dumps(final_metrics, indent=2) + "\n")
+            (run_dir / "final" / "metrics.json").write_text(json.dumps(final_metrics, indent=2, default=float) + "\n")
         plot_curves(history, run_dir / "curves.png")
         if writer is not None:
             writer.close()
