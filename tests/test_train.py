@@ -214,7 +214,14 @@ def test_train_in_memory_loss_falls_and_writes_run_folder(tmp_path):
     assert result.final_metrics is not None and 0 <= result.final_metrics["mIoU"] <= 1
     assert result.best_miou == max(r["mIoU"] for r in result.history if "mIoU" in r)
     run = result.out
-    for name in ("config.yaml", "metrics.jsonl", "last.pt", "best/model.safetensors", "final/config.json"):
+    for name in (
+        "config.yaml",
+        "metrics.jsonl",
+        "last.pt",
+        "best/model.safetensors",
+        "final/config.json",
+        "curves.png",
+    ):
         assert (run / name).is_file(), name
     assert TrainConfig.from_dict(yaml.safe_load((run / "config.yaml").read_text())).num_classes == 3
     state = torch.load(run / "last.pt", weights_only=True)
@@ -431,3 +438,23 @@ def test_mixed_precision_clipping_accumulation_and_checkpointing_run(tmp_path, a
     assert not torch.equal(before["head.classifier.weight"], model.state_dict()["head.classifier.weight"])
     scaler = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["scaler"]
     assert ("scale" in scaler) == (amp == "fp16")  # the grad scaler is saved (and only exists) for fp16
+
+
+def test_checkpoints_are_replaced_atomically_keeping_the_previous_one(tmp_path):
+    from segformer.training.checkpoint import find_resume_checkpoint, load_checkpoint, save_checkpoint
+
+    def state(it: int) -> dict:
+        return {"model": {"w": torch.full((2,), float(it))}, "optimizer": {}, "scheduler": {}, "iteration": it,
+                "rng": {"states": [{"torch": torch.get_rng_state()}]}, "train_config": {}}  # fmt: skip
+
+    assert find_resume_checkpoint(tmp_path) is None
+    save_checkpoint(tmp_path, state(2))
+    save_checkpoint(tmp_path, state(4))
+    assert load_checkpoint(tmp_path / "last.pt")["iteration"] == 4
+    assert load_checkpoint(tmp_path / "previous.pt")["iteration"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "previous.pt"]  # no temp files left
+    (tmp_path / "last.pt").unlink()  # a kill between the two renames
+    assert find_resume_checkpoint(tmp_path) == tmp_path / "previous.pt"
+    torch.save({"model": {}}, tmp_path / "other.pt")
+    with pytest.raises(RuntimeError, match="not a segformer training checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")

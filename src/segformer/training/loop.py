@@ -582,6 +582,10 @@ def _check_compatible(path: Path, saved: dict[str, Any], config: TrainConfig) ->
                 f"{path}: was written with {key}={saved[key]!r} but this run has {key}={config.to_dict()[key]!r}; "
                 "resume with the same settings (RUN_DIR/config.yaml) or start a new --out"
             )
+    if saved.get("iters", config.iters) != config.iters:
+        log.warning(
+            "%s: iters changed from %s to %d: the poly schedule is recomputed", path, saved["iters"], config.iters
+        )
 
 
 def _append(path: Path, record: dict[str, Any]) -> None:
