@@ -1,0 +1,128 @@
+"""ONNX export (dynamic sizes, pre/post-processing) checked in ONNX Runtime, and the benchmark's plumbing."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from segformer import MEAN, STD, create_model
+from segformer.cli import main
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = create_model("b0", num_classes=5, depths=(1, 1, 1, 1)).eval()
+    with torch.no_grad():  # BN statistics away from identity so the folded BN matters
+        m.head.bn.running_mean.normal_()
+        m.head.bn.running_var.uniform_(0.5, 2.0)
+    return m
+
+
+def _session(path):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def _dims(value_info) -> list:
+    return [d.dim_param or d.dim_value for d in value_info.type.tensor_type.shape.dim]
+
+
+@pytest.mark.onnx
+def test_logits_export_dynamic_sizes(model, tmp_path):
+    from segformer.export import export_onnx
+
+    report = export_onnx(model, tmp_path / "m.onnx", sample_size=(64, 64), check_sizes=((64, 64), (45, 97)))
+    assert [c["size"] for c in report.checked] == [(64, 64), (45, 97)]
+    assert all(c["max_abs_diff"] <= 1e-4 for c in report.checked)
+    proto = onnx.load(str(report.path))
+    assert report.opset >= 17
+    assert _dims(proto.graph.input[0]) == ["batch", 3, "height", "width"]
+    # One more size, batch 3, never seen while exporting or checking.
+    x = torch.randn(3, 3, 130, 77)
+    got = _session(report.path).run(None, {"pixel_values": x.numpy()})[0]
+    with torch.no_grad():
+        expected = model(x).numpy()
+    assert got.shape == (3, 5, 33, 20)
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.onnx
+def test_cli_export_with_pre_and_postprocess(model, tmp_path, capsys):
+    folder = model.save_pretrained(tmp_path / "weights")
+    out = tmp_path / "app.onnx"
+    argv = ["export", str(folder), str(out), "--with-preprocess", "--with-postprocess", "--label-dtype", "uint8"]
+    assert main([*argv, "--size", "64x96"]) == 0
+    assert "labels equal" in capsys.readouterr().out
+    proto = onnx.load(str(out))
+    assert _dims(proto.graph.input[0]) == ["batch", "height", "width", 3]
+    assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert "class_names" in meta and "segformer_config" in meta
+    # Independent torch path: normalise, forward, upsample to the input size, argmax.
+    image = np.random.default_rng(0).integers(0, 256, (2, 71, 83, 3), dtype=np.uint8)
+    labels = _session(out).run(None, {"image": image})[0]
+    x = (torch.from_numpy(image).permute(0, 3, 1, 2).float() - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(
+        STD
+    ).view(3, 1, 1)
+    with torch.no_grad():
+        expected = F.interpolate(model(x), size=(71, 83), mode="bilinear", align_corners=False).argmax(1)
+    assert labels.dtype == np.uint8 and labels.shape == (2, 71, 83)
+    assert np.mean(labels == expected.numpy()) > 0.999
+
+
+@pytest.mark.onnx
+def test_export_rejects_bad_options(model, tmp_path):
+    from segformer.export import export_onnx
+
+    with pytest.raises(ValueError, match="opset 16"):
+        export_onnx(model, tmp_path / "a.onnx", opset=16)
+    with pytest.raises(ValueError, match="minimum"):
+        export_onnx(model, tmp_path / "a.onnx", sample_size=(16, 16))
+    assert not (tmp_path / "a.onnx").exists()
+
+
+def test_export_without_onnx_says_what_to_install(model, tmp_path, monkeypatch):
+    from segformer.export import export_onnx
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if not installed
+    with pytest.raises(RuntimeError, match=r"pip install 'segformer\[onnx\]'"):
+        export_onnx(model, tmp_path / "a.onnx")
+
+
+def test_benchmark_rows_and_ratios(model):
+    from segformer.benchmark import run_benchmark
+
+    result = run_benchmark(model, size=(64, 64), threads=1, unfolded=True, onnx=False, repeats=2, warmup=1)
+    names = [r.name for r in result.rows]
+    assert names == ["ours eager fp32", "ours, decoder unfolded (paper order)"]
+    base, paper = result.rows
+    assert base.ratio == pytest.approx(1.0) and base.latency_ms > 0
+    assert paper.max_abs_diff is not None and paper.max_abs_diff <= 1e-4 and paper.agreement == 1.0  # see test_fast
+    assert "| ours eager fp32 |" in result.table()
+
+
+def test_benchmark_compare_needs_transformers(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    assert main(["benchmark", "--model", "b0", "--compare", "--size", "64"]) == 2
+    assert "needs transformers" in capsys.readouterr().err
+
+
+def test_bf16_autocast_close_to_fp32(model):
+    """bf16 changes the numbers a little, not the function: same shape, small error, most pixels agree."""
+    from segformer.benchmark import argmax_agreement, inference_fn, sample_image
+
+    x = sample_image((96, 128))
+    fp32 = inference_fn(model, x)()
+    bf16 = inference_fn(model, x, dtype="bf16")()
+    assert bf16.dtype == torch.float32 and bf16.shape == fp32.shape
+    assert (bf16 - fp32).abs().max() < 0.1 * fp32.abs().max()
+    assert argmax_agreement(bf16, fp32) > 0.9
+    with pytest.raises(ValueError, match="fp16"):
+        inference_fn(model, x, dtype="fp16")
