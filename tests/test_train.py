@@ -337,6 +337,27 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     assert losses(killed) == losses(tmp_path / "ref")  # the log was cut back to the checkpoint, not duplicated
 
 
+def test_sigterm_saves_a_checkpoint_at_the_current_iteration_and_stops(tmp_path):
+    data = make_folder(tmp_path / "data", n_train=4, n_val=0)
+    model = tiny_model_file(tmp_path / "tiny.json")
+    run = tmp_path / "run"
+    args = tiny_args(data, run, model, "--iters", "500", "--save-every", "1000", "--log-every", "1")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "segformer", *args], env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (run / "metrics.jsonl").is_file() or not (run / "metrics.jsonl").read_text().strip():
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it was signalled"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    last_line = err.strip().splitlines()[-1]
+    assert "stopped by SIGTERM after iteration" in last_line and "--resume" in last_line
+    stopped_at = int(last_line.split("after iteration ")[1].split(":")[0])
+    state = torch.load(run / "last.pt", weights_only=True)
+    assert state["iteration"] == stopped_at < 500  # saved where it stopped, not at a --save-every multiple
+
+
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, capsys):
     data = make_folder(tmp_path / "data", n_train=4, n_val=0)
     model = tiny_model_file(tmp_path / "tiny.json")

@@ -13,6 +13,8 @@ import json
 import logging
 import math
 import os
+import signal
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -458,6 +460,7 @@ def _train(config: TrainConfig, device: torch.device, model: Any, train_ds: Any,
         best_miou = D.broadcast_object(best_miou)
         return metrics
 
+    stop = _StopRequest(install=world == 1)
     try:
         with warnings.catch_warnings():
             # fp16: the grad scaler skips steps whose gradients overflowed; the schedule still advances (as mmcv).
@@ -521,8 +524,19 @@ def _train(config: TrainConfig, device: torch.device, model: Any, train_ds: Any,
                     if main:
                         save_checkpoint(run_dir, state)
                     last_saved = done
+                if stop.signal is not None:
+                    check_finite()
+                    if last_saved != done:
+                        state = snapshot(done)
+                        if main:
+                            save_checkpoint(run_dir, state)
+                    raise RuntimeError(
+                        f"stopped by {signal.Signals(stop.signal).name} after iteration {done}: saved "
+                        f"{run_dir / 'last.pt'}; continue with --resume"
+                    )
     finally:
         bar.close()  # before any error message, not after it
+        stop.uninstall()
 
     if world > 1:
         _check_ranks_agree(model)
@@ -560,6 +574,36 @@ def _evaluate(model: SegFormer, dataset: Any, config: TrainConfig, device: torch
             progress=False,
             max_samples=config.eval_max_samples,
         )
+
+
+class _StopRequest:
+    """SIGTERM/SIGINT (cluster preemption, Ctrl-C) in a single process: finish the iteration, save, stop.
+
+    A second signal interrupts at once. Under torchrun the launcher owns the workers' signals, so nothing is
+    installed there (checkpoints every --save-every bound the loss).
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, install: bool) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+        if install and threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = signum
+        log.warning(
+            "%s received: stopping after this iteration (send it again to stop now)", signal.Signals(signum).name
+        )
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
 
 
 def _check_ranks_agree(model: nn.Module) -> None:
