@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import types
 import typing
 from pathlib import Path
@@ -102,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
 
     config = resolve_config(args)
     result = train(config)
+    if int(os.environ.get("RANK", 0)) != 0:  # under torchrun only rank 0 reports
+        return 0
     if result.final_metrics is not None:
         print(
             f"final mIoU {result.final_metrics['mIoU']:.4f} (best {result.best_miou:.4f}); model in {result.out}/final"
