@@ -110,12 +110,11 @@ class CrossProcessBatchNorm2d(nn.BatchNorm2d):
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or world_size() == 1:
             return super().forward(x)
-        all_reduce = all_reduce_sum
         dims = (0, 2, 3)
-        count = all_reduce(torch.tensor([float(x.numel() // x.shape[1])], device=x.device))
-        mean = all_reduce(x.sum(dims)) / count  # (C,)
-        centred = x - mean[None, :, None, None]
-        var = all_reduce((centred * centred).sum(dims)) / count  # biased, as BN normalises with
+        count = all_reduce_sum(torch.tensor([float(x.numel() // x.shape[1])], device=x.device))
+        mean = all_reduce_sum(x.sum(dims)) / count  # (C,)
+        centred = x - mean[None, :, None, None]  # (B, C, H, W)
+        var = all_reduce_sum((centred * centred).sum(dims)) / count  # biased: what BN normalises with
         if self.track_running_stats:
             with torch.no_grad():
                 m = self.momentum if self.momentum is not None else 0.1
