@@ -65,6 +65,8 @@ class AllMLPHead(nn.Module):
         """Composed projections at each level's resolution, upsample-and-add, (folded) BN, ReLU, classifier."""
         size = features[0].shape[-2:]
         weights, bias = self.folded_weights()
+        if torch.onnx.is_in_onnx_export():
+            return self._forward_folded_nchw(features, weights, bias)
         inplace = not torch.is_grad_enabled()
         x = _map(F.linear(to_tokens(features[0]), weights[0], bias), size)  # (B, C, H/4, W/4), channels-last
         for feature, weight in zip(features[1:], weights[1:], strict=True):
@@ -78,6 +80,18 @@ class AllMLPHead(nn.Module):
         x = self.dropout(x)
         classifier = self.classifier.weight.flatten(1)  # (K, C, 1, 1) -> (K, C)
         return _map(F.linear(to_tokens(x), classifier, self.classifier.bias), size)  # (B, K, H/4, W/4)
+
+    def _forward_folded_nchw(self, features: list[Tensor], weights: list[Tensor], bias: Tensor) -> Tensor:
+        """The same computation as 1x1 convs on (B, C, H, W) maps: ONNX graphs are NCHW, and ONNX Runtime runs
+        1x1 convs in its blocked layout without the Transpose nodes that token-wise MatMuls would need."""
+        size = features[0].shape[-2:]
+        x = F.conv2d(features[0], weights[0][:, :, None, None], bias)
+        for feature, weight in zip(features[1:], weights[1:], strict=True):
+            y = F.conv2d(feature, weight[:, :, None, None])
+            x = x + F.interpolate(y, size=size, mode="bilinear", align_corners=False)
+        if not self._bn_folded():
+            x = self.bn(x)
+        return self.classifier(self.dropout(F.relu(x)))
 
     def _bn_folded(self) -> bool:
         """BN is an affine map only when it normalises with running statistics (eval mode, stats tracked)."""
