@@ -1,0 +1,189 @@
+"""Run the benchmark suite and write BENCHMARKS.md: one `segformer benchmark` process per row group.
+
+    python benchmarks/run.py                  # CPU rows (and GPU rows when torch sees a CUDA device)
+    python benchmarks/run.py --quick          # fewer repeats, for a smoke test
+    python benchmarks/run.py --only b0-512    # one group
+
+Each group runs in a fresh process, so one peer's memory or threads never leak into another group. Within a group
+the implementations are measured side by side (interleaved rounds, medians). The targets of issue 3 are checked
+from the JSON results and marked met / missed in the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+HF, OURS, BF16 = "transformers eager", "ours eager fp32", "ours eager bf16"
+ORT_OURS, ORT_HF = "ONNX Runtime, our export", "ONNX Runtime, transformers' export"
+
+# name -> (benchmark arguments, targets: list of (description, row, baseline row, field, limit))
+GROUPS: dict[str, tuple[list[str], list[tuple[str, str, str, str, float]]]] = {
+    "b0-512": (
+        ["--model", "b0", "--size", "512x512", "--compare", "--unfolded", "--dtype", "bf16", "--repeats", "15"],
+        [
+            ("B0 512x512: ours eager <= 0.35x transformers eager", OURS, HF, "latency_ms", 0.35),
+            ("B0 512x512: our ONNX <= 0.6x transformers' ONNX, in ONNX Runtime", ORT_OURS, ORT_HF, "latency_ms", 0.6),
+            ("B0 512x512: bf16 <= 0.2x transformers fp32 eager", BF16, HF, "latency_ms", 0.2),
+        ],
+    ),
+    "b2-512": (
+        ["--model", "b2", "--size", "512x512", "--compare", "--no-onnx", "--repeats", "7"],
+        [("B2 512x512: ours eager <= 0.35x transformers eager", OURS, HF, "latency_ms", 0.35)],
+    ),
+    "b0-1024x2048": (
+        ["--model", "b0", "--size", "1024x2048", "--compare", "--no-onnx", "--repeats", "5", "--warmup", "1"],
+        [
+            ("B0 1024x2048: peak memory <= 0.5x transformers", OURS, HF, "peak_mem_mb", 0.5),
+            ("B0 1024x2048: latency <= 0.4x transformers", OURS, HF, "latency_ms", 0.4),
+        ],
+    ),
+    "b0-512-compile": (["--model", "b0", "--size", "512x512", "--compile", "--no-onnx", "--repeats", "10"], []),
+    "b0-512-trained-bf16": (["--model", "runs/demo/model", "--size", "512x512", "--dtype", "bf16", "--no-onnx"], []),
+    "gpu-b0-512": (
+        ["--model", "b0", "--size", "512x512", "--device", "cuda", "--dtype", "fp16", "--compare", "--repeats", "50"],
+        [],
+    ),
+    "gpu-b2-512": (["--model", "b2", "--size", "512x512", "--device", "cuda", "--dtype", "bf16", "--compare"], []),
+}
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+def _cpu_flags() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    flags = next((line for line in text.splitlines() if line.startswith("flags")), "")
+    found = [f for f in ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16") if f in flags.split()]
+    return ", ".join(found) or "none of avx512f/avx512_bf16/amx_bf16"
+
+
+def run_group(name: str, extra: list[str], quick: bool) -> tuple[str, dict | None, str]:
+    args, _ = GROUPS[name]
+    args = list(args)
+    if quick and "--repeats" in args:
+        args[args.index("--repeats") + 1] = "3"
+    args += extra
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "result.json"
+        cmd = [sys.executable, "-m", "segformer", "benchmark", *args, "--json", str(out)]
+        shown = "segformer benchmark " + " ".join(shlex.quote(a) for a in args)
+        print(f"== {name}: {shown}", flush=True)
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        if proc.returncode != 0 or not out.exists():
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+            print(f"   failed: {tail[0]}", flush=True)
+            return shown, None, f"not measured: {tail[0]}"
+        print(proc.stdout, flush=True)
+        result = json.loads(out.read_text())
+        result["load_before"] = load
+        return shown, result, ""
+
+
+def table(result: dict) -> str:
+    lines = [
+        f"| implementation | median ms (IQR) | x {result['baseline']} | peak mem MB | mem x | max abs diff "
+        "| argmax agree |",
+        "|---|---|---|---|---|---|---|",
+    ]
+
+    def f(v, spec):
+        return "-" if v is None else format(v, spec)
+
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['name']} | {r['latency_ms']:.1f} ({r['q25_ms']:.1f}-{r['q75_ms']:.1f}) | {f(r['ratio'], '.3f')} "
+            f"| {f(r['peak_mem_mb'], '.0f')} | {f(r['mem_ratio'], '.2f')} | {f(r['max_abs_diff'], '.1e')} "
+            f"| {f(r['agreement'], '.2%')} |"
+        )
+    return "\n".join(lines)
+
+
+def check_targets(name: str, result: dict | None) -> list[str]:
+    out = []
+    for text, row, base, field, limit in GROUPS[name][1]:
+        rows = {r["name"]: r for r in (result or {}).get("rows", [])}
+        if row not in rows or base not in rows or rows[row][field] is None or not rows[base][field]:
+            out.append(f"- [ ] {text}: not measured")
+            continue
+        ratio = rows[row][field] / rows[base][field]
+        mark = "x" if ratio <= limit else " "
+        out.append(f"- [{mark}] {text}: **{ratio:.3f}x** ({'met' if ratio <= limit else 'MISSED'})")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", default=None, help="group names to run (default: all that apply)")
+    parser.add_argument("--quick", action="store_true", help="3 repeats per group (smoke test)")
+    parser.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"), help="Markdown file to write")
+    parser.add_argument("--threads", default="2", help="threads for the CPU groups (default 2)")
+    args = parser.parse_args(argv)
+
+    cuda = _cuda_available()
+    names = args.only or [n for n in GROUPS if cuda or not n.startswith("gpu-")]
+    sections, checks = [], []
+    for name in names:
+        extra = [] if name.startswith("gpu-") else ["--threads", args.threads]
+        if name == "b0-512-trained-bf16" and not (ROOT / "runs/demo/model").exists():
+            skipped = "skipped: no runs/demo/model (run `segformer demo` first)"
+            sections.append((name, "segformer benchmark --model runs/demo/model ...", None, skipped))
+            continue
+        shown, result, error = run_group(name, extra, args.quick)
+        sections.append((name, shown, result, error))
+        checks += check_targets(name, result)
+
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Written by `python benchmarks/run.py` on {now}. Machine: {platform.node() or 'unknown'}, "
+        f"{os.cpu_count()} CPUs visible; CPU features: {_cpu_flags()}; CUDA: {'yes' if cuda else 'no'}.",
+        "",
+        "## Targets (issue 3)",
+        "",
+        *checks,
+        "",
+    ]
+    for name, shown, result, error in sections:
+        lines += [f"## {name}", "", f"`{shown}`", ""]
+        if result is None:
+            lines += [error, ""]
+            continue
+        lines += [
+            f"{result['model']}, batch {result['batch']}, {result['size'][0]}x{result['size'][1]}, "
+            f"{result['device_name']}, {result['threads']} threads, median of {result['repeats']} interleaved rounds; "
+            f"load average before the run {result['load_before']:.1f}; versions {result['versions']}.",
+            "",
+            table(result),
+            "",
+            *[f"- {n}" for n in result["notes"]],
+            "",
+        ]
+    Path(args.out).write_text("\n".join(lines))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
