@@ -79,7 +79,8 @@ def test_list_models_and_variant_table():
 def test_config_round_trip_and_validation(tmp_path):
     cfg = SegFormerConfig.from_name("b1", num_classes=3, class_names=("a", "b", "c"))
     cfg.save_json(tmp_path / "c.json")
-    assert SegFormerConfig.from_dict(json.loads((tmp_path / "c.json").read_text())) == cfg
+    again = SegFormerConfig.from_dict(json.loads((tmp_path / "c.json").read_text()))
+    assert again == cfg and isinstance(again.class_names, tuple) and hash(again) == hash(cfg)
     with pytest.raises(ValueError, match="unknown SegFormerConfig fields"):
         SegFormerConfig.from_dict({"embed_dim": 3})
     with pytest.raises(ValueError, match="one entry per stage"):
@@ -116,6 +117,14 @@ def test_patch_embeds_and_reductions_follow_the_paper():
     assert [s.blocks[0].attn.sr_ratio for s in m.encoder.stages] == [8, 4, 2, 1]
     assert m.head.fuse.bias is None and m.head.fuse.in_channels == 4 * 256
     assert not any("conv_seg" in k for k in m.state_dict())
+
+
+def test_initial_loss_is_near_uniform():
+    """A fresh model predicts nearly uniform classes: cross-entropy starts near ln(K), as it should from scratch."""
+    model = create_model("b0", num_classes=7).eval()
+    logits = model(torch.randn(2, 3, 64, 64))
+    loss = nn.functional.cross_entropy(logits, torch.randint(0, 7, (2, 16, 16)))
+    assert abs(loss.item() - torch.log(torch.tensor(7.0)).item()) < 0.1
 
 
 def test_drop_path_schedule_and_behaviour():

@@ -95,6 +95,9 @@ class SegFormerConfig:
     variant: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # lists from JSON/YAML become tuples: the config stays hashable
+            if isinstance(getattr(self, f.name), list):
+                object.__setattr__(self, f.name, tuple(getattr(self, f.name)))
         n = len(self.embed_dims)
         for name in ("depths", "num_heads", "sr_ratios"):
             value = getattr(self, name)
@@ -153,8 +156,7 @@ class SegFormerConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown SegFormerConfig fields {unknown}; known fields: {sorted(known)}")
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-        return cls(**values)
+        return cls(**data)
 
     def save_json(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")

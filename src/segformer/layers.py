@@ -67,3 +67,12 @@ def init_weights(module: nn.Module) -> None:
     elif isinstance(module, nn.LayerNorm | nn.modules.batchnorm._BatchNorm):
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
+
+
+@torch.no_grad()
+def init_classifier(conv: nn.Conv2d) -> None:
+    """The last 1x1 conv starts small (normal std 0.01, mmseg's rule for segmentation classifiers), so initial logits
+    are near zero and the loss starts near ln(K); the fan-out rule above would give std sqrt(2/K), far too large."""
+    nn.init.normal_(conv.weight, std=0.01)
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from .config import SegFormerConfig
 from .convert import from_ours
 from .head import AllMLPHead
-from .layers import init_weights
+from .layers import init_classifier, init_weights
 from .mit import MixTransformer
 
 # ImageNet mean/std on 0..255 RGB: what every published SegFormer checkpoint was trained with.
@@ -30,6 +30,7 @@ class SegFormer(nn.Module):
         self.encoder = MixTransformer(config)
         self.head = AllMLPHead(config.embed_dims, config.decoder_dim, config.num_classes, config.classifier_dropout)
         self.apply(init_weights)
+        init_classifier(self.head.classifier)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.encoder(x))
@@ -49,7 +50,7 @@ class SegFormer(nn.Module):
         """A new, freshly initialised classifier for `num_classes` (fine-tuning on another label set)."""
         old = self.head.classifier
         self.head.classifier = nn.Conv2d(old.in_channels, num_classes, 1).to(old.weight.device, old.weight.dtype)
-        init_weights(self.head.classifier)
+        init_classifier(self.head.classifier)
         self.config = self.config.replace(num_classes=num_classes, class_names=class_names)
 
     def save_pretrained(self, folder: str | os.PathLike) -> Path:
