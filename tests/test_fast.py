@@ -148,3 +148,17 @@ def test_state_dict_unchanged_by_fast_layout(b0_model):
     assert "head.fuse.weight" in keys and "encoder.stages.0.blocks.0.ffn.dwconv.weight" in keys
     conv = model.encoder.stages[0].blocks[0].ffn.dwconv.weight
     assert conv.is_contiguous(memory_format=torch.channels_last) and conv.stride(1) == 1
+
+
+def test_inference_fast_path_matches_autograd_path(b0_model):
+    """Under no_grad the blocks accumulate projections into the residual in place; with autograd they do not."""
+    model = copy.deepcopy(b0_model).eval()
+    x = torch.randn(2, 3, 67, 45)
+    with torch.no_grad():
+        fast = model.encoder(x)
+    with torch.enable_grad():
+        plain = model.encoder(x)
+    for a, b in zip(fast, plain, strict=True):
+        torch.testing.assert_close(a, b.detach(), atol=TOL, rtol=0)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # autocast takes the plain path: no error
+        assert model(x).shape == (2, 7, 17, 12)

@@ -68,18 +68,23 @@ class AllMLPHead(nn.Module):
         if torch.onnx.is_in_onnx_export():
             return self._forward_folded_nchw(features, weights, bias)
         inplace = not torch.is_grad_enabled()
-        x = _map(F.linear(to_tokens(features[0]), weights[0], bias), size)  # (B, C, H/4, W/4), channels-last
-        for feature, weight in zip(features[1:], weights[1:], strict=True):
-            y = _map(F.linear(to_tokens(feature), weight), feature.shape[-2:])  # (B, C, h_i, w_i) at its own size
-            # Levels 2-4 are always smaller than level 1; no size test keeps the graph static for export/compile.
-            y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
-            x = x.add_(y) if inplace else x + y
+        # Bias: added to the coarsest level before its upsampling (bilinear weights sum to 1, so it passes through
+        # unchanged) - a tiny map, instead of a bias-broadcast pass over the full stride-4 output.
+        x = None
+        for i in reversed(range(len(features))):  # coarse to fine: c4, c3, c2, c1
+            feature = features[i]
+            y = F.linear(to_tokens(feature), weights[i], bias if x is None else None)
+            y = _map(y, feature.shape[-2:])  # (B, C, h_i, w_i): projected at the level's own resolution
+            if i > 0:  # levels 2-4 are always smaller; no size test keeps the graph static for export/compile
+                y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
+            x = y if x is None else x.add_(y) if inplace else x + y  # (B, C, H/4, W/4), channels-last
         if not self._bn_folded():
             x = self.bn(x)
         x = F.relu(x, inplace=inplace)
         x = self.dropout(x)
-        classifier = self.classifier.weight.flatten(1)  # (K, C, 1, 1) -> (K, C)
-        return _map(F.linear(to_tokens(x), classifier, self.classifier.bias), size)  # (B, K, H/4, W/4)
+        # 1x1 conv on the channels-last map: oneDNN adds the bias inside the GEMM (F.linear copies it in first).
+        classifier = self.classifier.weight.clone(memory_format=torch.channels_last)
+        return F.conv2d(x, classifier, self.classifier.bias)  # (B, K, H/4, W/4), channels-last
 
     def _forward_folded_nchw(self, features: list[Tensor], weights: list[Tensor], bias: Tensor) -> Tensor:
         """The same computation as 1x1 convs on (B, C, H, W) maps: ONNX graphs are NCHW, and ONNX Runtime runs

@@ -30,6 +30,26 @@ def _channels_last(conv: nn.Conv2d) -> nn.Conv2d:
     return conv
 
 
+def _inference_fast_path(x: Tensor) -> bool:
+    """In-place GEMM accumulation is for plain inference: no autograd, no autocast (it does not cast in-place ops),
+    not while tracing for export."""
+    return not (
+        torch.is_grad_enabled()
+        or torch.is_autocast_enabled(x.device.type)
+        or torch.jit.is_tracing()
+        or torch.onnx.is_in_onnx_export()
+        or torch.compiler.is_compiling()
+    )
+
+
+def _linear_add(x: Tensor, linear: nn.Linear, residual: Tensor) -> Tensor:
+    """`residual + linear(x)` as one GEMM accumulating into `residual + bias`. `F.linear` would first copy the
+    broadcast bias into its output and then need a separate add pass: two passes over (B, N, C) saved per call."""
+    out = residual + linear.bias  # (B, N, C), a fresh tensor
+    out.view(-1, out.shape[-1]).addmm_(x.reshape(-1, x.shape[-1]), linear.weight.t())  # out += x @ W^T
+    return out
+
+
 class OverlapPatchEmbed(nn.Module):
     """Strided conv whose kernel is larger than its stride (7/4 then 3/2), so neighbouring patches overlap."""
 
@@ -58,14 +78,16 @@ class EfficientSelfAttention(nn.Module):
             self.sr = _channels_last(nn.Conv2d(dim, dim, sr_ratio, sr_ratio))
             self.norm = nn.LayerNorm(dim)  # eps 1e-5, as the original
 
-    def forward(self, x: Tensor, hw: tuple[int, int]) -> Tensor:
+    def forward(self, x: Tensor, hw: tuple[int, int], residual: Tensor | None = None) -> Tensor:
+        """Attention output; `residual + output` when a residual is given (inference only, see `_linear_add`)."""
         b, n, c = x.shape
         q = self.q(x).unflatten(-1, (self.num_heads, -1)).transpose(1, 2)  # (B, h, N, d)
         if self.sr_ratio > 1:
             x = self.norm(to_tokens(self.sr(to_map(x, hw))))  # (B, N / sr^2, C)
         k, v = self.kv(x).unflatten(-1, (2, self.num_heads, -1)).permute(2, 0, 3, 1, 4)  # 2 x (B, h, M, d)
         out = F.scaled_dot_product_attention(q, k, v)  # scale d^-0.5, as the original
-        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+        out = out.transpose(1, 2).reshape(b, n, c)  # (B, h, N, d) -> (B, N, C); a view: SDPA returns it (B, N, h, d)
+        return self.proj(out) if residual is None else _linear_add(out, self.proj, residual)
 
 
 class MixFFN(nn.Module):
@@ -77,9 +99,9 @@ class MixFFN(nn.Module):
         self.dwconv = _channels_last(nn.Conv2d(hidden, hidden, 3, 1, 1, groups=hidden))
         self.fc2 = nn.Linear(hidden, dim)
 
-    def forward(self, x: Tensor, hw: tuple[int, int]) -> Tensor:
-        x = to_tokens(self.dwconv(to_map(self.fc1(x), hw)))
-        return self.fc2(F.gelu(x))
+    def forward(self, x: Tensor, hw: tuple[int, int], residual: Tensor | None = None) -> Tensor:
+        x = F.gelu(to_tokens(self.dwconv(to_map(self.fc1(x), hw))))
+        return self.fc2(x) if residual is None else _linear_add(x, self.fc2, residual)
 
 
 class Block(nn.Module):
@@ -94,6 +116,9 @@ class Block(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: Tensor, hw: tuple[int, int]) -> Tensor:
+        if _inference_fast_path(x) and (self.drop_path.p == 0.0 or not self.training):
+            x = self.attn(self.norm1(x), hw, residual=x)
+            return self.ffn(self.norm2(x), hw, residual=x)
         x = x + self.drop_path(self.attn(self.norm1(x), hw))
         return x + self.drop_path(self.ffn(self.norm2(x), hw))
 
