@@ -88,9 +88,8 @@ class InferenceOptions:
         """The paper's test settings of a `segformer.data.DatasetInfo` (scale, mode, window; TTA ratios + flip)."""
         values: dict[str, Any] = {"mode": info.eval_mode, "scale": tuple(info.scale)}
         # The official ADE20K test pipeline is AlignedResize (sides rounded up to multiples of 32), worth ~0.5-1 mIoU.
-        divisor = getattr(info, "size_divisor", 32 if info.name == "ade20k" else None)
-        if divisor:
-            values["size_divisor"] = divisor
+        if info.size_divisor:
+            values["size_divisor"] = info.size_divisor
         if info.eval_mode == "slide":
             values.update(crop=tuple(info.eval_crop), stride=tuple(info.eval_stride))
         if tta:

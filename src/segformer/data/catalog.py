@@ -34,6 +34,8 @@ class DatasetInfo:
     eval_stride: tuple[int, int] = (341, 341)
     tta_scales: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
     ignore_index: int = field(default=IGNORE_INDEX)
+    # Whole-mode test sizes rounded up to a multiple of this (the official ADE20K AlignedResize uses 32).
+    size_divisor: int | None = None
 
     def __post_init__(self) -> None:
         if len(self.palette) != len(self.class_names):
@@ -218,6 +220,7 @@ DATASETS: dict[str, DatasetInfo] = {
         eval_crop=(512, 512),
         eval_stride=(341, 341),
         tta_scales=(0.75, 0.875, 1.0, 1.125, 1.25),
+        size_divisor=32,
     ),
     "cityscapes": DatasetInfo(
         name="cityscapes",
