@@ -27,6 +27,19 @@ def _map(tokens: Tensor, hw: tuple[int, int]) -> Tensor:
     return tokens.view(tokens.shape[0], hw[0], hw[1], tokens.shape[2]).permute(0, 3, 1, 2)
 
 
+def _bilinear_matrix(n_in: int, n_out: int, like: Tensor) -> Tensor:
+    """(n_out, n_in) weights of 1-D linear resampling as `F.interpolate(mode="bilinear", align_corners=False)`
+    does it (source = (i + 0.5) * n_in / n_out - 0.5, clamped at 0; neighbours clamped at the last sample).
+    Built from tensor ops only, so traced sizes stay symbolic in an exported graph."""
+    dst = torch.arange(n_out, device=like.device).to(like.dtype)
+    src = ((dst + 0.5) * (n_in / n_out) - 0.5).clamp(min=0)
+    i0 = src.floor()
+    lam = (src - i0)[:, None]  # (n_out, 1)
+    i1 = torch.clamp(i0 + 1, max=n_in - 1)  # n_in is a 0-d tensor while traced: clamp keeps it symbolic
+    cols = torch.arange(n_in, device=like.device).to(like.dtype)[None, :]  # (1, n_in)
+    return (cols == i0[:, None]).to(like.dtype) * (1 - lam) + (cols == i1[:, None]).to(like.dtype) * lam
+
+
 class AllMLPHead(nn.Module):
     """Per-level Linear(C_i -> C), bilinear upsample to the stride-4 size, concat [c4, c3, c2, c1],
     1x1 conv (no bias) + BN + ReLU, Dropout2d, 1x1 classifier. Logits come out at 1/4 of the input size.
@@ -87,13 +100,19 @@ class AllMLPHead(nn.Module):
         return F.conv2d(x, classifier, self.classifier.bias)  # (B, K, H/4, W/4), channels-last
 
     def _forward_folded_nchw(self, features: list[Tensor], weights: list[Tensor], bias: Tensor) -> Tensor:
-        """The same computation as 1x1 convs on (B, C, H, W) maps: ONNX graphs are NCHW, and ONNX Runtime runs
-        1x1 convs in its blocked layout without the Transpose nodes that token-wise MatMuls would need."""
+        """The same computation for ONNX graphs, which are NCHW: 1x1 convs (ONNX Runtime runs them in its blocked
+        layout, no Transposes), and the upsample-and-add of levels 2-4 as two matrix products instead of three
+        full-size Resize + Add passes. Bilinear upsampling is separable, up(y) = A_h y A_w^T, so
+        sum_i A_h,i (y_i A_w,i^T) = [A_h,2 | A_h,3 | A_h,4] @ concat_rows(y_i A_w,i^T): one (H, sum h_i) product."""
         size = features[0].shape[-2:]
-        x = F.conv2d(features[0], weights[0][:, :, None, None], bias)
-        for feature, weight in zip(features[1:], weights[1:], strict=True):
-            y = F.conv2d(feature, weight[:, :, None, None])
-            x = x + F.interpolate(y, size=size, mode="bilinear", align_corners=False)
+        x = F.conv2d(features[0], weights[0][:, :, None, None], bias)  # (B, C, H, W)
+        if len(features) > 1:
+            rows, a_h = [], []
+            for feature, weight in zip(features[1:], weights[1:], strict=True):
+                y = F.conv2d(feature, weight[:, :, None, None])  # (B, C, h_i, w_i)
+                rows.append(y @ _bilinear_matrix(y.shape[-1], size[1], y).t())  # (B, C, h_i, W)
+                a_h.append(_bilinear_matrix(y.shape[-2], size[0], y))  # (H, h_i)
+            x = x + torch.cat(a_h, dim=1) @ torch.cat(rows, dim=2)  # (H, sum h_i) @ (B, C, sum h_i, W)
         if not self._bn_folded():
             x = self.bn(x)
         return self.classifier(self.dropout(F.relu(x)))
