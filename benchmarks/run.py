@@ -58,6 +58,28 @@ GROUPS: dict[str, tuple[list[str], list[tuple[str, str, str, str, float]]]] = {
 }
 
 
+NOTES = """## How to read this
+
+- Every table comes from one `segformer benchmark` process: the implementations share the weights and the input and
+  take turns (interleaved rounds); the figures are medians, with the inter-quartile range in brackets. Ratios are
+  against the first row (transformers eager fp32 where compared).
+- Weights are random (no checkpoint can be downloaded here); latency does not depend on them. `max abs diff` and
+  `argmax agree` compare each row's logits with our fp32 eager logits on the same input.
+- Peak memory (CPU) is the growth of the process's resident set during one forward (free heap trimmed and the
+  kernel's high-water mark reset first); on GPU it is `torch.cuda.max_memory_allocated` growth.
+- This machine is shared: other jobs ran on its 2 cores during these runs (the load average before each run is
+  given). With 2 threads, a busy core stalls every OpenMP parallel region, which inflates all eager timings and
+  favours implementations with fewer, larger ops; the 1-thread tables are the less disturbed measurements.
+- bf16 on CPU needs AMX or AVX512-BF16 (this CPU has both, see the flags above). The argmax-agreement target
+  (>= 99.5% of pixels vs fp32) is only meaningful for trained weights, where logits have real margins: with random
+  weights the top-2 logits of 150 classes are often within bf16 rounding. The `b0-512-trained-bf16` group uses the
+  B0 trained by `segformer demo` (synthetic data, 7 classes) when it exists.
+- GPU rows: no GPU was available for this run. `python benchmarks/run.py` adds the `gpu-*` groups (fp16/bf16
+  autocast, transformers and ONNX Runtime with CUDAExecutionProvider when installed) whenever torch sees a CUDA
+  device, and names the card.
+"""
+
+
 def _cuda_available() -> bool:
     try:
         import torch
@@ -137,21 +159,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", default=None, help="group names to run (default: all that apply)")
     parser.add_argument("--quick", action="store_true", help="3 repeats per group (smoke test)")
     parser.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"), help="Markdown file to write")
-    parser.add_argument("--threads", default="2", help="threads for the CPU groups (default 2)")
+    parser.add_argument("--threads", default="2", help="comma-separated thread counts for the CPU groups (e.g. 2,1)")
     args = parser.parse_args(argv)
 
     cuda = _cuda_available()
     names = args.only or [n for n in GROUPS if cuda or not n.startswith("gpu-")]
+    thread_counts = [t.strip() for t in args.threads.split(",") if t.strip()]
     sections, checks = [], []
     for name in names:
-        extra = [] if name.startswith("gpu-") else ["--threads", args.threads]
-        if name == "b0-512-trained-bf16" and not (ROOT / "runs/demo/model").exists():
-            skipped = "skipped: no runs/demo/model (run `segformer demo` first)"
-            sections.append((name, "segformer benchmark --model runs/demo/model ...", None, skipped))
-            continue
-        shown, result, error = run_group(name, extra, args.quick)
-        sections.append((name, shown, result, error))
-        checks += check_targets(name, result)
+        for threads in [None] if name.startswith("gpu-") else thread_counts:
+            extra = [] if threads is None else ["--threads", threads]
+            title = name if threads is None else f"{name}, {threads} thread{'s' if threads != '1' else ''}"
+            if name == "b0-512-trained-bf16" and not (ROOT / "runs/demo/model").exists():
+                skipped = "skipped: no runs/demo/model (run `segformer demo` first)"
+                sections.append((title, "segformer benchmark --model runs/demo/model ...", None, skipped))
+                continue
+            shown, result, error = run_group(name, extra, args.quick)
+            sections.append((title, shown, result, error))
+            checks += [c.replace(": ", f" ({title.split(', ')[-1]}): ", 1) for c in check_targets(name, result)]
 
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
@@ -163,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         "## Targets (issue 3)",
         "",
         *checks,
+        "",
+        NOTES,
         "",
     ]
     for name, shown, result, error in sections:
