@@ -14,7 +14,7 @@ from segformer.cli import main
 from segformer.demo import DemoConfig, run_demo
 
 TINY = DemoConfig(
-    train_images=4, val_images=2, size=64, iters=2, batch_size=2, warmup_iters=1, eval_every=1, grid_images=2
+    train_images=4, val_images=2, size=64, crop=48, iters=2, batch_size=2, warmup_iters=1, eval_every=1, grid_images=2
 )
 
 

@@ -52,7 +52,7 @@ class SynthSpec:
     val: int = 100
     size: int = 256
     seed: int = 0
-    version: int = 1  # bump when the generator changes, so stale data is never silently reused
+    version: int = 2  # bump when the generator changes, so stale data is never silently reused
 
 
 # ---------------------------------------------------------------------------------------------------- textures
@@ -72,7 +72,7 @@ def _stripes(u: np.ndarray, v: np.ndarray, period: float, rng: np.random.Generat
 def _dots(u: np.ndarray, v: np.ndarray, period: float, rng: np.random.Generator) -> np.ndarray:
     du = np.mod(u, period) - period / 2
     dv = np.mod(v, period) - period / 2
-    return (du * du + dv * dv < (0.3 * period) ** 2).astype(np.float32)
+    return (du * du + dv * dv < (0.32 * period) ** 2).astype(np.float32)
 
 
 def _checker(u: np.ndarray, v: np.ndarray, period: float, rng: np.random.Generator) -> np.ndarray:
@@ -80,7 +80,7 @@ def _checker(u: np.ndarray, v: np.ndarray, period: float, rng: np.random.Generat
 
 
 def _hatch(u: np.ndarray, v: np.ndarray, period: float, rng: np.random.Generator) -> np.ndarray:
-    width = 0.22 * period
+    width = 0.28 * period
     return ((np.mod(u, period) < width) | (np.mod(v, period) < width)).astype(np.float32)
 
 
@@ -149,7 +149,7 @@ def _triangle(yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, r: float, an
 
 def _ring(yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, r: float, angle: float, rng) -> np.ndarray:
     d2 = (yy - cy) ** 2 + (xx - cx) ** 2
-    return (d2 <= r * r) & (d2 >= (r * rng.uniform(0.45, 0.6)) ** 2)
+    return (d2 <= r * r) & (d2 >= (r * rng.uniform(0.35, 0.45)) ** 2)
 
 
 SHAPES = {DISK: _disk, SQUARE: _square, TRIANGLE: _triangle, RING: _ring}
@@ -194,15 +194,15 @@ def render_scene(rng: np.random.Generator, size: int = 256) -> tuple[np.ndarray,
     for cls in surfaces:
         region = _surface(yy, xx, size, cls, rng)
         u, v = _rotated(yy, xx, rng.uniform(0, np.pi))
-        _paint(image, region, TEXTURES[cls](u, v, rng.uniform(6, 9) * period_scale, rng), rng)
+        _paint(image, region, TEXTURES[cls](u, v, rng.uniform(8, 11) * period_scale, rng), rng)
         mask[region] = cls
-    for _ in range(int(rng.integers(2, 6))):  # later objects occlude earlier ones
+    for _ in range(int(rng.integers(2, 5))):  # later objects occlude earlier ones
         cls = int(rng.choice(list(SHAPES)))
-        r = rng.uniform(0.1, 0.22) * size
+        r = rng.uniform(0.13, 0.26) * size
         cy, cx = rng.uniform(0, size, 2)
         region = SHAPES[cls](yy, xx, cy, cx, r, rng.uniform(0, 2 * np.pi), rng)
         u, v = _rotated(yy, xx, rng.uniform(0, np.pi))
-        _paint(image, region, TEXTURES[cls](u, v, rng.uniform(5, 8) * period_scale, rng), rng)
+        _paint(image, region, TEXTURES[cls](u, v, rng.uniform(7, 10) * period_scale, rng), rng)
         mask[region] = cls
 
     # Lighting: a linear gradient in a random direction, then sensor noise.

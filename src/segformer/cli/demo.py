@@ -18,9 +18,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-images", type=int, default=d.train_images, help=f"default {d.train_images}")
     p.add_argument("--val-images", type=int, default=d.val_images, help=f"default {d.val_images}")
     p.add_argument("--size", type=int, default=d.size, help=f"synthetic image side in pixels (default {d.size})")
+    p.add_argument("--crop", type=int, default=d.crop, help=f"training crop side in pixels (default {d.crop})")
     p.add_argument("--iters", type=int, default=d.iters, help=f"training iterations (default {d.iters})")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"default {d.batch_size}")
     p.add_argument("--lr", type=float, default=d.lr, help=f"AdamW learning rate, from scratch (default {d.lr})")
+    p.add_argument(
+        "--head-lr-mult", type=float, default=d.head_lr_mult, help=f"decoder lr factor (default {d.head_lr_mult})"
+    )
     p.add_argument(
         "--eval-every",
         type=int,
@@ -40,9 +44,11 @@ def run(args: argparse.Namespace) -> int:
         train_images=args.train_images,
         val_images=args.val_images,
         size=args.size,
+        crop=args.crop,
         iters=args.iters,
         batch_size=args.batch_size,
         lr=args.lr,
+        head_lr_mult=args.head_lr_mult,
         eval_every=args.eval_every,
         seed=args.seed,
         device=args.device,
