@@ -33,9 +33,12 @@ def _channels_last(conv: nn.Conv2d) -> nn.Conv2d:
 def _inference_fast_path(x: Tensor) -> bool:
     """In-place GEMM accumulation is for plain inference: no autograd, no autocast (it does not cast in-place ops),
     not while tracing for export."""
+    device = x.device.type
     return not (
         torch.is_grad_enabled()
-        or torch.is_autocast_enabled(x.device.type)
+        or device == "meta"  # shape/FLOP counting: keep the plain ops
+        or not torch.amp.is_autocast_available(device)
+        or torch.is_autocast_enabled(device)
         or torch.jit.is_tracing()
         or torch.onnx.is_in_onnx_export()
         or torch.compiler.is_compiling()
