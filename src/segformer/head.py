@@ -81,16 +81,20 @@ class AllMLPHead(nn.Module):
         if torch.onnx.is_in_onnx_export():
             return self._forward_folded_nchw(features, weights, bias)
         inplace = not torch.is_grad_enabled()
-        # Bias: added to the coarsest level before its upsampling (bilinear weights sum to 1, so it passes through
-        # unchanged) - a tiny map, instead of a bias-broadcast pass over the full stride-4 output.
-        x = None
-        for i in reversed(range(len(features))):  # coarse to fine: c4, c3, c2, c1
-            feature = features[i]
-            y = F.linear(to_tokens(feature), weights[i], bias if x is None else None)
-            y = _map(y, feature.shape[-2:])  # (B, C, h_i, w_i): projected at the level's own resolution
-            if i > 0:  # levels 2-4 are always smaller; no size test keeps the graph static for export/compile
-                y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
-            x = y if x is None else x.add_(y) if inplace else x + y  # (B, C, H/4, W/4), channels-last
+        device = features[0].device.type
+        if inplace and len(features) > 1 and device != "meta" and not torch.is_autocast_enabled(device):
+            x = self._sum_levels_inference(features, weights, bias)
+        else:
+            # Bias: added to the coarsest level before its upsampling (bilinear weights sum to 1, so it passes
+            # through unchanged) - a tiny map, instead of a bias-broadcast pass over the full stride-4 output.
+            x = None
+            for i in reversed(range(len(features))):  # coarse to fine: c4, c3, c2, c1
+                feature = features[i]
+                y = F.linear(to_tokens(feature), weights[i], bias if x is None else None)
+                y = _map(y, feature.shape[-2:])  # (B, C, h_i, w_i): projected at the level's own resolution
+                if i > 0:  # levels 2-4 are always smaller; no size test keeps the graph static for export/compile
+                    y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
+                x = y if x is None else x + y  # (B, C, H/4, W/4), channels-last
         if not self._bn_folded():
             x = self.bn(x)
         x = F.relu(x, inplace=inplace)
@@ -98,6 +102,27 @@ class AllMLPHead(nn.Module):
         # 1x1 conv on the channels-last map: oneDNN adds the bias inside the GEMM (F.linear copies it in first).
         classifier = self.classifier.weight.clone(memory_format=torch.channels_last)
         return F.conv2d(x, classifier, self.classifier.bias)  # (B, K, H/4, W/4), channels-last
+
+    def _sum_levels_inference(self, features: list[Tensor], weights: list[Tensor], bias: Tensor) -> Tensor:
+        """Pre-BN sum of the projected, upsampled levels without full-size temporaries (inference, no autograd).
+
+        Bilinear upsampling is separable, up(y) = A_h y A_w^T. Levels 2-4 are resampled along the width at their
+        own height (small), stacked, and one GEMM [A_h,2 | A_h,3 | A_h,4] @ rows accumulates them in place into the
+        level-1 projection: no three full-size upsampled maps, no three full-size additions."""
+        size = features[0].shape[-2:]
+        b, dim = features[0].shape[0], weights[0].shape[0]
+        x = F.linear(to_tokens(features[0]), weights[0])  # (B, H*W, C), level 1 is at the output size already
+        rows, a_h = [], []
+        for i in range(1, len(features)):
+            h, w = features[i].shape[-2:]
+            y = F.linear(to_tokens(features[i]), weights[i], bias if i == len(features) - 1 else None)
+            y = y.view(b, h, w, dim)  # (B, h_i, w_i, C) at the level's own resolution; bias rides on the coarsest
+            rows.append(torch.matmul(_bilinear_matrix(w, size[1], y), y))  # (W, w_i) @ (B, h_i, w_i, C)
+            a_h.append(_bilinear_matrix(h, size[0], y))  # (H, h_i)
+        stacked = torch.cat(rows, dim=1).view(b, -1, size[1] * dim)  # (B, sum h_i, W*C)
+        a = torch.cat(a_h, dim=1)  # (H, sum h_i)
+        x.view(b, size[0], size[1] * dim).baddbmm_(a.expand(b, -1, -1), stacked)  # += A_h @ rows, per image
+        return _map(x, size)  # (B, C, H, W), channels-last
 
     def _forward_folded_nchw(self, features: list[Tensor], weights: list[Tensor], bias: Tensor) -> Tensor:
         """The same computation for ONNX graphs, which are NCHW: 1x1 convs (ONNX Runtime runs them in its blocked
