@@ -35,11 +35,11 @@ class DemoConfig:
     fine-tuning rate, a short warmup, and no head multiplier (encoder and head both start random).
     """
 
-    train_images: int = 500
+    train_images: int = 1000
     val_images: int = 100
     size: int = 128  # synthetic images are size x size
     crop: int = 96  # training crops: 0.56x the compute of whole images, so more iterations fit in the time
-    iters: int = 1400
+    iters: int = 2500
     batch_size: int = 16
     lr: float = 2e-3
     head_lr_mult: float = 1.0
@@ -47,7 +47,7 @@ class DemoConfig:
     warmup_iters: int = 50
     ratio_range: tuple[float, float] = (1.0, 1.25)
     drop_path_rate: float = 0.0
-    eval_every: int = 200
+    eval_every: int = 500
     eval_samples: int = 50  # val images per periodic evaluation (the final one uses all)
     num_workers: int = 0
     seed: int = 0
