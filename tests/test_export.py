@@ -126,3 +126,20 @@ def test_bf16_autocast_close_to_fp32(model):
     assert argmax_agreement(bf16, fp32) > 0.9
     with pytest.raises(ValueError, match="fp16"):
         inference_fn(model, x, dtype="fp16")
+
+
+@pytest.mark.onnx
+@pytest.mark.slow
+def test_dynamo_exporter_dynamic_sizes(model, tmp_path):
+    """The torch.export-based exporter gives the same graph semantics: any batch and size run in ONNX Runtime."""
+    pytest.importorskip("onnxscript")
+    from segformer.export import export_onnx
+
+    report = export_onnx(
+        model, tmp_path / "d.onnx", exporter="dynamo", sample_size=(64, 64), check_sizes=((64, 64), (45, 97))
+    )
+    assert report.opset >= 18 and all(c["max_abs_diff"] <= 1e-4 for c in report.checked)
+    x = torch.randn(3, 3, 99, 70)
+    got = _session(report.path).run(None, {"pixel_values": x.numpy()})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(got, model(x).numpy(), atol=1e-4, rtol=0)
