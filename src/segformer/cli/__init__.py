@@ -1,4 +1,8 @@
-"""`segformer <verb>`: a thin command line over the library. Each verb module has `add_arguments` and `run`."""
+"""SegFormer semantic segmentation: inspect, convert, train, evaluate, predict, export, benchmark, demo.
+
+A thin command line over the library: each verb module has `add_arguments` and `run`, and imports heavy things
+inside `run` so that `segformer --help` stays fast.
+"""
 
 from __future__ import annotations
 
