@@ -10,6 +10,7 @@ onnx and onnxruntime are an optional extra (`pip install segformer[onnx]`); they
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -166,7 +167,7 @@ def export_onnx(
         out_spec = f"float32 [batch, {model.config.num_classes}, ceil(height/4), ceil(width/4)] logits"
     tmp = path.with_name(path.name + ".tmp")
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
             if exporter == "dynamo":
                 dims = {i: torch.export.Dim(name, min=min_size if i else 1, max=16384) for i, name in axes_in.items()}
                 program = torch.onnx.export(
@@ -180,6 +181,10 @@ def export_onnx(
                 )
                 program.save(str(tmp))
             else:
+                # Expected noise: size checks traced as constants (they hold for every size >= min_size) and the
+                # legacy exporter's deprecation notice (the dynamo path is the alternative, `exporter="dynamo"`).
+                warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+                warnings.filterwarnings("ignore", category=DeprecationWarning)
                 torch.onnx.export(
                     wrapper,
                     (sample,),
