@@ -96,7 +96,7 @@ def build_model(source: str, num_classes: int | None = None) -> tuple[SegFormer,
 
     name = source.lower().removeprefix("mit-").removeprefix("segformer-")
     if name in VARIANTS:
-        note = f"{name}: randomly initialised weights ({num_classes or 150} classes); timings do not depend on them"
+        note = f"{name}: randomly initialised weights ({num_classes or 150} classes)"
         return create_model(name, num_classes=num_classes or 150), note
     return load_model(source, num_classes=num_classes), ""
 
@@ -297,7 +297,7 @@ def run_benchmark(
         versions={"torch": torch.__version__},
     )
     if not isinstance(model, SegFormer) and note:
-        result.notes.append(note)
+        result.notes.append(note + "; latency does not depend on them")
 
     fns: dict[str, Callable[[], Any]] = {"ours eager fp32": inference_fn(ours, x)}
     if dtype != "fp32":
