@@ -162,3 +162,22 @@ def test_inference_fast_path_matches_autograd_path(b0_model):
         torch.testing.assert_close(a, b.detach(), atol=TOL, rtol=0)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # autocast takes the plain path: no error
         assert model(x).shape == (2, 7, 17, 12)
+
+
+def test_folded_path_runs_on_meta_device():
+    """Shape/FLOP counting on the meta device goes through the folded head too (no autocast there)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from segformer import SegFormer, SegFormerConfig
+
+    config = SegFormerConfig.from_name("b0", num_classes=150)
+    macs = {}
+    for fold in (False, True):
+        with torch.device("meta"):
+            model = SegFormer(config).eval()
+            model.head.fold = fold
+            x = torch.empty(1, 3, 512, 512)
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            assert model(x).shape == (1, 150, 128, 128)
+        macs[fold] = counter.get_total_flops() / 2e9
+    assert 8.3 < macs[False] < 8.5 and macs[True] < 0.5 * macs[False]  # the fold removes about half of B0's MACs

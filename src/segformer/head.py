@@ -165,7 +165,11 @@ class AllMLPHead(nn.Module):
             key = (self._bn_folded(), *((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors))
             if self._cache is not None and self._cache[0] == key:
                 return self._cache[1], self._cache[2]
-        with torch.autocast(self.fuse.weight.device.type, enabled=False):
+        device = self.fuse.weight.device.type
+        if torch.amp.is_autocast_available(device):  # compose in full precision even inside an autocast region
+            with torch.autocast(device, enabled=False):
+                weights, bias = self._compose()
+        else:  # e.g. the meta device (shape and FLOP counting)
             weights, bias = self._compose()
         if cacheable:
             self._cache = (key, weights, bias)
