@@ -39,7 +39,7 @@ class DemoConfig:
     val_images: int = 100
     size: int = 128  # synthetic images are size x size
     crop: int = 96  # training crops: 0.56x the compute of whole images, so more iterations fit in the time
-    iters: int = 2500
+    iters: int = 2000
     batch_size: int = 16
     lr: float = 2e-3
     head_lr_mult: float = 1.0
@@ -48,7 +48,7 @@ class DemoConfig:
     ratio_range: tuple[float, float] = (1.0, 1.25)
     drop_path_rate: float = 0.0
     eval_every: int = 500
-    eval_samples: int = 50  # val images per periodic evaluation (the final one uses all)
+    eval_samples: int = 50  # val images per evaluation during training; the final table uses all of them
     num_workers: int = 0
     seed: int = 0
     device: str = "cpu"
