@@ -125,10 +125,6 @@ def run_demo(
     model = create_model(
         "b0", num_classes=len(CLASS_NAMES), class_names=CLASS_NAMES, drop_path_rate=config.drop_path_rate
     )
-    # Start the classifier near zero (as mmseg's conv_seg, std 0.01): the initial loss is then ln(K) instead of
-    # ~8 from large random logits, which costs a from-scratch run its first hundred iterations.
-    torch.nn.init.normal_(model.head.classifier.weight, std=0.01)
-    torch.nn.init.zeros_(model.head.classifier.bias)
     tick = time.perf_counter()
     result = train(train_config, model=model)
     timings["train_s"] = time.perf_counter() - tick
