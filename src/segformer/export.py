@@ -236,13 +236,18 @@ def _sample_input(wrapper: ExportWrapper, batch: int, size: tuple[int, int], see
     return torch.randn(batch, channels, *size, generator=g)
 
 
-def ort_session(path: str | os.PathLike, threads: int | None = None, providers: list[str] | None = None):
-    """An ONNX Runtime session with full graph optimisation and `threads` intra-op threads."""
+def ort_session(
+    path: str | os.PathLike, threads: int | None = None, providers: list[str] | None = None, spinning: bool = True
+):
+    """An ONNX Runtime session with full graph optimisation and `threads` intra-op threads. `spinning=False` stops
+    its idle threads from busy-waiting after each run (fairer when several sessions or libraries share cores)."""
     _require_onnx()
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
