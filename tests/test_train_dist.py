@@ -19,7 +19,9 @@ def test_two_process_gloo_matches_one_process_with_same_global_batch(tmp_path):
     data = make_folder(tmp_path / "data", n_train=8, n_val=0)
     model = tiny_model_file(tmp_path / "tiny.json")  # no dropout: the comparison is exact up to float order
     # No rescale and crops inside the image: every pixel labelled, so both ranks' losses average the same count.
-    common = ("--iters", "4", "--warmup-iters", "0", "--lr", "2e-3", "--ratio-range", "1,1", "--save-every", "0")
+    # Adam's early steps are about +-lr per element whatever the gradient's size, so float-order noise in small
+    # gradients becomes a fraction of lr: a small lr keeps the 1e-5 comparison meaningful.
+    common = ("--iters", "4", "--warmup-iters", "0", "--lr", "2e-4", "--ratio-range", "1,1", "--save-every", "0")
     two = tmp_path / "two"
     args = tiny_args(data, two, model, *common, "--batch-size", "2")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -39,7 +41,7 @@ def test_two_process_gloo_matches_one_process_with_same_global_batch(tmp_path):
     degenerate = {f"head.proj.{i}.bias" for i in range(4)} | {"encoder.stages.3.norm.bias", "head.bn.running_mean"}
     diffs = {k: (got[k].double() - v.double()).abs().max().item() for k, v in ref.items() if v.is_floating_point()}
     worst = max(v for k, v in diffs.items() if k not in degenerate)
-    assert worst <= 1e-5, sorted(diffs.items(), key=lambda kv: -kv[1])[:5]
+    assert worst <= 1e-5, sorted(((k, v) for k, v in diffs.items() if k not in degenerate), key=lambda kv: -kv[1])[:5]
     torch.manual_seed(0)  # the run's seed: its initial weights
     init = tiny_segformer().state_dict()
     moved = min((ref[k] - init[k]).abs().max().item() for k in ("head.classifier.weight", "head.fuse.weight"))
