@@ -67,9 +67,10 @@ NOTES = """## How to read this
   `argmax agree` compare each row's logits with our fp32 eager logits on the same input.
 - Peak memory (CPU) is the growth of the process's resident set during one forward (free heap trimmed and the
   kernel's high-water mark reset first); on GPU it is `torch.cuda.max_memory_allocated` growth.
-- This machine is shared: other jobs ran on its 2 cores during these runs (the load average before each run is
-  given). With 2 threads, a busy core stalls every OpenMP parallel region, which inflates all eager timings and
-  favours implementations with fewer, larger ops; the 1-thread tables are the less disturbed measurements.
+- This machine is shared. The load average before each group is given (it includes the previous group of this
+  suite). With 2 threads on 2 cores, another job on one core stalls every OpenMP parallel region: eager timings then
+  grow ~10x and their ratios mean little (earlier runs of this suite under such load gave 0.5x where a quiet run gives
+  0.23x). The tables below were taken in a quiet period; the 1-thread tables are the less load-sensitive ones.
 - bf16 on CPU needs AMX or AVX512-BF16 (this CPU has both, see the flags above). The argmax-agreement target
   (>= 99.5% of pixels vs fp32) is only meaningful for trained weights, where logits have real margins: with random
   weights the top-2 logits of 150 classes are often within bf16 rounding. The `b0-512-trained-bf16` group uses the
