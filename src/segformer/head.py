@@ -20,13 +20,6 @@ from torch import Tensor, nn
 from .layers import to_map, to_tokens
 
 
-def _map(tokens: Tensor, hw: tuple[int, int]) -> Tensor:
-    """(B, N, C) contiguous -> (B, C, H, W) channels-last view. Unlike `layers.to_map` it keeps the batch stride N*C
-    when B == 1, so `F.interpolate` sees a channels-last map and does not copy it to NCHW first; and `view` with
-    sizes read from tensors keeps H, W symbolic when traced for ONNX."""
-    return tokens.view(tokens.shape[0], hw[0], hw[1], tokens.shape[2]).permute(0, 3, 1, 2)
-
-
 def _linear(tokens: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """(B, N, C_in) -> (B, N, C) as one 2-D GEMM: a 3-D input whose size-1 batch has an odd stride otherwise falls
     to a batched kernel about 2.5x slower for these thin (K = 32..512) products."""
@@ -98,7 +91,7 @@ class AllMLPHead(nn.Module):
             for i in reversed(range(len(features))):  # coarse to fine: c4, c3, c2, c1
                 feature = features[i]
                 y = _linear(to_tokens(feature), weights[i], bias if x is None else None)
-                y = _map(y, feature.shape[-2:])  # (B, C, h_i, w_i): projected at the level's own resolution
+                y = to_map(y, feature.shape[-2:])  # (B, C, h_i, w_i): projected at the level's own resolution
                 if i > 0:  # levels 2-4 are always smaller; no size test keeps the graph static for export/compile
                     y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
                 x = y if x is None else x + y  # (B, C, H/4, W/4), channels-last
@@ -129,7 +122,7 @@ class AllMLPHead(nn.Module):
         stacked = torch.cat(rows, dim=1).view(b, -1, size[1] * dim)  # (B, sum h_i, W*C)
         a = torch.cat(a_h, dim=1)  # (H, sum h_i)
         x.view(b, size[0], size[1] * dim).baddbmm_(a.expand(b, -1, -1), stacked)  # += A_h @ rows, per image
-        return _map(x, size)  # (B, C, H, W), channels-last
+        return to_map(x, size)  # (B, C, H, W), channels-last
 
     def _forward_folded_nchw(self, features: list[Tensor], weights: list[Tensor], bias: Tensor) -> Tensor:
         """The same computation for ONNX graphs, which are NCHW: 1x1 convs (ONNX Runtime runs them in its blocked

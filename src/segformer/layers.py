@@ -9,8 +9,13 @@ from torch import Tensor, nn
 
 
 def to_map(x: Tensor, hw: tuple[int, int]) -> Tensor:
-    """(B, N, C) tokens -> (B, C, H, W) map. A view: the result is channels-last in memory, no copy."""
-    return x.transpose(1, 2).unflatten(2, hw)
+    """(B, N, C) tokens -> (B, C, H, W) map, channels-last in memory: a view of contiguous tokens, no copy.
+
+    Sizes read from the tensor (not `unflatten`) keep H and W symbolic when traced, so an exported ONNX graph runs at
+    any size; and the batch stride stays N*C even when B == 1, so `F.interpolate` recognises the channels-last map
+    instead of copying it to NCHW first.
+    """
+    return x.reshape(x.shape[0], hw[0], hw[1], x.shape[2]).permute(0, 3, 1, 2)
 
 
 def to_tokens(x: Tensor) -> Tensor:

@@ -14,13 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import SegFormerConfig
-from .layers import DropPath, drop_path_rates, to_tokens
-
-
-def to_map(x: Tensor, hw: tuple[int, int]) -> Tensor:
-    """(B, N, C) contiguous tokens -> (B, C, H, W) channels-last view. `view` with sizes read from the tensors
-    (not `unflatten`) keeps H and W symbolic when traced, so an exported graph runs at any size."""
-    return x.view(x.shape[0], hw[0], hw[1], x.shape[2]).permute(0, 3, 1, 2)
+from .layers import DropPath, drop_path_rates, to_map, to_tokens
 
 
 def _channels_last(conv: nn.Conv2d) -> nn.Conv2d:
