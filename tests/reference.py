@@ -38,7 +38,7 @@ def set_block_eps(model: nn.Module, eps: float) -> None:
 
 
 @torch.no_grad()
-def randomize(model: nn.Module, seed: int) -> None:
+def randomize(model: nn.Module, seed: int = 0) -> None:
     """Weights far from init (norm scales, biases, BN statistics) so that a wrong mapping cannot hide."""
     g = torch.Generator().manual_seed(seed)
     for name, p in model.state_dict().items():
@@ -47,7 +47,7 @@ def randomize(model: nn.Module, seed: int) -> None:
         if name.endswith("running_var"):
             p.copy_(torch.rand(p.shape, generator=g) + 0.5)
         elif p.ndim == 1:
-            p.copy_(torch.randn(p.shape, generator=g) * 0.5 + (1.0 if "norm" in name or "batch_norm" in name else 0))
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5 + (1.0 if "norm" in name or ".bn." in name else 0))
         else:
             p.copy_(torch.randn(p.shape, generator=g) * (1.0 / p[0].numel()) ** 0.5)
 

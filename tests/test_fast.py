@@ -8,32 +8,18 @@ import pytest
 import torch
 from torch import nn
 
+from reference import randomize
 from segformer import VARIANTS, create_model
 from segformer.head import AllMLPHead
 
 TOL = 1e-5
 
 
-@torch.no_grad()
-def _randomize(model: nn.Module, seed: int = 0) -> None:
-    """Weights and BN statistics far from their init, so a wrong fold (scale, shift, slice order) cannot hide."""
-    g = torch.Generator().manual_seed(seed)
-    for name, t in model.state_dict().items():
-        if not t.is_floating_point():
-            continue
-        if name.endswith("running_var"):
-            t.copy_(torch.rand(t.shape, generator=g) + 0.5)
-        elif t.ndim == 1:
-            t.copy_(torch.randn(t.shape, generator=g) * 0.5 + (1.0 if "norm" in name or "bn" in name else 0.0))
-        else:
-            t.copy_(torch.randn(t.shape, generator=g) * (1.0 / t[0].numel()) ** 0.5)
-
-
 @pytest.fixture(scope="module")
 def b0_model():
     """One randomised B0 (7 classes) per module; tests take deep copies."""
     model = create_model("b0", num_classes=7)
-    _randomize(model, seed=1)
+    randomize(model, seed=1)
     return model
 
 
@@ -47,7 +33,7 @@ def test_folded_matches_unfolded_every_variant(name):
     # The fold lives in the head, whose shape depends on the widths only; one block per stage keeps B3-B5 cheap.
     depths = None if name == "b0" else (1, 1, 1, 1)
     model = create_model(name, num_classes=19, **({"depths": depths} if depths else {}))
-    _randomize(model)
+    randomize(model)
     model.eval()
     x = torch.randn(2, 3, 61, 99)  # odd sizes: ceil division everywhere, non-integer upsampling factors
     with torch.no_grad():
@@ -84,7 +70,7 @@ def test_model_forward_uses_fold_and_flag_switches_back(b0_model):
 def test_training_mode_same_outputs_and_gradients():
     """Train mode: BN uses batch statistics on the same pre-BN tensor; gradients reach every head parameter alike."""
     head = AllMLPHead((8, 16, 24, 32), 24, num_classes=6, dropout=0.0)
-    _randomize(head, seed=3)
+    randomize(head, seed=3)
     head.train()
     features = [torch.randn(2, c, s, s + 1) for c, s in ((8, 16), (16, 8), (24, 4), (32, 2))]
     results = []
@@ -129,7 +115,7 @@ def test_folded_weights_never_stale(b0_model):
         again = model(x)  # served from the cache
     torch.testing.assert_close(before, again, atol=0, rtol=0)
     other = copy.deepcopy(model)
-    _randomize(other, seed=6)
+    randomize(other, seed=6)
     model.load_state_dict(other.state_dict())  # in-place copies: same tensors, new versions
     with torch.inference_mode():
         after = model(x)
