@@ -163,22 +163,16 @@ def _build_datasets(config: TrainConfig) -> tuple[Any, Any, Any]:
 
     if not config.data_root:
         raise ValueError("train config: data_root is not set; pass --data-root DIR")
-    train_ds = build_dataset(
-        config.dataset,
-        config.data_root,
-        config.train_split,
-        num_classes=config.num_classes,
-        skip_bad=config.skip_bad_samples,
-    )
+
+    def load(split: str) -> Any:
+        return build_dataset(
+            config.dataset, config.data_root, split, num_classes=config.num_classes, skip_bad=config.skip_bad_samples
+        )
+
+    train_ds = load(config.train_split)
     transform = _make_transform(config, train_ds)
     try:
-        val_ds = build_dataset(
-            config.dataset,
-            config.data_root,
-            config.val_split,
-            num_classes=config.num_classes,
-            skip_bad=config.skip_bad_samples,
-        )
+        val_ds = load(config.val_split)
     except (FileNotFoundError, ValueError) as e:  # no such split, or an empty one
         if config.eval_every:
             hint = f"no '{config.val_split}' split: pass --eval-every 0 to skip evaluation"
