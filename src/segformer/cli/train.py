@@ -34,6 +34,15 @@ def _pair_of_floats(text: str) -> tuple[float, float]:
     return parts  # type: ignore[return-value]
 
 
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(p) for p in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} must be numbers separated by commas, e.g. 120.5,98,87.2,60"
+        ) from None
+
+
 HELP = {
     "model": "variant b0..b5, or a SegFormerConfig .json/.yaml file",
     "dataset": "ade20k, cityscapes, voc, coco-stuff, or folder (ROOT/images/SPLIT, ROOT/masks/SPLIT)",
@@ -49,6 +58,16 @@ HELP = {
     "deterministic": "deterministic algorithms: a resumed run ends with the same weights as an uninterrupted one",
     "tensorboard": "also log to RUN_DIR/tensorboard (needs the tensorboard package)",
     "device": "auto, cpu, cuda, cuda:1",
+    "loss": "NAME[:WEIGHT],... summed; names: ce, ohem, dice, focal, lovasz (e.g. ce:1.0,dice:0.5)",
+    "class_weights": "auto (ENet: 1/ln(1.02 + class pixel share)), w1,w2,... (one per class), or a FILE of numbers",
+    "avg_non_ignore": "cross-entropy mean over labelled pixels (mmseg avg_non_ignore=True) or over all pixels",
+    "ohem_thresh": "OHEM: pixels whose true-class probability is below this are hard",
+    "ohem_min_kept": "OHEM: keep at least this many hardest pixels per image",
+    "in_channels": "image channels; other than 3: multi-band TIFF or .npy images",
+    "mean": "per-channel mean of the raw pixel values, comma-separated (default: ImageNet for 3, else computed)",
+    "std": "per-channel std of the raw pixel values, comma-separated (default: ImageNet for 3, else computed)",
+    "freeze_encoder": "freeze the whole encoder: only the decoder head trains",
+    "freeze_stages": "freeze the first K encoder stages (0..4)",
 }
 
 
@@ -69,8 +88,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         if hint is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
             continue
-        if typing.get_origin(hint) is tuple:
-            parse: Any = parse_size if typing.get_args(hint)[0] is int else _pair_of_floats
+        if typing.get_origin(hint) is tuple and typing.get_args(hint)[-1] is Ellipsis:
+            parse: Any = _floats
+        elif typing.get_origin(hint) is tuple:
+            parse = parse_size if typing.get_args(hint)[0] is int else _pair_of_floats
         else:
             parse = hint
         parser.add_argument(

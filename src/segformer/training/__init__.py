@@ -2,13 +2,16 @@
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import PRESETS, TrainConfig
-from .loop import TrainResult, segmentation_loss, train
+from .loop import TrainResult, train
+from .losses import LOSSES, build_loss, segmentation_loss
 from .optim import build_optimizer, build_scheduler, lr_factor, param_groups
 
 __all__ = [
+    "LOSSES",
     "PRESETS",
     "TrainConfig",
     "TrainResult",
+    "build_loss",
     "build_optimizer",
     "build_scheduler",
     "load_checkpoint",

@@ -73,8 +73,49 @@ class TrainConfig:
     tensorboard: bool = False
     device: str = "auto"
     resume: bool = False
+    # Loss (segformer.training.losses): NAME[:WEIGHT] terms, names ce, ohem, dice, focal, lovasz.
+    loss: str = "ce"
+    class_weights: str | None = None  # auto | w1,w2,... | FILE; numbers once training has resolved them
+    avg_non_ignore: bool = True  # mmseg's CE averaging: over labelled pixels (True) or all pixels (False)
+    ohem_thresh: float = 0.7
+    ohem_min_kept: int = 100_000  # per image (mmseg)
+    # Input channels; mean/std per channel on the raw pixel values (None: ImageNet's for 3 channels, else computed).
+    in_channels: int = 3
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    # Frozen parameters stay out of the optimiser (and the saved model stays complete).
+    freeze_encoder: bool = False
+    freeze_stages: int = 0  # the first K encoder stages (patch embedding, blocks, norm)
 
     def __post_init__(self) -> None:
+        from .losses import format_loss_spec, parse_class_weights, parse_loss_spec
+
+        try:
+            object.__setattr__(self, "loss", format_loss_spec(parse_loss_spec(self.loss)))
+            if self.class_weights is not None:
+                weights = parse_class_weights(self.class_weights)
+                if isinstance(weights, tuple):  # canonical text of the numbers
+                    object.__setattr__(self, "class_weights", ",".join(repr(w) for w in weights))
+        except ValueError as e:
+            raise ValueError(f"train config: {e}") from None
+        if not 0.0 < self.ohem_thresh <= 1.0 or self.ohem_min_kept < 1:
+            raise ValueError(
+                f"train config: ohem_thresh={self.ohem_thresh} must be in (0, 1] and ohem_min_kept="
+                f"{self.ohem_min_kept} >= 1"
+            )
+        if self.in_channels < 1 or self.freeze_stages < 0:
+            raise ValueError(
+                f"train config: in_channels={self.in_channels} must be >= 1, freeze_stages={self.freeze_stages} >= 0"
+            )
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if value is not None and len(value) != self.in_channels:
+                raise ValueError(
+                    f"train config: {name} has {len(value)} values but in_channels={self.in_channels}; "
+                    "give one per channel"
+                )
+        if self.std is not None and min(self.std) <= 0:
+            raise ValueError(f"train config: std={list(self.std)} must be > 0 for every channel")
         positive = ("iters", "batch_size", "grad_accum", "log_every")
         for name in positive:
             if getattr(self, name) < 1:
@@ -118,6 +159,8 @@ class TrainConfig:
             name = key.replace("-", "_")
             if name not in known:
                 raise ValueError(f"{source}: unknown field {key!r}; known fields: {', '.join(sorted(known))}")
+            if name == "class_weights" and isinstance(value, list):  # YAML lists of weights
+                value = ",".join(str(v) for v in value)
             values[name] = _coerce(value, hints[name], f"{source}: {key}")
         return cls(**values)
 
@@ -163,8 +206,10 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         return _coerce(value, inner, where)
     if origin is tuple:
         if not isinstance(value, list | tuple):
-            raise ValueError(f"{where}={value!r} must be a list of {len(typing.get_args(hint))} numbers")
+            raise ValueError(f"{where}={value!r} must be a list of numbers")
         args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:  # tuple[float, ...]: any length
+            return tuple(_coerce(v, args[0], where) for v in value)
         if len(value) != len(args):
             raise ValueError(f"{where}={value!r} must have {len(args)} entries")
         return tuple(_coerce(v, a, where) for v, a in zip(value, args, strict=True))

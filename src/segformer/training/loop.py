@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import SegFormerConfig
@@ -32,6 +31,7 @@ from ..model import SegFormer
 from . import distributed as D
 from .checkpoint import find_resume_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig
+from .losses import LossOptions, build_loss, resolve_class_weights
 from .optim import build_optimizer, build_scheduler
 
 log = logging.getLogger("segformer")
@@ -47,18 +47,6 @@ class TrainResult:
     best_miou: float | None
     final_metrics: dict[str, Any] | None
     history: list[dict[str, Any]] = field(default_factory=list)
-
-
-def segmentation_loss(logits: Tensor, target: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
-    """Cross-entropy over labelled pixels, logits upsampled (bilinear) to the label size, as the original.
-
-    A batch without any labelled pixel gives 0 (not NaN), so a crop of pure 'ignore' cannot stop a run.
-    """
-    if logits.shape[-2:] != target.shape[-2:]:
-        logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
-    total = F.cross_entropy(logits.float(), target, ignore_index=ignore_index, reduction="sum")
-    count = (target != ignore_index).sum().clamp(min=1)
-    return total / count
 
 
 def resolve_device(name: str) -> torch.device:
@@ -228,6 +216,17 @@ def build_model(config: TrainConfig, num_classes: int, class_names: tuple[str, .
     )
 
 
+def _class_weights(config: TrainConfig, dataset: Any, num_classes: int, main: bool) -> tuple[float, ...] | None:
+    """`config.class_weights` as numbers (counted on rank 0 for 'auto', then shared), logged."""
+    if config.class_weights is None:
+        return None
+    weights = resolve_class_weights(config.class_weights, dataset, num_classes) if main else None
+    weights = D.broadcast_object(weights)
+    if main:
+        log.info("class weights (%s): %s", config.class_weights, ", ".join(f"{w:.4g}" for w in weights))
+    return weights
+
+
 def _class_names(dataset: Any) -> tuple[str, ...] | None:
     names = getattr(dataset, "class_names", None)
     return tuple(str(n) for n in names) if names else None
@@ -315,6 +314,11 @@ def _train(config: TrainConfig, device: torch.device, model: Any, train_ds: Any,
         crop=config.crop or (tuple(info.crop) if info is not None else None),
         scale=config.scale or (tuple(info.scale) if info is not None else None),
     )
+    weights = _class_weights(config, train_ds, num_classes, main)
+    if weights is not None:  # the numbers, so config.yaml and resume need no recount
+        config = config.replace(class_weights=",".join(repr(w) for w in weights))
+    options = LossOptions(IGNORE_INDEX, weights, config.avg_non_ignore, config.ohem_thresh, config.ohem_min_kept)
+    criterion = build_loss(config.loss, options)
 
     # Model, optimiser, schedule, scaler.
     torch.manual_seed(config.seed)  # identical initialisation on every rank
@@ -470,7 +474,7 @@ def _train(config: TrainConfig, device: torch.device, model: Any, train_ds: Any,
                             device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
                         ):
                             logits = net(images)
-                        loss = segmentation_loss(logits, targets)
+                        loss = criterion(logits, targets)
                         scaler.scale(loss / config.grad_accum).backward()
                     loss = loss.detach()
                     nonfinite_at = torch.where((nonfinite_at < 0) & ~torch.isfinite(loss), it, nonfinite_at)
