@@ -32,7 +32,7 @@ from . import distributed as D
 from .checkpoint import find_resume_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig
 from .losses import LossOptions, build_loss, resolve_class_weights
-from .optim import build_optimizer, build_scheduler
+from .optim import build_optimizer, build_scheduler, freeze_encoder_stages
 
 log = logging.getLogger("segformer")
 
@@ -329,6 +329,13 @@ def _train(config: TrainConfig, device: torch.device, model: Any, train_ds: Any,
     elif model.config.class_names is None and class_names is not None:
         model.config = model.config.replace(class_names=class_names)  # saved with the model
     model = model.to(device).train()
+    if config.freeze_encoder or config.freeze_stages:
+        stages = len(model.encoder.stages) if config.freeze_encoder else config.freeze_stages
+        frozen = freeze_encoder_stages(model, stages)
+        if main:
+            log.info("froze %d of %d encoder stages (%d parameters)", stages, len(model.encoder.stages), frozen)
+            if config.pretrained is None and resume_from is None:
+                log.warning("freezing an encoder that is not pretrained (no --pretrained): it stays random")
     if config.grad_checkpointing:
         model.encoder.set_grad_checkpointing(True)
     if world > 1:
@@ -618,7 +625,8 @@ def _check_ranks_agree(model: nn.Module) -> None:
 
 def _check_compatible(path: Path, saved: dict[str, Any], config: TrainConfig) -> None:
     """Refuse to resume a checkpoint into a different model or data setup (the weights would not fit anyway)."""
-    for key in ("model", "dataset", "num_classes", "batch_size", "grad_accum", "seed"):
+    keys = ("model", "dataset", "num_classes", "batch_size", "grad_accum", "seed", "in_channels")
+    for key in (*keys, "freeze_encoder", "freeze_stages"):  # the optimiser state only fits the same frozen set
         if key in saved and saved[key] != config.to_dict()[key]:
             raise ValueError(
                 f"{path}: was written with {key}={saved[key]!r} but this run has {key}={config.to_dict()[key]!r}; "
