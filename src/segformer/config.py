@@ -92,6 +92,9 @@ class SegFormerConfig:
     # Block norms and stage-final norms; patch-embed and reduction norms use torch's default 1e-5 as the original.
     layer_norm_eps: float = 1e-6
     class_names: tuple[str, ...] | None = None
+    # Per-channel mean/std of the raw input values the model was trained with; None = ImageNet's (3 channels).
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
     variant: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -115,6 +118,12 @@ class SegFormerConfig:
             )
         if not 0.0 <= self.drop_path_rate < 1.0 or not 0.0 <= self.classifier_dropout < 1.0:
             raise ValueError("config.drop_path_rate and classifier_dropout must be in [0, 1)")
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if value is not None and len(value) != self.in_channels:
+                raise ValueError(f"config.{name} has {len(value)} values for {self.in_channels} input channels")
+        if self.std is not None and min(self.std) <= 0:
+            raise ValueError(f"config.std {self.std} must be > 0 for every channel")
         if self.class_names is not None and len(self.class_names) != self.num_classes:
             raise ValueError(
                 f"config.class_names has {len(self.class_names)} names but num_classes is {self.num_classes}"

@@ -21,6 +21,15 @@ MEAN = (123.675, 116.28, 103.53)
 STD = (58.395, 57.12, 57.375)
 
 
+def channel_stats(config: SegFormerConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) per input channel on raw pixel values: the config's own (recorded by training), else ImageNet's
+    for 3 channels, else ImageNet's channel averages for every channel."""
+    n = config.in_channels
+    mean = config.mean or (MEAN if n == 3 else (sum(MEAN) / 3,) * n)
+    std = config.std or (STD if n == 3 else (sum(STD) / 3,) * n)
+    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+
 class SegFormer(nn.Module):
     """`model(x)` maps a normalised (B, C, H, W) batch to logits (B, K, ceil(H/4), ceil(W/4))."""
 
@@ -114,6 +123,8 @@ def hf_config_dict(config: SegFormerConfig) -> dict[str, Any]:
         "id2label": {str(i): name for i, name in enumerate(names)},
         "label2id": {name: i for i, name in enumerate(names)},
         "segformer_class_names": config.class_names is not None,
+        **({"segformer_mean": list(config.mean)} if config.mean is not None else {}),
+        **({"segformer_std": list(config.std)} if config.std is not None else {}),
     }
 
 
@@ -125,6 +136,9 @@ def config_from_hf(data: dict[str, Any]) -> dict[str, Any]:
     for ours, theirs in (("drop_path_rate", "drop_path_rate"), ("classifier_dropout", "classifier_dropout_prob")):
         if theirs in data:
             out[ours] = data[theirs]
+    for ours, theirs in (("mean", "segformer_mean"), ("std", "segformer_std")):
+        if data.get(theirs) is not None:
+            out[ours] = tuple(float(v) for v in data[theirs])
     id2label = data.get("id2label")
     if id2label and data.get("segformer_class_names", True):
         names = [id2label[str(i)] if str(i) in id2label else id2label.get(i) for i in range(len(id2label))]

@@ -125,7 +125,9 @@ def run(args: argparse.Namespace) -> int:
     num_classes = None
     if args.dataset == "folder" and not (Path(args.data_root) / "classes.txt").is_file():
         num_classes = model.config.num_classes  # no classes.txt: the model's classes
-    dataset = build_dataset(args.dataset, args.data_root, args.split, num_classes=num_classes)
+    dataset = build_dataset(
+        args.dataset, args.data_root, args.split, num_classes=num_classes, channels=model.config.in_channels
+    )
     if len(dataset) == 0:
         raise ValueError(f"{args.data_root}: no samples in split {args.split!r}")
     options = inference_options(args, dataset.info if args.dataset != "folder" else None)

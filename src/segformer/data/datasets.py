@@ -56,6 +56,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         skip_bad: bool = False,
         where: str = "",
         dropped: int = 0,
+        channels: int = 3,
     ) -> None:
         self.samples = [(Path(img), Path(msk)) for img, msk in samples]
         if not self.samples:
@@ -68,6 +69,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.skip_bad = skip_bad
         self.where = where
         self.dropped = dropped  # samples left out while building (skip_bad and no mask)
+        self.channels = channels  # image bands: 3 = RGB uint8; others from multi-band TIFF / .npy (imageio.read_image)
         # One flag per sample in shared memory: DataLoader workers mark bad samples where the main process sees them.
         self._bad = torch.zeros(len(self.samples), dtype=torch.bool).share_memory_()
 
@@ -114,9 +116,10 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
     # -- reading ----------------------------------------------------------------------------------------------
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray, str]:
-        """(image uint8 (H, W, 3) RGB, mask uint8 (H, W) with ids 0..K-1 or 255, name); raises on a bad sample."""
+        """(image (H, W, C): uint8 RGB for C = 3, else the file's bands, mask uint8 (H, W) with ids 0..K-1 or 255,
+        name); raises on a bad sample."""
         image_path, mask_path = self.samples[index]
-        image = read_image(image_path)
+        image = read_image(image_path, getattr(self, "channels", 3))
         raw = read_mask(mask_path)
         if raw.shape != image.shape[:2]:
             hint = (
@@ -419,14 +422,15 @@ def build_dataset(
     num_classes: int | None = None,
     transform: Transform | None = None,
     skip_bad: bool = False,
+    channels: int = 3,
 ) -> SegmentationDataset:
     """The dataset `name` ("ade20k", "cityscapes", "voc", "coco-stuff" or "folder") read from `root`.
 
     Split names are the dataset's own ("training"/"validation" for ADE20K, "train2017"/"val2017" for COCO-Stuff)
-    or "train"/"val" for any of them.
+    or "train"/"val" for any of them. `channels` other than 3: images are multi-band TIFF or .npy files.
     """
     root = Path(root).expanduser()
-    options = {"transform": transform, "skip_bad": skip_bad}
+    options = {"transform": transform, "skip_bad": skip_bad, "channels": channels}
     if name == "folder":
         return image_folder(root, split, num_classes=num_classes, **options)
     if name not in BUILDERS:

@@ -114,6 +114,10 @@ class TrainConfig:
                     f"train config: {name} has {len(value)} values but in_channels={self.in_channels}; "
                     "give one per channel"
                 )
+        if (self.mean is None) != (self.std is None):
+            raise ValueError(
+                "train config: give both mean and std (or neither: ImageNet's for 3 channels, else computed)"
+            )
         if self.std is not None and min(self.std) <= 0:
             raise ValueError(f"train config: std={list(self.std)} must be > 0 for every channel")
         positive = ("iters", "batch_size", "grad_accum", "log_every")

@@ -145,8 +145,8 @@ def _next_batch(batches: Iterator) -> tuple[Tensor, Tensor]:
 # ---------------------------------------------------------------------------------------------------- setup
 
 
-def _build_datasets(config: TrainConfig) -> tuple[Any, Any, Any]:
-    """(train dataset, its transform, val dataset or None) from the config, via segformer.data."""
+def _build_datasets(config: TrainConfig) -> tuple[Any, Any]:
+    """(train dataset, val dataset or None) from the config, via segformer.data."""
     from ..data import build_dataset
 
     if not config.data_root:
@@ -154,11 +154,15 @@ def _build_datasets(config: TrainConfig) -> tuple[Any, Any, Any]:
 
     def load(split: str) -> Any:
         return build_dataset(
-            config.dataset, config.data_root, split, num_classes=config.num_classes, skip_bad=config.skip_bad_samples
+            config.dataset,
+            config.data_root,
+            split,
+            num_classes=config.num_classes,
+            skip_bad=config.skip_bad_samples,
+            channels=config.in_channels,
         )
 
     train_ds = load(config.train_split)
-    transform = _make_transform(config, train_ds)
     try:
         val_ds = load(config.val_split)
     except (FileNotFoundError, ValueError) as e:  # no such split, or an empty one
@@ -167,7 +171,7 @@ def _build_datasets(config: TrainConfig) -> tuple[Any, Any, Any]:
             raise type(e)(f"{e} ({hint})") from None
         log.info("no '%s' split in %s: training without evaluation", config.val_split, config.data_root)
         val_ds = None
-    return train_ds, transform, val_ds
+    return train_ds, val_ds
 
 
 def _make_transform(config: TrainConfig, dataset: Any) -> Any:
@@ -178,6 +182,9 @@ def _make_transform(config: TrainConfig, dataset: Any) -> Any:
     crop = config.crop or (info.crop if info is not None else None)
     if scale is None or crop is None:
         raise ValueError("train config: crop and scale are unset and the dataset has no defaults; pass --crop/--scale")
+    from ..model import channel_stats
+
+    mean, std = channel_stats(SegFormerConfig(in_channels=config.in_channels, mean=config.mean, std=config.std))
     return TrainTransform(
         scale=tuple(scale),
         ratio_range=config.ratio_range,
@@ -185,6 +192,8 @@ def _make_transform(config: TrainConfig, dataset: Any) -> Any:
         cat_max_ratio=config.cat_max_ratio,
         flip_prob=config.flip_prob,
         photometric=config.photometric,
+        mean=mean,
+        std=std,
     )
 
 
@@ -192,7 +201,7 @@ def build_model(config: TrainConfig, num_classes: int, class_names: tuple[str, .
     """A fresh SegFormer for `config.model` (variant name or config file), encoder from `config.pretrained`."""
     from ..loading import create_model
 
-    overrides: dict[str, Any] = {}
+    overrides: dict[str, Any] = {"in_channels": config.in_channels, "mean": config.mean, "std": config.std}
     if config.drop_path_rate is not None:
         overrides["drop_path_rate"] = config.drop_path_rate
     if config.classifier_dropout is not None:
@@ -214,6 +223,29 @@ def build_model(config: TrainConfig, num_classes: int, class_names: tuple[str, .
     return create_model(
         config.model, num_classes=num_classes, pretrained=config.pretrained, class_names=class_names, **overrides
     )
+
+
+def _channels(config: TrainConfig, dataset: Any, main: bool) -> TrainConfig:
+    """Check the images have `in_channels` bands (the first one: files of a set are alike) and fix mean/std."""
+    from ..imageio import ChannelMismatchError
+    from .channels import resolve_channel_stats
+
+    try:
+        image = np.asarray(dataset.load(0)[0])
+    except ChannelMismatchError as e:
+        raise ValueError(str(e)) from None
+    except (ValueError, OSError):
+        image = None  # a bad sample: reported (or skipped) by the training stream
+    bands = (image.shape[2] if image.ndim == 3 else 1) if image is not None else config.in_channels
+    if bands != config.in_channels:
+        raise ValueError(f"training images have {bands} channels but in_channels={config.in_channels}")
+    if config.in_channels != 3 and main:
+        log.info("%d-channel images: the photometric distortion (RGB only) is off", config.in_channels)
+    stats = resolve_channel_stats(config.in_channels, config.mean, config.std, dataset) if main else None
+    mean, std = D.broadcast_object(stats)
+    if mean is not None and config.mean is None and main:
+        log.info("channel mean %s, std %s", [round(m, 4) for m in mean], [round(s, 4) for s in std])
+    return config.replace(mean=mean, std=std)
 
 
 def _class_weights(config: TrainConfig, dataset: Any, num_classes: int, main: bool) -> tuple[float, ...] | None:
@@ -298,10 +330,8 @@ def _train(config: TrainConfig, device: torch.device, model: Any, train_ds: Any,
 
     # Data.
     if train_ds is None:
-        train_ds, transform, built_val = _build_datasets(config)
+        train_ds, built_val = _build_datasets(config)
         val_ds = val_ds if val_ds is not None else built_val
-    else:
-        transform = getattr(train_ds, "transform", None) or _make_transform(config, train_ds)
     if len(train_ds) == 0:
         raise ValueError(f"training set is empty ({config.dataset} at {config.data_root}, split {config.train_split})")
     num_classes = int(train_ds.num_classes)
@@ -319,6 +349,8 @@ def _train(config: TrainConfig, device: torch.device, model: Any, train_ds: Any,
         config = config.replace(class_weights=",".join(repr(w) for w in weights))
     options = LossOptions(IGNORE_INDEX, weights, config.avg_non_ignore, config.ohem_thresh, config.ohem_min_kept)
     criterion = build_loss(config.loss, options)
+    config = _channels(config, train_ds, main)
+    transform = getattr(train_ds, "transform", None) or _make_transform(config, train_ds)
 
     # Model, optimiser, schedule, scaler.
     torch.manual_seed(config.seed)  # identical initialisation on every rank
@@ -326,8 +358,12 @@ def _train(config: TrainConfig, device: torch.device, model: Any, train_ds: Any,
         model = build_model(config, num_classes, class_names)
     elif model.config.num_classes != num_classes:
         raise ValueError(f"model has {model.config.num_classes} classes but the dataset has {num_classes}")
+    elif model.config.in_channels != config.in_channels:
+        raise ValueError(f"model takes {model.config.in_channels} channels but in_channels={config.in_channels}")
     elif model.config.class_names is None and class_names is not None:
         model.config = model.config.replace(class_names=class_names)  # saved with the model
+    if model.config.mean is None and config.mean is not None:  # the statistics travel with the model
+        model.config = model.config.replace(mean=config.mean, std=config.std)
     model = model.to(device).train()
     if config.freeze_encoder or config.freeze_stages:
         stages = len(model.encoder.stages) if config.freeze_encoder else config.freeze_stages
