@@ -7,8 +7,12 @@ Folders are searched recursively and their relative paths kept under --out. An u
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING, Any
 
 from .evaluate import add_inference_arguments
+
+if TYPE_CHECKING:
+    import numpy as np
 
 PRESETS = ("ade20k", "cityscapes", "voc", "coco-stuff")
 
@@ -36,11 +40,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def palette_and_names(model: Any, palette_name: str | None, verb: str) -> tuple[np.ndarray, tuple[str, ...] | None]:
+    """The colours and class names predict uses for a model: a named dataset's palette, else the dataset whose class
+    count matches the model, else generated colours (a short palette is completed with generated ones)."""
+    from ..data import DATASETS
+    from ..imageio import default_palette
+
+    k = model.config.num_classes
+    if palette_name:
+        info = DATASETS[palette_name]
+        if info.num_classes < k:
+            print(f"segformer {verb}: note: palette {palette_name} has {info.num_classes} colours for {k} classes")
+    else:
+        info = next((d for d in DATASETS.values() if d.num_classes == k), None)
+    palette = info.palette_array() if info is not None else default_palette(k)
+    if info is not None and info.num_classes < k:
+        palette = default_palette(k).copy()
+        palette[: info.num_classes] = info.palette_array()
+    names = model.config.class_names or (info.class_names if info is not None and info.num_classes == k else None)
+    return palette, names
+
+
 def run(args: argparse.Namespace) -> int:
     import sys
 
     from ..data import DATASETS
-    from ..imageio import default_palette
     from ..inference import Segmenter, predict_files
     from ..loading import load_model
     from .evaluate import describe, inference_options, resolve_device
@@ -50,17 +74,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.weights)
     k = model.config.num_classes
     options = inference_options(args, DATASETS[args.preset] if args.preset else None)
-    if args.palette:
-        info = DATASETS[args.palette]
-        if info.num_classes < k:
-            print(f"segformer predict: note: palette {args.palette} has {info.num_classes} colours for {k} classes")
-    else:
-        info = next((d for d in DATASETS.values() if d.num_classes == k), None)
-    palette = info.palette_array() if info is not None else default_palette(k)
-    if info is not None and info.num_classes < k:
-        palette = default_palette(k).copy()
-        palette[: info.num_classes] = info.palette_array()
-    names = model.config.class_names or (info.class_names if info is not None and info.num_classes == k else None)
+    palette, names = palette_and_names(model, args.palette, "predict")
     segmenter = Segmenter.from_options(model, options, device=resolve_device(args.device))
     print(f"predicting with {args.weights} ({k} classes): {describe(options)}")
 
