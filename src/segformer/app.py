@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import html
 import os
+import shutil
 import tempfile
+import time
 import uuid
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -262,6 +265,16 @@ def build_app(
     work.mkdir(parents=True, exist_ok=True)
     n = len(entries)
 
+    def new_folder() -> Path:
+        """A fresh folder for one image's downloads; those of earlier images go after an hour (Gradio has copies)."""
+        now = time.time()
+        for old in work.iterdir():
+            if old.is_dir() and now - old.stat().st_mtime > 3600:
+                shutil.rmtree(old, ignore_errors=True)
+        folder = work / uuid.uuid4().hex
+        folder.mkdir()
+        return folder
+
     def predict(payload: Any, mode: str, flip: bool) -> list[Any]:
         """Upload or option change -> state, status, and per model: class checkboxes, label-map download."""
         path, orig_name = _upload_path(payload)
@@ -273,8 +286,7 @@ def build_app(
         except ImageReadError as e:
             return [None, f"**Could not use the upload:** {html.escape(str(e))}"] + empty[2:]
         run_options, note = options_for_image(page_options(options, mode, flip), *image.shape[:2], rescale_huge)
-        folder = work / uuid.uuid4().hex
-        folder.mkdir()
+        folder = new_folder()
         stem = _stem(orig_name)
         labels, outputs = [], []
         try:
@@ -375,6 +387,8 @@ def build_app(
         opacity.release(render, render_inputs, render_outputs)
         for p in panels:
             p[2].input(render, render_inputs, render_outputs)
+    if work_dir is None:
+        weakref.finalize(page, shutil.rmtree, work, True)  # the temporary folder goes with the page (or at exit)
     return page
 
 
