@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -13,14 +14,21 @@ from typing import Any
 def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
     """Call `write(tmp)` on a temporary file beside `path`, then rename it over `path` (atomic on POSIX).
 
-    On any error the temporary file is removed and `path` keeps its previous content.
+    The data is flushed to disk (fsync) before the rename. On any error the temporary file is removed and `path`
+    keeps its previous content; a full disk is reported as one line naming `path`.
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise OSError(errno.ENOSPC, f"{path}: no space left on device; the previous file is intact") from None
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

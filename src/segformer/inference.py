@@ -31,16 +31,20 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
+from .constants import MEAN, STD
 from .imageio import IMAGE_SUFFIXES, ImageReadError, read_image, to_rgb, write_label_png
-from .model import MEAN, STD
+from .runtime import autocast, check_amp
 
 ImageLike = str | Path | Image.Image | np.ndarray | Tensor
-AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
 class InferenceOptions:
-    """How to run the model on one image: mode "whole" or "slide", test scale, windows and TTA."""
+    """How to run the model on one image: mode "whole" or "slide", test scale, windows and TTA.
+
+    The one options object of `Segmenter`, `predict_logits`, `evaluate` and the eval/predict CLI: each takes
+    `options` and/or keyword overrides of these fields (`InferenceOptions.build`).
+    """
 
     mode: str = "whole"
     scale: tuple[int, int] | None = None  # mmseg img_scale (long, short); None = the image's own size
@@ -75,8 +79,7 @@ class InferenceOptions:
             raise ValueError(f"size_divisor must be >= 1, got {self.size_divisor}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.amp not in AMP_DTYPES:
-            raise ValueError(f"amp {self.amp!r} is not one of {', '.join(AMP_DTYPES)}")
+        check_amp(self.amp)
 
     @property
     def passes(self) -> int:
@@ -99,6 +102,12 @@ class InferenceOptions:
 
     def replace(self, **changes: Any) -> InferenceOptions:
         return replace(self, **changes)
+
+    @classmethod
+    def build(cls, options: InferenceOptions | None = None, **overrides: Any) -> InferenceOptions:
+        """`options` (default: whole image at its own size) with the given fields replaced (validated again)."""
+        options = options or cls()
+        return options.replace(**overrides) if overrides else options
 
 
 def _pair(value: Any, name: str) -> tuple[int, int] | None:
@@ -205,12 +214,9 @@ def predict_batch(model: nn.Module, x: Tensor, options: InferenceOptions, softma
     ratios = options.scales or (1.0,)
     flips = (False, True) if options.flip else (False,)
     total: Tensor | None = None
-    dtype = AMP_DTYPES[options.amp]
 
     def forward(batch: Tensor) -> Tensor:
-        if dtype is None:
-            return model(batch)
-        with torch.autocast(batch.device.type, dtype=dtype):
+        with autocast(batch.device, options.amp):
             return model(batch)
 
     with torch.inference_mode():
@@ -238,23 +244,14 @@ def _model_device(model: nn.Module) -> torch.device:
 
 
 def predict_logits(
-    model: nn.Module,
-    image: ImageLike,
-    *,
-    mode: str = "whole",
-    scale: tuple[int, int] | None = None,
-    crop: tuple[int, int] | int | None = None,
-    stride: tuple[int, int] | int | None = None,
-    scales: Sequence[float] | None = None,
-    flip: bool = False,
-    size_divisor: int | None = None,
+    model: nn.Module, image: ImageLike, options: InferenceOptions | None = None, **overrides: Any
 ) -> Tensor:
     """Softmax probabilities (K, H, W) at the original image size, on the model's device.
 
     `image` is a path, PIL image, uint8 (H, W, 3) array, or an already normalised float tensor (C, H, W). The
-    model is put in eval mode. Options are those of `InferenceOptions`; the argmax over K is the label map.
+    model is put in eval mode. `options`/`overrides` as `InferenceOptions.build`; the argmax over K is the label map.
     """
-    options = InferenceOptions(mode, scale, crop, stride, tuple(scales) if scales else None, flip, size_divisor)
+    options = InferenceOptions.build(options, **overrides)
     model.eval()
     device = _model_device(model)
     if isinstance(image, Tensor) and image.is_floating_point() and image.ndim == 3:
@@ -281,37 +278,19 @@ class Segmenter:
 
     >>> seg = Segmenter(load_model("nvidia/segformer-b0-finetuned-ade-512-512"), device="cuda")
     >>> labels = seg("room.jpg")
+    >>> seg = Segmenter(model, InferenceOptions.for_dataset(DATASETS["cityscapes"]), flip=True)
     """
 
     def __init__(
         self,
         model: nn.Module,
-        mode: str = "whole",
+        options: InferenceOptions | None = None,
         device: str | torch.device | None = None,
-        *,
-        scale: tuple[int, int] | None = None,
-        crop: tuple[int, int] | int | None = None,
-        stride: tuple[int, int] | int | None = None,
-        scales: Sequence[float] | None = None,
-        flip: bool = False,
-        size_divisor: int | None = None,
-        batch_size: int = 8,
-        amp: str = "none",
+        **overrides: Any,
     ) -> None:
-        self.options = InferenceOptions(
-            mode, scale, crop, stride, tuple(scales) if scales else None, flip, size_divisor, batch_size, amp
-        )
+        self.options = InferenceOptions.build(options, **overrides)
         self.model = model.eval() if device is None else model.to(device).eval()
         self.device = _model_device(self.model)
-
-    @classmethod
-    def from_options(
-        cls, model: nn.Module, options: InferenceOptions, device: str | torch.device | None = None
-    ) -> Segmenter:
-        """A Segmenter with ready-made options, e.g. `InferenceOptions.for_dataset(DATASETS["cityscapes"])`."""
-        seg = cls(model, device=device)
-        seg.options = options
-        return seg
 
     def probabilities(self, image: ImageLike) -> Tensor:
         """Softmax probabilities (K, H, W) on the CPU at the original size."""

@@ -8,8 +8,7 @@ from collections.abc import Iterator
 
 import torch
 
-# --amp / amp= name -> autocast dtype (None = full precision). The one table every verb validates against.
-AMP_DTYPES: dict[str, torch.dtype | None] = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+from .constants import AMP_DTYPES
 
 
 def check_amp(amp: str, what: str = "amp") -> str:
@@ -26,7 +25,7 @@ def autocast(device: torch.device | str, amp: str) -> Iterator[None]:
     if dtype is None:
         yield
         return
-    with torch.autocast(torch.device(device).type, dtype=dtype):
+    with torch.autocast(torch.device(device).type, dtype=getattr(torch, dtype)):
         yield
 
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
+from ..constants import AMP_DTYPES
 from .common import parse_size
 
 if TYPE_CHECKING:
     from ..data import DatasetInfo
     from ..inference import InferenceOptions
 
-DATASET_CHOICES = ("ade20k", "cityscapes", "voc", "coco-stuff", "folder")
 DEFAULT_TTA_SCALES = (0.75, 0.875, 1.0, 1.125, 1.25)  # --tta without a dataset preset or --scales (ADE20K's)
 
 
@@ -36,7 +36,7 @@ def add_inference_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--flip", action="store_true", help="average with the horizontally flipped image")
     p.add_argument("--batch-size", type=int, default=8, help="images (whole) or windows (slide) per forward")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
-    p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none", help="autocast the model (GPU speed)")
+    p.add_argument("--amp", choices=tuple(AMP_DTYPES), default="none", help="autocast the model (GPU speed)")
 
 
 def _parse_scale(text: str) -> tuple[int, int] | str:
@@ -44,14 +44,6 @@ def _parse_scale(text: str) -> tuple[int, int] | str:
         return "original"
     long_side, short_side = parse_size(text)
     return (long_side, short_side)
-
-
-def resolve_device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
 
 
 def inference_options(args: argparse.Namespace, info: DatasetInfo | None = None) -> InferenceOptions:
@@ -104,7 +96,9 @@ def describe(options: InferenceOptions) -> str:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("weights", help="anything load_model accepts: file, folder or hub id")
-    p.add_argument("--dataset", required=True, choices=DATASET_CHOICES, help="dataset layout and test preset")
+    from ..data.catalog import DATASET_NAMES
+
+    p.add_argument("--dataset", required=True, choices=DATASET_NAMES, help="dataset layout and test preset")
     p.add_argument("--data-root", required=True, help="dataset root folder")
     p.add_argument("--split", default="val", help="split to evaluate (default: val)")
     add_inference_arguments(p)
@@ -120,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
     from ..data import build_dataset
     from ..evaluation import evaluate_confusion, format_table, write_report
     from ..loading import load_model
+    from ..runtime import resolve_device
 
     model = load_model(args.weights)
     num_classes = None

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-IGNORE_INDEX = 255
+from ..constants import IGNORE_INDEX
 
 Palette = tuple[tuple[int, int, int], ...]
 
@@ -256,6 +256,11 @@ DATASETS: dict[str, DatasetInfo] = {
         tta_scales=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75),
     ),
 }
+
+
+# Every name `build_dataset` and the CLI's --dataset accept: the datasets above, plus the generic layout "folder"
+# (ROOT/images/SPLIT + ROOT/masks/SPLIT, classes.txt). The one list of dataset names; builders live in datasets.py.
+DATASET_NAMES: tuple[str, ...] = (*DATASETS, "folder")
 
 
 def folder_info(class_names: tuple[str, ...] | list[str], name: str = "folder") -> DatasetInfo:
