@@ -78,6 +78,38 @@ PAPER = {
 }
 
 
+@dataclass(frozen=True)
+class TestProtocol:
+    """How a model is meant to be run at test time, stored with it so `predict` needs no flags (mmseg test_cfg).
+
+    `scale` is mmseg's img_scale (long side, short side) for a keep-ratio resize; None runs images at their own size.
+    `mode` "slide" runs `crop`-sized windows every `stride` pixels (H, W). `size_divisor` rounds resized sides up.
+    """
+
+    mode: str = "whole"
+    scale: tuple[int, int] | None = None
+    crop: tuple[int, int] | None = None
+    stride: tuple[int, int] | None = None
+    size_divisor: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("scale", "crop", "stride"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, tuple(int(v) for v in value))
+        if self.mode not in ("whole", "slide") or (self.mode == "slide" and self.crop is None):
+            raise ValueError(f"test protocol: mode {self.mode!r} must be 'whole' or 'slide' (slide needs a crop)")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | TestProtocol | None) -> TestProtocol | None:
+        if data is None or isinstance(data, TestProtocol):
+            return data
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
 def variant_key(name: str) -> str | None:
     """'b0'..'b5' for a variant name ('B2', 'mit-b2', 'mit_b2', 'segformer-b2', 'segformer_b2'), else None."""
     key = name.lower()
@@ -103,12 +135,15 @@ class SegFormerConfig:
     # Block norms and stage-final norms; patch-embed and reduction norms use torch's default 1e-5 as the original.
     layer_norm_eps: float = 1e-6
     class_names: tuple[str, ...] | None = None
+    # Test-time protocol (scale, mode, window) written by training and known for official checkpoints; None = unknown.
+    test_protocol: TestProtocol | None = None
     variant: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):  # lists from JSON/YAML become tuples: the config stays hashable
             if isinstance(getattr(self, f.name), list):
                 object.__setattr__(self, f.name, tuple(getattr(self, f.name)))
+        object.__setattr__(self, "test_protocol", TestProtocol.from_dict(self.test_protocol))
         n = len(self.embed_dims)
         for name in ("depths", "num_heads", "sr_ratios"):
             value = getattr(self, name)
@@ -157,6 +192,7 @@ class SegFormerConfig:
         for key, value in out.items():
             if isinstance(value, tuple):
                 out[key] = list(value)
+        out["test_protocol"] = self.test_protocol.to_dict() if self.test_protocol else None
         out["variant"] = self.name
         return out
 
@@ -201,6 +237,7 @@ def to_hf_config(config: SegFormerConfig) -> dict[str, Any]:
         "id2label": {str(i): name for i, name in enumerate(names)},
         "label2id": {name: i for i, name in enumerate(names)},
         "segformer_class_names": config.class_names is not None,
+        "segformer_test_protocol": config.test_protocol.to_dict() if config.test_protocol else None,
     }
 
 
@@ -217,4 +254,6 @@ def from_hf_config(data: dict[str, Any]) -> dict[str, Any]:
         names = [id2label[str(i)] if str(i) in id2label else id2label.get(i) for i in range(len(id2label))]
         if all(isinstance(n, str) for n in names) and not all(n == f"LABEL_{i}" for i, n in enumerate(names)):
             out["class_names"] = tuple(names)
+    if data.get("segformer_test_protocol"):
+        out["test_protocol"] = TestProtocol.from_dict(data["segformer_test_protocol"])
     return out

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .fileio import write_json
-from .inference import InferenceOptions, _model_device, iter_same_size, normalize_batch, predict_batch
+from .inference import InferenceOptions, _model_device, iter_same_size, normalize_batch, predict_labels
 from .metrics import ConfusionMatrix
 
 log = logging.getLogger("segformer")
@@ -115,8 +115,7 @@ def evaluate_confusion(
             for i, _, mask, name in group:
                 check_labels(np.asarray(mask), num_classes, ignore_index, _sample_path(dataset, i, name))
             images = torch.from_numpy(np.stack([s[1] for s in group])).to(device)  # (B, H, W, 3) uint8
-            scores = predict_batch(model, normalize_batch(images), options, softmax=False)
-            preds = scores.argmax(dim=1)  # (B, H, W)
+            preds = predict_labels(model, normalize_batch(images), options)  # (B, H, W)
             for k, (_, _, mask, _) in enumerate(group):
                 cm.update(preds[k], torch.from_numpy(np.array(mask)).to(device))  # copy: read-only arrays warn
             bar.update(len(group))

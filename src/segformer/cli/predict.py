@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--preset",
         choices=presets,
         default=None,
-        help="use a dataset's test protocol (scale, mode, window, TTA ratios); default: whole image at its own size",
+        help="a dataset's test protocol (scale, mode, window, TTA); default: the model's own (see --native-size)",
     )
     add_inference_arguments(p)
     p.add_argument(
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--alpha {args.alpha} must be between 0 and 1")
     model = load_model(args.weights)
     k = model.config.num_classes
-    options = inference_options(args, DATASETS[args.preset] if args.preset else None)
+    options = inference_options(args, DATASETS[args.preset] if args.preset else None, model.config)
     if args.palette:
         info = DATASETS[args.palette]
         if info.num_classes < k:
