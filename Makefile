@@ -28,11 +28,13 @@ app: venv  # the page for the demo model (after `make demo`) on http://127.0.0.1
 test: dev
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 lint: dev
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/lint-imports
 
 format:
 	$(BIN)/ruff format src tests benchmarks

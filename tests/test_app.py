@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from segformer import create_model, load_model
 from segformer.app import (
     HUGE_PIXELS,
     HUGE_SCALE,
+    PROTOCOL,
     SLIDE_CROP,
     SLIDE_STRIDE,
     LegendEntry,
@@ -125,7 +127,8 @@ def test_render_overlay_hides_classes_and_matches_predict_overlay(entry):
 
 def test_page_options_switch_mode_and_flip():
     base = InferenceOptions(batch_size=2)
-    assert page_options(base, "whole", False) is base  # untouched: exactly the command line's options
+    assert page_options(base, PROTOCOL, False) is base  # untouched: exactly the command line's options
+    assert page_options(base, "whole", False) is base
     slide = page_options(base, "slide", True)
     assert (slide.mode, slide.crop, slide.stride, slide.flip, slide.batch_size) == (
         "slide",
@@ -135,7 +138,7 @@ def test_page_options_switch_mode_and_flip():
         2,
     )
     own = InferenceOptions(mode="slide", crop=(64, 64), stride=(32, 32))
-    assert page_options(own, "slide", False) is own
+    assert page_options(own, "slide", False) is own and page_options(own, PROTOCOL, False) is own
     assert page_options(own, "whole", False).mode == "whole"
     assert page_options(InferenceOptions(mode="whole", crop=(64, 64)), "slide", False).crop == (64, 64)
 
@@ -185,11 +188,13 @@ def test_read_upload_names_the_file_not_the_server_folder(tmp_path):
 
 
 def test_model_facts_and_examples(entry, tmp_path):
-    facts = model_facts(entry, InferenceOptions(flip=True), describe)
+    facts = model_facts(replace(entry, options=InferenceOptions(flip=True)), describe)
     assert "**variant**: custom" in facts  # the tiny test model is no named variant
     n = sum(p.numel() for p in entry.model.parameters())
     assert f"{n / 1e6:.2f} M" in facts and "sky, road, car" in facts and "(3)" in facts
-    assert "whole, original size, flip" in facts
+    assert "whole, original size, flip; images over 4.2 MP run at 2048x512" in facts
+    scaled = model_facts(replace(entry, options=InferenceOptions(scale=(1024, 512))), describe)
+    assert "whole, scale 1024x512" in scaled and "MP" not in scaled
     for i in range(10):
         save(tmp_path / f"{i:02d}.png", photo(8, 8))
     (tmp_path / "readme.txt").write_text("x")
@@ -241,7 +246,7 @@ def test_build_app_side_by_side(entry):
     pytest.importorskip("gradio", reason="the app extra (gradio) is not installed")
     from segformer.app import build_app
 
-    page = build_app([entry, entry], InferenceOptions(), describe=describe)
+    page = build_app([entry, entry], describe=describe)
     ids = {b.elem_id for b in page.blocks.values() if getattr(b, "elem_id", None)}
     assert {"input-image", "overlay-0", "overlay-1", "download-labels-1", "classes-1", "status"} <= ids
     assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "False" and not page.analytics_enabled

@@ -39,6 +39,7 @@ SLIDE_STRIDE = (341, 341)
 # map is still at the original size. A 12 MP photo at its own size needs tens of GB of attention in the first stage.
 HUGE_PIXELS = 2048 * 2048
 HUGE_SCALE = (2048, 512)
+PROTOCOL = "protocol"  # the page's mode choice that keeps each model's own
 MAX_EXAMPLES = 8
 IMAGE_HEIGHT = 360  # px on the page; images are scaled to fit, downloads keep the original size
 INSTALL_HINT = "the app needs Gradio: pip install 'segformer[app]'"
@@ -46,13 +47,15 @@ INSTALL_HINT = "the app needs Gradio: pip install 'segformer[app]'"
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """A model on the page: where it came from, its colours and class names, and how it runs."""
+    """A model on the page: where it came from, its colours and class names, and how it runs (`options`: what
+    `segformer predict` would use for it, e.g. `InferenceOptions.for_model(model.config)`)."""
 
     model: nn.Module
     source: str
     palette: np.ndarray
     class_names: tuple[str, ...] | None = None
     device: str | None = None
+    options: InferenceOptions = InferenceOptions()
 
     @property
     def num_classes(self) -> int:
@@ -78,13 +81,14 @@ class LegendEntry:
 # ---------------------------------------------------------------------------------------------------------------
 def segment(entry: ModelEntry, image: np.ndarray, options: InferenceOptions) -> np.ndarray:
     """(H, W) int64 class ids for an RGB uint8 image: the one place the app calls `Segmenter` (as predict does)."""
-    return Segmenter.from_options(entry.model, options, device=entry.device)(image)
+    return Segmenter(entry.model, options, device=entry.device)(image)
 
 
 def page_options(base: InferenceOptions, mode: str, flip: bool) -> InferenceOptions:
-    """The options of the command line with the page's mode and flip; slide without a window gets SLIDE_CROP."""
+    """A model's options with the page's mode ("protocol" keeps the model's own) and flip; slide without a window
+    gets SLIDE_CROP."""
     options = base
-    if mode != base.mode:
+    if mode not in (PROTOCOL, base.mode):
         if mode == "slide" and base.crop is None:
             options = options.replace(mode="slide", crop=SLIDE_CROP, stride=SLIDE_STRIDE)
         else:
@@ -180,21 +184,25 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def model_facts(entry: ModelEntry, options: InferenceOptions, describe: Callable[[InferenceOptions], str]) -> str:
+def model_facts(
+    entry: ModelEntry, describe: Callable[[InferenceOptions], str] = repr, rescale_huge: bool = True
+) -> str:
     """Markdown: source, variant, parameters, classes and the test protocol the page runs the model with."""
     config = entry.model.config
     names = entry.class_names
     k = entry.num_classes
     shown = ", ".join(names[:20]) + (f", ... ({k - 20} more)" if k > 20 else "") if names else f"ids 0..{k - 1}"
     variant = getattr(config, "name", None) or getattr(config, "variant", None) or "custom"
+    protocol = describe(entry.options)
+    if rescale_huge and entry.options.scale is None:
+        protocol += f"; images over {HUGE_PIXELS / 1e6:.1f} MP run at {HUGE_SCALE[0]}x{HUGE_SCALE[1]}"
     return "\n".join(
         [
             f"- **model**: `{entry.source}`",
             f"- **variant**: {variant}",
             f"- **parameters**: {count_parameters(entry.model) / 1e6:.2f} M",
             f"- **classes** ({k}): {html.escape(shown)}",
-            f"- **test protocol**: {describe(options)}; images over {HUGE_PIXELS / 1e6:.1f} MP at their own size "
-            f"run at {HUGE_SCALE[0]}x{HUGE_SCALE[1]}",
+            f"- **test protocol**: {html.escape(protocol)}",
         ]
     )
 
@@ -245,7 +253,6 @@ def import_gradio() -> Any:
 
 def build_app(
     entries: Sequence[ModelEntry],
-    options: InferenceOptions,
     *,
     describe: Callable[[InferenceOptions], str] = repr,
     alpha: float = 0.5,
@@ -253,9 +260,9 @@ def build_app(
     rescale_huge: bool = True,
     work_dir: str | Path | None = None,
 ) -> Any:
-    """The Gradio Blocks of the page for one model, or several side by side (same image, same options).
+    """The Gradio Blocks of the page for one model, or several side by side on the same image.
 
-    `options` are the command line's (as `segformer predict` builds them); the page can switch mode and flip.
+    Each model runs with its entry's options until the page switches mode or flip (for all models at once).
     Downloads are written under `work_dir` (default: a new temporary folder).
     """
     if not entries:
@@ -285,12 +292,14 @@ def build_app(
             image = read_upload(path)
         except ImageReadError as e:
             return [None, f"**Could not use the upload:** {html.escape(str(e))}"] + empty[2:]
-        run_options, note = options_for_image(page_options(options, mode, flip), *image.shape[:2], rescale_huge)
+        h, w = image.shape[:2]
         folder = new_folder()
         stem = _stem(orig_name)
-        labels, outputs = [], []
+        labels, outputs, used = [], [], []
         try:
             for i, entry in enumerate(entries):
+                run_options, note = options_for_image(page_options(entry.options, mode, flip), h, w, rescale_huge)
+                used.append(describe(run_options) + (f". {note}" if note else ""))
                 lab = segment(entry, image, run_options)
                 labels.append(lab)
                 label_file = folder / (f"{stem}.png" if n == 1 else f"{stem}_model{i + 1}.png")
@@ -303,10 +312,11 @@ def build_app(
         except (RuntimeError, ValueError) as e:  # out of memory, a window larger than allowed, ...
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
             return [None, f"**Prediction failed:** {html.escape(first)}"] + empty[2:]
-        h, w = image.shape[:2]
-        status = f"{html.escape(orig_name)}: {w}x{h}, {describe(run_options)}"
-        if note:
-            status += f". {html.escape(note)}"
+        if n == 1:
+            status = f"{html.escape(orig_name)}: {w}x{h}, {html.escape(used[0])}"
+        else:
+            runs = "; ".join(f"model {i + 1}: {html.escape(u)}" for i, u in enumerate(used))
+            status = f"{html.escape(orig_name)}: {w}x{h}; {runs}"
         state = {"image": image, "labels": labels, "folder": str(folder), "stem": stem}
         return [state, status, *outputs]
 
@@ -350,14 +360,20 @@ def build_app(
                     gr.Examples(examples=[[e] for e in examples], inputs=[image], label="Examples")
                 opacity = gr.Slider(0.0, 1.0, value=alpha, step=0.05, label="Overlay opacity", elem_id="opacity")
                 with gr.Row():
-                    mode = gr.Radio(["whole", "slide"], value=options.mode, label="Mode", elem_id="mode")
-                    flip = gr.Checkbox(value=options.flip, label="Flip TTA", elem_id="flip")
+                    mode = gr.Radio(
+                        [PROTOCOL, "whole", "slide"],
+                        value=PROTOCOL,
+                        label="Mode",
+                        info="protocol: the model's own (see its facts)",
+                        elem_id="mode",
+                    )
+                    flip = gr.Checkbox(value=all(e.options.flip for e in entries), label="Flip TTA", elem_id="flip")
                 status = gr.Markdown("", elem_id="status")
             panels = []
             for i, entry in enumerate(entries):
                 with gr.Column(scale=1, min_width=280):
                     with gr.Accordion(f"Model {i + 1}" if n > 1 else "Model", open=True):
-                        gr.Markdown(model_facts(entry, options, describe), elem_id=f"facts-{i}")
+                        gr.Markdown(model_facts(entry, describe, rescale_huge), elem_id=f"facts-{i}")
                     shown = gr.Image(
                         label="Overlay",
                         type="numpy",

@@ -9,13 +9,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .predict import PRESETS
-
 DEFAULT_EXAMPLES = Path("data/synth/images/val")  # the val images of `segformer demo` / `make demo`
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..data.catalog import DATASETS
     from .evaluate import add_inference_arguments
+
+    presets = tuple(DATASETS)
 
     p.add_argument("weights", metavar="MODEL", help="anything load_model accepts: file, folder or hub id")
     p.add_argument("--compare", metavar="MODEL2", default=None, help="a second model shown side by side")
@@ -28,12 +29,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--preset",
-        choices=PRESETS,
+        choices=presets,
         default=None,
-        help="use a dataset's test protocol (scale, mode, window, TTA ratios); default: as segformer predict",
+        help="a dataset's test protocol (scale, mode, window, TTA); default: each model's own, as segformer predict",
     )
     add_inference_arguments(p)
-    p.add_argument("--palette", choices=PRESETS, default=None, help="class colours of a dataset (default: as predict)")
+    p.add_argument("--palette", choices=presets, default=None, help="class colours of a dataset (default: as predict)")
     p.add_argument("--alpha", type=float, default=0.5, help="initial overlay opacity (0..1, default 0.5)")
 
 
@@ -67,33 +68,36 @@ def run(args: argparse.Namespace) -> int:
     from .. import app
     from ..data import DATASETS
     from ..loading import load_model
-    from .evaluate import describe, inference_options, resolve_device
+    from ..runtime import resolve_device
+    from .evaluate import describe, inference_options
     from .predict import palette_and_names
 
     if not 0.0 <= args.alpha <= 1.0:
         raise ValueError(f"--alpha {args.alpha} must be between 0 and 1")
     app.import_gradio()  # no Gradio: one line naming the extra, before loading anything
     check_port(args.host, args.port)
-    options = inference_options(args, DATASETS[args.preset] if args.preset else None)
     device = resolve_device(args.device)
     entries = []
     for source in [args.weights] + ([args.compare] if args.compare else []):
         model = load_model(source)  # a model that fails to load ends here, in one line, before any server starts
+        options = inference_options(args, DATASETS[args.preset] if args.preset else None, model.config)
         palette, names = palette_and_names(model, args.palette, "app")
-        entries.append(app.ModelEntry(model, str(source), palette, names, device))
+        entries.append(app.ModelEntry(model, str(source), palette, names, device, options))
     examples_dir = args.examples if args.examples is not None else DEFAULT_EXAMPLES
     if args.examples is not None and not Path(args.examples).is_dir():
         raise FileNotFoundError(f"--examples {args.examples}: no such folder")
     page = app.build_app(
         entries,
-        options,
         describe=describe,
         alpha=args.alpha,
         examples=app.find_examples(examples_dir),
-        rescale_huge=args.scale is None,  # --scale original: the user asked for every image at its own size
+        # --native-size / --scale original: the user asked for every image at its own size, however large
+        rescale_huge=args.scale is None and not args.native_size,
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's self-checks are not news
-    print(f"serving {' and '.join(e.source for e in entries)} at http://{args.host}:{args.port} ({describe(options)})")
+    for e in entries:
+        print(f"{e.source}: {e.num_classes} classes, {describe(e.options)}")
+    print(f"serving at http://{args.host}:{args.port}")
     try:
         app.launch(page, args.host, args.port)
     except OSError as e:  # the port was taken between the check and the launch

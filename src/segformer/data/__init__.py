@@ -7,13 +7,14 @@ ds = build_dataset("ade20k", "data/ADEChallengeData2016", "training",
 image, mask = ds[(0, (seed, iteration, slot))]     # or ds[0] for an unseeded draw; ds.load(0) for raw arrays
 """
 
-from .catalog import DATASETS, IGNORE_INDEX, DatasetInfo, folder_info
+from .catalog import DATASET_NAMES, DATASETS, IGNORE_INDEX, DatasetInfo, folder_info
 from .datasets import SegmentationDataset, build_dataset, read_class_names
 from .sampling import TrainSampler
 from .transforms import PhotoMetricDistortion, TrainTransform, choose_crop, rescale_size
 
 __all__ = [
     "DATASETS",
+    "DATASET_NAMES",
     "IGNORE_INDEX",
     "DatasetInfo",
     "PhotoMetricDistortion",
