@@ -239,7 +239,10 @@ CSS = """
 .segformer-legend .swatch { display: inline-block; width: 14px; height: 14px; border: 1px solid #888;
   vertical-align: middle; }
 .segformer-legend .share { text-align: right; font-variant-numeric: tabular-nums; }
-"""
+.segformer-picture img { width: 100%; height: 100%; object-fit: contain; }
+.segformer-overlay .image-container { height: IMAGE_HEIGHTpx; }
+.segformer-overlay .image-container > button, .segformer-overlay .image-frame { width: 100%; height: 100%; }
+""".replace("IMAGE_HEIGHT", str(IMAGE_HEIGHT))
 
 
 def import_gradio() -> Any:
@@ -353,21 +356,25 @@ def build_app(
                     sources=["upload", "clipboard"],
                     label="Image (drop, paste or click to pick)",
                     elem_id="input-image",
+                    elem_classes="segformer-picture",
                     height=IMAGE_HEIGHT,
                     format="png",
                 )
                 if examples:
                     gr.Examples(examples=[[e] for e in examples], inputs=[image], label="Examples")
                 opacity = gr.Slider(0.0, 1.0, value=alpha, step=0.05, label="Overlay opacity", elem_id="opacity")
-                with gr.Row():
+                with gr.Row(equal_height=True):
                     mode = gr.Radio(
                         [PROTOCOL, "whole", "slide"],
                         value=PROTOCOL,
                         label="Mode",
-                        info="protocol: the model's own (see its facts)",
+                        info="protocol: each model's own (see its facts)",
+                        scale=3,
                         elem_id="mode",
                     )
-                    flip = gr.Checkbox(value=all(e.options.flip for e in entries), label="Flip TTA", elem_id="flip")
+                    flip = gr.Checkbox(
+                        value=all(e.options.flip for e in entries), label="Flip TTA", scale=1, elem_id="flip"
+                    )
                 status = gr.Markdown("", elem_id="status")
             panels = []
             for i, entry in enumerate(entries):
@@ -379,8 +386,10 @@ def build_app(
                         type="numpy",
                         format="png",
                         interactive=False,
-                        buttons=[],
+                        buttons=["fullscreen"],
+                        height=IMAGE_HEIGHT,
                         elem_id=f"overlay-{i}",
+                        elem_classes=["segformer-picture", "segformer-overlay"],
                     )
                     legend = gr.HTML(legend_html([]), elem_id=f"legend-{i}")
                     classes = gr.CheckboxGroup([], value=[], label="Show classes", elem_id=f"classes-{i}")
