@@ -31,12 +31,13 @@ from .imageio import IMAGE_SUFFIXES, ImageReadError, read_image, write_label_png
 from .inference import InferenceOptions, Segmenter
 from .visualize import overlay
 
-# Slide mode chosen on the page for a model run without a window: mmseg's ADE20K-style 512 window, stride 341.
+# Slide mode chosen on the page for a model without a window of its own: the catalog's default (DatasetInfo).
 SLIDE_CROP = (512, 512)
 SLIDE_STRIDE = (341, 341)
-# An image of more pixels than this, which the options would run at its own size, runs at the paper's whole-image
-# test scale instead (long side <= 2048, short side <= 512, as `InferenceOptions.for_dataset` of ADE20K); the label
-# map is still at the original size. A 12 MP photo at its own size needs tens of GB of attention in the first stage.
+# An image of more pixels than this, which the options would run at its own size (a model with no test protocol
+# stored and no --scale), runs at the paper's whole-image test scale instead (long side <= 2048, short side <= 512,
+# ADE20K's); the label map is still at the original size. A 12 MP photo would otherwise run at 12 MP: slowly, with
+# gigabytes of activations, and far from the scale any model was trained at.
 HUGE_PIXELS = 2048 * 2048
 HUGE_SCALE = (2048, 512)
 PROTOCOL = "protocol"  # the page's mode choice that keeps each model's own
