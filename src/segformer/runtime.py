@@ -1,19 +1,40 @@
-"""Process-level helpers shared by training, inference and the CLI: the device, the AMP table, atomic writes."""
+"""Where and in what precision a model runs: one device resolver and one table of autocast modes."""
 
 from __future__ import annotations
 
+import contextlib
 import os
-import tempfile
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Iterator
 
 import torch
 
-AMP_DTYPES: dict[str, torch.dtype | None] = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+from .constants import AMP_DTYPES
 
 
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> this process's GPU (LOCAL_RANK under torchrun) if there is one, else the CPU."""
+def check_amp(amp: str, what: str = "amp") -> str:
+    """`amp` itself when it names a mode of AMP_DTYPES, else a one-line ValueError listing them."""
+    if amp not in AMP_DTYPES:
+        raise ValueError(f"{what}={amp!r} is not one of {', '.join(AMP_DTYPES)}")
+    return amp
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device | str, amp: str) -> Iterator[None]:
+    """`torch.autocast` at the dtype of `amp`; a no-op for "none" (no autocast region is entered at all)."""
+    dtype = AMP_DTYPES[check_amp(amp)]
+    if dtype is None:
+        yield
+        return
+    with torch.autocast(torch.device(device).type, dtype=getattr(torch, dtype)):
+        yield
+
+
+def resolve_device(name: str | torch.device) -> torch.device:
+    """'auto' -> this process's GPU if there is one, else the CPU; a bare 'cuda' -> the GPU of LOCAL_RANK (torchrun).
+
+    A CUDA device asked for on a machine without one is a one-line error, not a crash deep inside the model.
+    """
+    name = str(name)
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
@@ -24,20 +45,3 @@ def resolve_device(name: str) -> torch.device:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
     return device
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """`write(temp_name)` into a temp file in `path`'s folder, then rename it over `path` (atomic on POSIX).
-
-    A crash at any moment leaves either the old file or the new one, never half of one.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .runtime import atomic_write
+from .fileio import atomic_write
 
 log = logging.getLogger("segformer")
 

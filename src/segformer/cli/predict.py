@@ -10,23 +10,24 @@ import argparse
 
 from .evaluate import add_inference_arguments
 
-PRESETS = ("ade20k", "cityscapes", "voc", "coco-stuff")
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..data.catalog import DATASETS
+
+    presets = tuple(DATASETS)
     p.add_argument("weights", help="anything load_model accepts: file, folder or hub id")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (searched recursively)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument(
         "--preset",
-        choices=PRESETS,
+        choices=presets,
         default=None,
-        help="use a dataset's test protocol (scale, mode, window, TTA ratios); default: whole image at its own size",
+        help="a dataset's test protocol (scale, mode, window, TTA); default: the model's own (see --native-size)",
     )
     add_inference_arguments(p)
     p.add_argument(
         "--palette",
-        choices=PRESETS,
+        choices=presets,
         default=None,
         help="class colours of a dataset (default: the dataset whose class count matches the model, else generated)",
     )
@@ -43,13 +44,14 @@ def run(args: argparse.Namespace) -> int:
     from ..imageio import default_palette
     from ..inference import Segmenter, predict_files
     from ..loading import load_model
-    from .evaluate import describe, inference_options, resolve_device
+    from ..runtime import resolve_device
+    from .evaluate import describe, inference_options
 
     if not 0.0 <= args.alpha <= 1.0:
         raise ValueError(f"--alpha {args.alpha} must be between 0 and 1")
     model = load_model(args.weights)
     k = model.config.num_classes
-    options = inference_options(args, DATASETS[args.preset] if args.preset else None)
+    options = inference_options(args, DATASETS[args.preset] if args.preset else None, model.config)
     if args.palette:
         info = DATASETS[args.palette]
         if info.num_classes < k:
@@ -61,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         palette = default_palette(k).copy()
         palette[: info.num_classes] = info.palette_array()
     names = model.config.class_names or (info.class_names if info is not None and info.num_classes == k else None)
-    segmenter = Segmenter.from_options(model, options, device=resolve_device(args.device))
+    segmenter = Segmenter(model, options, device=resolve_device(args.device))
     print(f"predicting with {args.weights} ({k} classes): {describe(options)}")
 
     def report(name: str, reason: str) -> None:

@@ -8,13 +8,14 @@ image, mask = stream[g]       # global stream position g, exactly what training 
 raw_image, raw_mask, name = ds.load(0)
 """
 
-from .catalog import DATASETS, IGNORE_INDEX, DatasetInfo, folder_info
+from .catalog import DATASET_NAMES, DATASETS, IGNORE_INDEX, DatasetInfo, folder_info
 from .datasets import SegmentationDataset, build_dataset, read_class_names
 from .sampling import BatchPlan, SampleStream, next_batch, train_loader
 from .transforms import PhotoMetricDistortion, TrainTransform, choose_crop, rescale_size
 
 __all__ = [
     "DATASETS",
+    "DATASET_NAMES",
     "IGNORE_INDEX",
     "BatchPlan",
     "DatasetInfo",

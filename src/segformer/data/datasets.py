@@ -24,6 +24,7 @@ from .catalog import (
     ADE20K_REDUCE_ZERO_LABEL,
     CITYSCAPES_LABEL_TO_TRAIN_LUT,
     COCO_STUFF_TO_TRAIN_LUT,
+    DATASET_NAMES,
     DATASETS,
     IGNORE_INDEX,
     DatasetInfo,
@@ -368,7 +369,9 @@ BUILDERS: dict[str, Callable[..., SegmentationDataset]] = {
     "cityscapes": cityscapes,
     "voc": voc,
     "coco-stuff": coco_stuff,
+    "folder": image_folder,
 }
+assert tuple(BUILDERS) == DATASET_NAMES, "a dataset name without a builder, or the reverse"
 
 
 def build_dataset(
@@ -380,17 +383,17 @@ def build_dataset(
     transform: Transform | None = None,
     skip_bad: bool = False,
 ) -> SegmentationDataset:
-    """The dataset `name` ("ade20k", "cityscapes", "voc", "coco-stuff" or "folder") read from `root`.
+    """The dataset `name` (one of `DATASET_NAMES`) read from `root`.
 
     Split names are the dataset's own ("training"/"validation" for ADE20K, "train2017"/"val2017" for COCO-Stuff)
     or "train"/"val" for any of them.
     """
     root = Path(root).expanduser()
     options = {"transform": transform, "skip_bad": skip_bad}
-    if name == "folder":
-        return image_folder(root, split, num_classes=num_classes, **options)
     if name not in BUILDERS:
-        raise ValueError(f"unknown dataset {name!r}; choose from {', '.join([*BUILDERS, 'folder'])}")
+        raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(DATASET_NAMES)}")
+    if name not in DATASETS:  # a generic layout: classes come from the folder or num_classes
+        return BUILDERS[name](root, split, num_classes=num_classes, **options)
     info = DATASETS[name]
     if num_classes is not None and num_classes != info.num_classes:
         raise ValueError(

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ..runtime import atomic_write
+from ..fileio import atomic_write
 from .config import TrainConfig
 
 log = logging.getLogger("segformer")

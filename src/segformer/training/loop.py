@@ -14,7 +14,6 @@ the run's log `records.py`, SIGTERM handling `signals.py`, and the curves are dr
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -29,8 +28,9 @@ import torch
 from torch import Tensor, nn
 
 from ..data.sampling import BatchPlan, SampleStream, next_batch, train_loader
+from ..fileio import write_json
 from ..model import SegFormer
-from ..runtime import AMP_DTYPES, resolve_device
+from ..runtime import autocast, resolve_device
 from ..visualize import plot_curves
 from . import distributed as D
 from .build import build_data, build_model, class_names, complete_config
@@ -161,14 +161,13 @@ def train_step(run: Trainer, micro_batches: Iterable[tuple[Tensor, Tensor]]) -> 
     Returns each micro-batch's loss (detached). Under DDP, gradients are all-reduced on the last micro-batch only.
     """
     config, device = run.config, run.device
-    amp_dtype = AMP_DTYPES[config.amp]
     losses = []
     for a, (images, targets) in enumerate(micro_batches):
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
         sync = run.world == 1 or a == config.grad_accum - 1
         with run.net.no_sync() if not sync else contextlib.nullcontext():
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            with autocast(device, config.amp):
                 logits = run.net(images)
             loss = segmentation_loss(logits, targets)
             run.scaler.scale(loss / config.grad_accum).backward()
@@ -444,8 +443,7 @@ def _finish(run: Trainer, state: TrainState) -> TrainResult:
     if run.main:
         run.model.save_pretrained(run.run_dir / "final")
         if final_metrics is not None:
-            text = json.dumps(final_metrics, indent=2, default=float) + "\n"
-            (run.run_dir / "final" / "metrics.json").write_text(text)
+            write_json(run.run_dir / "final" / "metrics.json", final_metrics)
         plot_curves(run.records.history, run.run_dir / "curves.png")
         best = f", best mIoU {state.best_miou:.4f}" if state.best_miou else ""
         log.info("done: %s (final/ and last.pt)%s", run.run_dir, best)

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..runtime import atomic_write
+from ..fileio import write_text
 
 HISTORY_NAME = "metrics.jsonl"
 
@@ -32,8 +32,7 @@ def read_history(path: Path, upto: int) -> list[dict[str, Any]]:
 
 
 def write_history(path: Path, records: list[dict[str, Any]]) -> None:
-    text = "".join(json.dumps(r) + "\n" for r in records)
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    write_text(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
 def append_record(path: Path, record: dict[str, Any]) -> None:
