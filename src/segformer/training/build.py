@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
-from ..config import SegFormerConfig
 from ..model import SegFormer
 from .config import TrainConfig
 
@@ -89,28 +87,15 @@ def class_names(dataset: Any) -> tuple[str, ...] | None:
 
 
 def build_model(config: TrainConfig, num_classes: int, class_names: tuple[str, ...] | None) -> SegFormer:
-    """A fresh SegFormer for `config.model` (variant name or config file), encoder from `config.pretrained`."""
-    from ..loading import create_model
+    """A fresh SegFormer for `config.model` (what `loading.model_from_spec` takes: a variant name, a config file or
+    a checkpoint), encoder from `config.pretrained`, with the config's drop rates."""
+    from ..loading import model_from_spec
 
     overrides: dict[str, Any] = {}
     if config.drop_path_rate is not None:
         overrides["drop_path_rate"] = config.drop_path_rate
     if config.classifier_dropout is not None:
         overrides["classifier_dropout"] = config.classifier_dropout
-    if config.model.endswith((".json", ".yaml", ".yml")):
-        import yaml
-
-        path = Path(config.model)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such model config file (or pass a variant name like b0)")
-        if config.pretrained is not None:
-            raise ValueError("train config: pretrained weights need a variant name as model (b0..b5), not a file")
-        data = yaml.safe_load(path.read_text())  # JSON is YAML
-        data = {k: v for k, v in data.items() if k != "variant"}
-        model_config = SegFormerConfig.from_dict(data).replace(
-            num_classes=num_classes, class_names=class_names, **overrides
-        )
-        return SegFormer(model_config)
-    return create_model(
+    return model_from_spec(
         config.model, num_classes=num_classes, pretrained=config.pretrained, class_names=class_names, **overrides
     )
