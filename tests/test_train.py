@@ -19,6 +19,7 @@ import torch
 import yaml
 from PIL import Image
 from torch import nn
+from torch.nn import functional as F
 
 import segformer
 from segformer.cli import main
@@ -365,9 +366,7 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypat
 
     def poisoned(logits, target, ignore_index=255):
         calls.append(1)
-        loss = loop_module.F.cross_entropy(
-            loop_module.F.interpolate(logits, size=target.shape[-2:], mode="bilinear"), target, ignore_index=255
-        )
+        loss = F.cross_entropy(F.interpolate(logits, size=target.shape[-2:], mode="bilinear"), target, ignore_index=255)
         return loss * math.nan if len(calls) >= 5 else loss
 
     monkeypatch.setattr(loop_module, "segmentation_loss", poisoned)
@@ -426,23 +425,6 @@ def test_bad_inputs_fail_with_one_clear_line(tmp_path, capsys, monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------------- options
-
-
-def test_batch_plan_covers_the_same_samples_for_any_world_size_or_accumulation():
-    from segformer.training.loop import BatchPlan
-
-    def positions(batch: int, accum: int, world: int) -> list[set[int]]:
-        per_rank = [list(BatchPlan(0, 3, batch, accum, world, r)) for r in range(world)]
-        steps = [[] for _ in range(3)]
-        for batches in per_rank:
-            for k, b in enumerate(batches):
-                steps[k // accum].extend(b)
-        return [set(s) for s in steps]
-
-    reference = positions(4, 1, 1)
-    assert reference == [set(range(0, 4)), set(range(4, 8)), set(range(8, 12))]
-    assert positions(2, 1, 2) == positions(2, 2, 1) == positions(1, 2, 2) == reference
-    assert list(BatchPlan(2, 3, 4, 1, 1, 0)) == [[8, 9, 10, 11]]  # a resumed plan starts where it left off
 
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
