@@ -23,7 +23,8 @@ from torch.nn import functional as F
 
 import segformer
 from segformer.cli import main
-from segformer.config import SegFormerConfig
+from segformer.config import SegFormerConfig, TestProtocol
+from segformer.data import DATASETS
 from segformer.model import SegFormer
 from segformer.training import PRESETS, TrainConfig, lr_factor, param_groups, train
 from segformer.training import loop as loop_module
@@ -250,6 +251,9 @@ def test_b0_trains_through_cli_on_64px_crops(tmp_path, capsys):
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["lr"] == 6e-5 and saved["crop"] == [64, 64] and saved["num_classes"] == 3
     assert len([line for line in (out / "metrics.jsonl").read_text().splitlines() if "loss" in line]) == 3
+    # The test protocol is saved with the model: predict (Segmenter) runs whole images at the training scale.
+    assert model.config.test_protocol == TestProtocol(mode="whole", scale=(80, 72))
+    assert segformer.Segmenter(model).options.scale == (80, 72)
 
 
 def _save(path: Path, array: np.ndarray) -> None:
@@ -298,6 +302,8 @@ def test_cli_trains_on_each_standard_layout(tmp_path, dataset, build, classes):
     model = tiny_model_file(tmp_path / "tiny.json")
     args = tiny_args(tmp_path / "data", tmp_path / "run", model, "--iters", "2", "--dataset", dataset)
     assert main(args) == 0
+    saved = segformer.load_model(tmp_path / "run" / "final").config.test_protocol
+    assert saved == DATASETS[dataset].test_protocol  # a standard dataset's model keeps the paper's protocol
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert saved["dataset"] == dataset and saved["num_classes"] == classes
     assert saved["iters"] == 2 and saved["weight_decay"] == 0.01  # flags over the dataset preset

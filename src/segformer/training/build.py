@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from ..config import TestProtocol
+from ..data.catalog import DATASETS
 from ..model import SegFormer
 from .config import TrainConfig
 
@@ -84,6 +86,15 @@ def complete_config(config: TrainConfig, dataset: Any) -> TrainConfig:
 def class_names(dataset: Any) -> tuple[str, ...] | None:
     names = getattr(dataset, "class_names", None)
     return tuple(str(n) for n in names) if names else None
+
+
+def test_protocol(config: TrainConfig, dataset: Any) -> TestProtocol | None:
+    """How `predict` should run the trained model, saved with it: a standard dataset's paper protocol, else whole
+    images rescaled to the training scale (the one periodic evaluation uses)."""
+    info = getattr(dataset, "info", None)
+    if info is not None and DATASETS.get(info.name) == info:
+        return info.test_protocol
+    return TestProtocol(mode="whole", scale=tuple(config.scale)) if config.scale else None
 
 
 def build_model(config: TrainConfig, num_classes: int, class_names: tuple[str, ...] | None) -> SegFormer:

@@ -33,7 +33,7 @@ from ..model import SegFormer
 from ..runtime import autocast, resolve_device
 from ..visualize import plot_curves
 from . import distributed as D
-from .build import build_data, build_model, class_names, complete_config
+from .build import build_data, build_model, class_names, complete_config, test_protocol
 from .checkpoint import (
     CHECKPOINT_NAME,
     check_compatible,
@@ -216,6 +216,7 @@ def _prepare_model(config: TrainConfig, model: SegFormer | None, dataset: Any, d
         raise ValueError(f"model has {model.config.num_classes} classes but the dataset has {num_classes}")
     elif model.config.class_names is None and names is not None:
         model.config = model.config.replace(class_names=names)  # saved with the model
+    model.config = model.config.replace(test_protocol=test_protocol(config, dataset))  # predict runs it by default
     model = model.to(device).train()
     if config.grad_checkpointing:
         model.encoder.set_grad_checkpointing(True)
