@@ -52,7 +52,7 @@ def smp_losses():
     )
     try:
         return importlib.import_module("segmentation_models_pytorch.losses")
-    except ImportError:
+    except Exception:  # ImportError, or a torchvision built for another torch failing to load its ops
         pass
     name = "_smp_losses_reference"
     if name not in sys.modules:

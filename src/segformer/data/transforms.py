@@ -23,8 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..model import MEAN, STD
-from .catalog import IGNORE_INDEX
+from ..constants import IGNORE_INDEX, MEAN, STD
 
 
 def rescale_size(height: int, width: int, scale: tuple[int, int]) -> tuple[int, int]:

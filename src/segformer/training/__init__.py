@@ -2,7 +2,7 @@
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import PRESETS, TrainConfig
-from .loop import TrainResult, train
+from .loop import TrainResult, train, train_step
 from .losses import LOSSES, build_loss, segmentation_loss
 from .optim import build_optimizer, build_scheduler, lr_factor, param_groups
 
@@ -20,4 +20,5 @@ __all__ = [
     "save_checkpoint",
     "segmentation_loss",
     "train",
+    "train_step",
 ]

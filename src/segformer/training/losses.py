@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-log = logging.getLogger("segformer")
+from ..constants import IGNORE_INDEX
 
-IGNORE_INDEX = 255
+log = logging.getLogger("segformer")
 
 
 def _upsampled(logits: Tensor, target: Tensor) -> Tensor:

@@ -1,0 +1,167 @@
+"""What a run is built from: its datasets and transform (via segformer.data) and its model, from a TrainConfig."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from ..config import SegFormerConfig, TestProtocol, channel_stats
+from ..constants import IGNORE_INDEX
+from ..data.catalog import DATASETS
+from ..model import SegFormer
+from . import distributed as D
+from .config import TrainConfig
+from .losses import LossOptions, build_loss, resolve_class_weights
+
+log = logging.getLogger("segformer")
+
+
+def build_data(config: TrainConfig, train_ds: Any = None, val_ds: Any = None) -> tuple[Any, Any]:
+    """(train dataset, val dataset or None): the datasets given, else read as the config says. The transform comes
+    after `complete_config` (`training_transform`): it needs the channel statistics."""
+    if train_ds is None:
+        train_ds = _read_split(config, config.train_split)
+        if val_ds is None:
+            val_ds = _read_val(config)
+    if len(train_ds) == 0:
+        raise ValueError(f"training set is empty ({config.dataset} at {config.data_root}, split {config.train_split})")
+    return train_ds, val_ds
+
+
+def training_transform(config: TrainConfig, dataset: Any) -> Any:
+    """The dataset's own `transform` attribute when set, else the TrainTransform the config describes."""
+    return getattr(dataset, "transform", None) or build_transform(config, dataset)
+
+
+def _read_split(config: TrainConfig, split: str) -> Any:
+    from ..data import build_dataset
+
+    if not config.data_root:
+        raise ValueError("train config: data_root is not set; pass --data-root DIR")
+    return build_dataset(
+        config.dataset,
+        config.data_root,
+        split,
+        num_classes=config.num_classes,
+        skip_bad=config.skip_bad_samples,
+        channels=config.in_channels,
+    )
+
+
+def _read_val(config: TrainConfig) -> Any:
+    try:
+        return _read_split(config, config.val_split)
+    except (FileNotFoundError, ValueError) as e:  # no such split, or an empty one
+        if config.eval_every:
+            hint = f"no '{config.val_split}' split: pass --eval-every 0 to skip evaluation"
+            raise type(e)(f"{e} ({hint})") from None
+        log.info("no '%s' split in %s: training without evaluation", config.val_split, config.data_root)
+        return None
+
+
+def build_transform(config: TrainConfig, dataset: Any) -> Any:
+    """The mmseg training pipeline with the config's settings (crop and scale default to the dataset's)."""
+    from ..data import TrainTransform
+
+    info = getattr(dataset, "info", None)
+    scale = config.scale or (info.scale if info is not None else None)
+    crop = config.crop or (info.crop if info is not None else None)
+    if scale is None or crop is None:
+        raise ValueError("train config: crop and scale are unset and the dataset has no defaults; pass --crop/--scale")
+    mean, std = channel_stats(SegFormerConfig(in_channels=config.in_channels, mean=config.mean, std=config.std))
+    return TrainTransform(
+        scale=tuple(scale),
+        ratio_range=config.ratio_range,
+        crop=tuple(crop),
+        cat_max_ratio=config.cat_max_ratio,
+        flip_prob=config.flip_prob,
+        photometric=config.photometric,
+        mean=mean,
+        std=std,
+    )
+
+
+def resolve_channels(config: TrainConfig, dataset: Any) -> TrainConfig:
+    """Check the training images have `in_channels` bands (the first one: the files of a set are alike) and fill in
+    mean/std: the config's, ImageNet's (None) for 3 channels, else computed over the training images on process 0."""
+    from ..imageio import ChannelMismatchError
+    from .channels import resolve_channel_stats
+
+    try:
+        image = np.asarray(dataset.load(0)[0])
+    except ChannelMismatchError as e:
+        raise ValueError(str(e)) from None
+    except (ValueError, OSError):
+        image = None  # a bad sample: reported (or skipped) by the training stream
+    bands = (image.shape[2] if image.ndim == 3 else 1) if image is not None else config.in_channels
+    if bands != config.in_channels:
+        raise ValueError(f"training images have {bands} channels but in_channels={config.in_channels}")
+    main = D.is_main()
+    if config.in_channels != 3 and main:
+        log.info("%d-channel images: the photometric distortion (RGB only) is off", config.in_channels)
+    stats = resolve_channel_stats(config.in_channels, config.mean, config.std, dataset) if main else None
+    mean, std = D.broadcast_object(stats)
+    if mean is not None and config.mean is None and main:
+        log.info("channel mean %s, std %s", [round(m, 4) for m in mean], [round(s, 4) for s in std])
+    return config.replace(mean=mean, std=std)
+
+
+def build_criterion(config: TrainConfig, dataset: Any) -> tuple[TrainConfig, Any]:
+    """(config with the class weights as numbers, the loss of `config.loss`). 'auto' weights are counted on
+    process 0 and shared; the numbers go into config.yaml, so a resumed run needs no recount."""
+    weights = None
+    if config.class_weights is not None:
+        main = D.is_main()
+        weights = resolve_class_weights(config.class_weights, dataset, int(dataset.num_classes)) if main else None
+        weights = D.broadcast_object(weights)
+        if main:
+            log.info("class weights (%s): %s", config.class_weights, ", ".join(f"{w:.4g}" for w in weights))
+        config = config.replace(class_weights=",".join(repr(w) for w in weights))
+    options = LossOptions(IGNORE_INDEX, weights, config.avg_non_ignore, config.ohem_thresh, config.ohem_min_kept)
+    return config, build_loss(config.loss, options)
+
+
+def complete_config(config: TrainConfig, dataset: Any) -> TrainConfig:
+    """`config` with num_classes, crop and scale taken from the training set (checked against what it says)."""
+    num_classes = int(dataset.num_classes)
+    if config.num_classes is not None and config.num_classes != num_classes:
+        raise ValueError(f"train config: num_classes={config.num_classes} but the dataset has {num_classes} classes")
+    info = getattr(dataset, "info", None)
+    return config.replace(
+        num_classes=num_classes,
+        crop=config.crop or (tuple(info.crop) if info is not None else None),
+        scale=config.scale or (tuple(info.scale) if info is not None else None),
+    )
+
+
+def class_names(dataset: Any) -> tuple[str, ...] | None:
+    names = getattr(dataset, "class_names", None)
+    return tuple(str(n) for n in names) if names else None
+
+
+def test_protocol(config: TrainConfig, dataset: Any) -> TestProtocol | None:
+    """How `predict` should run the trained model, saved with it: a standard dataset's paper protocol, else whole
+    images rescaled to the training scale (the one periodic evaluation uses)."""
+    info = getattr(dataset, "info", None)
+    if info is not None and DATASETS.get(info.name) == info:
+        return info.test_protocol
+    return TestProtocol(mode="whole", scale=tuple(config.scale)) if config.scale else None
+
+
+def build_model(config: TrainConfig, num_classes: int, class_names: tuple[str, ...] | None) -> SegFormer:
+    """A fresh SegFormer for `config.model` (what `loading.model_from_spec` takes: a variant name, a config file or
+    a checkpoint), encoder from `config.pretrained`, with the config's drop rates."""
+    from ..loading import model_from_spec
+
+    overrides: dict[str, Any] = {"in_channels": config.in_channels}
+    if config.mean is not None:
+        overrides.update(mean=config.mean, std=config.std)
+    if config.drop_path_rate is not None:
+        overrides["drop_path_rate"] = config.drop_path_rate
+    if config.classifier_dropout is not None:
+        overrides["classifier_dropout"] = config.classifier_dropout
+    return model_from_spec(
+        config.model, num_classes=num_classes, pretrained=config.pretrained, class_names=class_names, **overrides
+    )
