@@ -10,7 +10,10 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .data.labels import LabelConvention
 
 # name -> (embed_dims, depths, decoder_dim). Heads (1, 2, 5, 8), sr ratios (8, 4, 2, 1), mlp ratio 4 are shared.
 VARIANTS: dict[str, tuple[tuple[int, ...], tuple[int, ...], int]] = {
@@ -92,12 +95,20 @@ class SegFormerConfig:
     # Block norms and stage-final norms; patch-embed and reduction norms use torch's default 1e-5 as the original.
     layer_norm_eps: float = 1e-6
     class_names: tuple[str, ...] | None = None
+    # How the training masks' values became class ids (label map, reduce zero label, ignore index, palette), so
+    # eval/predict of a saved model apply the same; None = ids as stored, 255 = ignore.
+    labels: LabelConvention | None = None
     variant: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):  # lists from JSON/YAML become tuples: the config stays hashable
             if isinstance(getattr(self, f.name), list):
                 object.__setattr__(self, f.name, tuple(getattr(self, f.name)))
+        if self.labels is not None:
+            from .data.labels import LabelConvention
+
+            labels = LabelConvention.from_dict(self.labels)
+            object.__setattr__(self, "labels", None if labels.is_default else labels)
         n = len(self.embed_dims)
         for name in ("depths", "num_heads", "sr_ratios"):
             value = getattr(self, name)
@@ -147,6 +158,7 @@ class SegFormerConfig:
         for key, value in out.items():
             if isinstance(value, tuple):
                 out[key] = list(value)
+        out["labels"] = self.labels.to_dict() if self.labels is not None else None
         out["variant"] = self.name
         return out
 

@@ -90,6 +90,7 @@ def hf_config_dict(config: SegFormerConfig) -> dict[str, Any]:
     """Our config as a transformers `SegformerConfig` JSON (hub field names)."""
     n = len(config.embed_dims)
     names = config.class_names or tuple(f"class_{i}" for i in range(config.num_classes))
+    extra = {"segformer_labels": config.labels.to_dict()} if config.labels is not None else {}
     return {
         "architectures": ["SegformerForSemanticSegmentation"],
         "model_type": "segformer",
@@ -114,6 +115,7 @@ def hf_config_dict(config: SegFormerConfig) -> dict[str, Any]:
         "id2label": {str(i): name for i, name in enumerate(names)},
         "label2id": {name: i for i, name in enumerate(names)},
         "segformer_class_names": config.class_names is not None,
+        **extra,
     }
 
 
@@ -125,6 +127,8 @@ def config_from_hf(data: dict[str, Any]) -> dict[str, Any]:
     for ours, theirs in (("drop_path_rate", "drop_path_rate"), ("classifier_dropout", "classifier_dropout_prob")):
         if theirs in data:
             out[ours] = data[theirs]
+    if isinstance(data.get("segformer_labels"), dict):  # the label convention our training stored
+        out["labels"] = data["segformer_labels"]
     id2label = data.get("id2label")
     if id2label and data.get("segformer_class_names", True):
         names = [id2label[str(i)] if str(i) in id2label else id2label.get(i) for i in range(len(id2label))]

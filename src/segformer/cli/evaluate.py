@@ -9,13 +9,13 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from .common import parse_size
+from .common import add_column_arguments, add_label_arguments, label_convention, parse_size
 
 if TYPE_CHECKING:
     from ..data import DatasetInfo
     from ..inference import InferenceOptions
 
-DATASET_CHOICES = ("ade20k", "cityscapes", "voc", "coco-stuff", "folder")
+DATASET_CHOICES = ("ade20k", "cityscapes", "voc", "coco-stuff", "folder", "hf")
 DEFAULT_TTA_SCALES = (0.75, 0.875, 1.0, 1.125, 1.25)  # --tta without a dataset preset or --scales (ADE20K's)
 
 
@@ -105,8 +105,10 @@ def describe(options: InferenceOptions) -> str:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("weights", help="anything load_model accepts: file, folder or hub id")
     p.add_argument("--dataset", required=True, choices=DATASET_CHOICES, help="dataset layout and test preset")
-    p.add_argument("--data-root", required=True, help="dataset root folder")
+    p.add_argument("--data-root", required=True, help="dataset root folder (--dataset hf: hub id or local folder)")
     p.add_argument("--split", default="val", help="split to evaluate (default: val)")
+    add_label_arguments(p)
+    add_column_arguments(p)
     add_inference_arguments(p)
     p.add_argument("--out", default=None, help="folder for metrics.json, confusion.png (default: eval-DATASET-SPLIT)")
     p.add_argument("--max-samples", type=int, default=None, help="evaluate only the first N samples")
@@ -122,14 +124,27 @@ def run(args: argparse.Namespace) -> int:
     from ..loading import load_model
 
     model = load_model(args.weights)
+    labels = label_convention(args, base=model.config.labels)  # the model's mapping unless flags change it
     num_classes = None
-    if args.dataset == "folder" and not (Path(args.data_root) / "classes.txt").is_file():
-        num_classes = model.config.num_classes  # no classes.txt: the model's classes
-    dataset = build_dataset(args.dataset, args.data_root, args.split, num_classes=num_classes)
+    if args.dataset == "hf" or (
+        args.dataset == "folder" and labels.palette is None and not (Path(args.data_root) / "classes.txt").is_file()
+    ):
+        num_classes = model.config.num_classes  # no class names with the data: the model's classes
+    dataset = build_dataset(
+        args.dataset,
+        args.data_root,
+        args.split,
+        num_classes=num_classes,
+        labels=labels,
+        image_column=args.image_column,
+        mask_column=args.mask_column,
+    )
     if len(dataset) == 0:
         raise ValueError(f"{args.data_root}: no samples in split {args.split!r}")
-    options = inference_options(args, dataset.info if args.dataset != "folder" else None)
+    options = inference_options(args, dataset.info if args.dataset not in ("folder", "hf") else None)
     print(f"evaluating {args.weights} on {args.dataset}/{args.split} ({len(dataset)} images): {describe(options)}")
+    if not labels.is_default:
+        print(f"labels: {labels.describe()}")
     cm = evaluate_confusion(
         model,
         dataset,

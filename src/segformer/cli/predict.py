@@ -7,8 +7,14 @@ Folders are searched recursively and their relative paths kept under --out. An u
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
 
+from .common import add_label_arguments
 from .evaluate import add_inference_arguments
+
+if TYPE_CHECKING:
+    from ..data.labels import LabelConvention
 
 PRESETS = ("ade20k", "cityscapes", "voc", "coco-stuff")
 
@@ -24,11 +30,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="use a dataset's test protocol (scale, mode, window, TTA ratios); default: whole image at its own size",
     )
     add_inference_arguments(p)
+    add_label_arguments(
+        p,
+        palette_help="class colours: a dataset (ade20k, cityscapes, voc, coco-stuff) or a CSV file 'name,r,g,b' per "
+        "class (default: the model's palette file, else the dataset whose class count matches, else generated)",
+    )
     p.add_argument(
-        "--palette",
-        choices=PRESETS,
-        default=None,
-        help="class colours of a dataset (default: the dataset whose class count matches the model, else generated)",
+        "--raw-labels",
+        action="store_true",
+        help="write NAME.png in the masks' own values (undoing --label-map/--reduce-zero-label/--ignore-index; "
+        "RGB colours with a palette file) instead of class ids",
     )
     p.add_argument("--probabilities", action="store_true", help="also write NAME_prob.npy (float16 K x H x W)")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the class colours (0..1)")
@@ -43,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from ..imageio import default_palette
     from ..inference import Segmenter, predict_files
     from ..loading import load_model
+    from .common import label_convention
     from .evaluate import describe, inference_options, resolve_device
 
     if not 0.0 <= args.alpha <= 1.0:
@@ -50,19 +62,29 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.weights)
     k = model.config.num_classes
     options = inference_options(args, DATASETS[args.preset] if args.preset else None)
-    if args.palette:
-        info = DATASETS[args.palette]
+    preset = args.palette if args.palette in PRESETS else None
+    if preset:
+        args.palette = None
+    labels = label_convention(args, base=model.config.labels)  # the model's mapping unless flags change it
+    colours = labels.class_colours(k) if not preset else None
+    if preset:
+        info = DATASETS[preset]
         if info.num_classes < k:
-            print(f"segformer predict: note: palette {args.palette} has {info.num_classes} colours for {k} classes")
+            print(f"segformer predict: note: palette {preset} has {info.num_classes} colours for {k} classes")
     else:
-        info = next((d for d in DATASETS.values() if d.num_classes == k), None)
-    palette = info.palette_array() if info is not None else default_palette(k)
+        info = next((d for d in DATASETS.values() if d.num_classes == k), None) if colours is None else None
+    palette = colours if colours is not None else info.palette_array() if info is not None else default_palette(k)
     if info is not None and info.num_classes < k:
         palette = default_palette(k).copy()
         palette[: info.num_classes] = info.palette_array()
     names = model.config.class_names or (info.class_names if info is not None and info.num_classes == k else None)
+    if names is None and colours is not None:
+        from_palette = labels.class_names_from_palette()
+        names = from_palette if from_palette is not None and len(from_palette) == k else None
     segmenter = Segmenter.from_options(model, options, device=resolve_device(args.device))
     print(f"predicting with {args.weights} ({k} classes): {describe(options)}")
+    if not labels.is_default:
+        print(f"labels: {labels.describe()}{' (NAME.png in these raw values)' if args.raw_labels else ''}")
 
     def report(name: str, reason: str) -> None:
         print(f"{name}: {reason}", file=sys.stderr)
@@ -79,6 +101,9 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         report=report,
     )
+    if args.raw_labels:
+        for path in summary.written:
+            _rewrite_raw(path, labels)
     print(f"wrote {len(summary.written)} label maps and overlays to {args.out}", end="")
     if summary.failed:
         print(f"; {len(summary.failed)} failed:")
@@ -87,3 +112,17 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print()
     return 0
+
+
+def _rewrite_raw(path: Path, labels: LabelConvention) -> None:
+    """NAME.png (class ids) rewritten in the masks' own values, through a temporary file."""
+    import os
+
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as img:
+        ids = np.asarray(img)
+    tmp = path.with_name(f".{path.name}.tmp")
+    Image.fromarray(labels.encode(ids)).save(tmp, format="PNG")
+    os.replace(tmp, path)

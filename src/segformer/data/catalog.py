@@ -258,10 +258,13 @@ DATASETS: dict[str, DatasetInfo] = {
 }
 
 
-def folder_info(class_names: tuple[str, ...] | list[str], name: str = "folder") -> DatasetInfo:
-    """A DatasetInfo for a custom image/mask folder: generated colours and the ADE-like 512 recipe."""
+def folder_info(
+    class_names: tuple[str, ...] | list[str], name: str = "folder", colours: np.ndarray | None = None
+) -> DatasetInfo:
+    """A DatasetInfo for a custom image/mask folder: `colours` (K, 3) or generated ones, the ADE-like 512 recipe."""
     from ..imageio import default_palette
 
     names = tuple(class_names)
-    palette = tuple(tuple(int(v) for v in c) for c in default_palette(len(names)))
+    colours = default_palette(len(names)) if colours is None else colours
+    palette = tuple(tuple(int(v) for v in c) for c in colours)
     return DatasetInfo(name=name, class_names=names, palette=palette)  # type: ignore[arg-type]

@@ -166,7 +166,12 @@ def _build_datasets(config: TrainConfig) -> tuple[Any, Any, Any]:
 
     def load(split: str) -> Any:
         return build_dataset(
-            config.dataset, config.data_root, split, num_classes=config.num_classes, skip_bad=config.skip_bad_samples
+            config.dataset,
+            config.data_root,
+            split,
+            num_classes=config.num_classes,
+            skip_bad=config.skip_bad_samples,
+            **config.data_options(),
         )
 
     train_ds = load(config.train_split)
@@ -324,6 +329,9 @@ def _train(config: TrainConfig, device: torch.device, model: Any, train_ds: Any,
         raise ValueError(f"model has {model.config.num_classes} classes but the dataset has {num_classes}")
     elif model.config.class_names is None and class_names is not None:
         model.config = model.config.replace(class_names=class_names)  # saved with the model
+    labels = getattr(train_ds, "labels", None)
+    if labels is not None and not labels.is_default:
+        model.config = model.config.replace(labels=labels)  # saved with the model: eval/predict apply it
     model = model.to(device).train()
     if config.grad_checkpointing:
         model.encoder.set_grad_checkpointing(True)
