@@ -616,16 +616,16 @@ def diagnose(
     for split, r in report.splits.items():
         if r.error:
             out.append(Diagnosis("split_unreadable", r.error, None, "error", split))
-        for what, items, hint in (
-            ("images without a mask", r.missing_masks, "add the masks or remove the images"),
-            ("masks without an image", r.orphan_masks, "add the images or remove the masks"),
-            ("unreadable files", r.unreadable, "re-export or remove them"),
-            ("image/mask size mismatches", r.size_mismatches, "masks must be drawn on the image as stored"),
-            ("bad masks", r.other_errors, "re-save them with ids 0..K-1"),
+        for code, what, items, hint in (
+            ("images_without_mask", "images without a mask", r.missing_masks, "add the masks or remove the images"),
+            ("masks_without_image", "masks without an image", r.orphan_masks, "add the images or remove the masks"),
+            ("unreadable_files", "unreadable files", r.unreadable, "re-export or remove them"),
+            ("size_mismatches", "image/mask size mismatches", r.size_mismatches, "draw masks on the stored image"),
+            ("bad_masks", "bad masks", r.other_errors, "re-save them with ids 0..K-1"),
         ):
             if items:
                 shown = "; ".join(items[:3]) + (f"; ... ({len(items) - 3} more)" if len(items) > 3 else "")
-                out.append(Diagnosis(_code(what), f"{len(items)} {what} ({hint}): {shown}", None, "error", split))
+                out.append(Diagnosis(code, f"{len(items)} {what} ({hint}): {shown}", None, "error", split))
 
     raw_values: Counter[int] = Counter()
     raw_images: Counter[int] = Counter()
@@ -876,10 +876,6 @@ def _mode_counts(report: DataReport, images: bool = False) -> Counter[str]:
     for r in report.splits.values():
         c.update(r.image_modes if images else r.mask_modes)
     return c
-
-
-def _code(what: str) -> str:
-    return what.replace("/", "_").replace(" ", "_").replace("_a_", "_")
 
 
 def _values_text(values: Sequence[int]) -> str:

@@ -195,10 +195,11 @@ class LabelConvention:
     @cached_property
     def inverse(self) -> np.ndarray:
         """256-entry table id -> the raw value that stands for it (explicit --label-map sources first, then the
-        ignore value, then the smallest value): `encode` writes predictions the way the masks were stored."""
+        ignore value, then the smallest value): `encode` writes ids the way the masks were stored."""
         lut = self.lut
         rows = len(self.palette) if self.palette is not None else 256
-        order = [a for a, _ in self.label_map] + [self.ignore_index] + list(range(256))
+        zero = [0] if self.reduce_zero_label else []  # ADE-style masks mark "other"/unlabelled with 0
+        order = [a for a, _ in self.label_map] + zero + [self.ignore_index] + list(range(256))
         inverse = np.arange(256, dtype=np.int64)
         done: set[int] = set()
         for v in order:
