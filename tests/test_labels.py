@@ -25,16 +25,19 @@ def write_palette(path: Path, rows: dict[str, tuple[int, int, int]], header: boo
     return path
 
 
-def colour_folder(root: Path, colours: list[tuple[int, int, int]], split: str = "val", n: int = 2) -> Path:
+def colour_folder(
+    root: Path, colours: list[tuple[int, int, int]], split: str = "val", n: int = 2, size: tuple[int, int] = (24, 30)
+) -> Path:
     """RGB colour masks (as CVAT/Roboflow export them): stripes of the given colours."""
     rng = np.random.default_rng(0)
     (root / "images" / split).mkdir(parents=True, exist_ok=True)
     (root / "masks" / split).mkdir(parents=True, exist_ok=True)
+    h, w = size
     for i in range(n):
-        mask = np.zeros((24, 30, 3), np.uint8)
+        mask = np.zeros((h, w, 3), np.uint8)
         for j, c in enumerate(colours):
-            mask[j * 24 // len(colours) : (j + 1) * 24 // len(colours)] = c
-        Image.fromarray(rng.integers(0, 256, (24, 30, 3), dtype=np.uint8)).save(root / "images" / split / f"{i}.jpg")
+            mask[j * h // len(colours) : (j + 1) * h // len(colours)] = c
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / "images" / split / f"{i}.jpg")
         Image.fromarray(mask).save(root / "masks" / split / f"{i}.png")
     return root
 
@@ -228,3 +231,28 @@ def test_bad_label_options_fail_with_one_line_each(tmp_path, capsys):
     fails([*train, "--ignore-index", "256"], "ignore_index=256 is outside 0..255")
     fails([*train, "--label-map", "1:2:3"], "--label-map '1:2:3'")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_model_trained_with_a_palette_keeps_its_colours(tmp_path, capsys):
+    palette = write_palette(tmp_path / "p.csv", COLOURS)
+    root = colour_folder(tmp_path / "data", list(COLOURS.values()), split="train", n=4, size=(40, 48))
+    model = tmp_path / "tiny.json"
+    model.write_text(json.dumps({"embed_dims": [8, 16, 24, 32], "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 2],
+                                 "decoder_dim": 16}))  # fmt: skip
+    run = tmp_path / "run"
+    argv = ["train", "--model", str(model), "--dataset", "folder", "--data-root", str(root), "--out", str(run)]
+    argv += ["--crop", "32", "--scale", "48x40", "--batch-size", "2", "--num-workers", "0", "--iters", "2"]
+    assert main([*argv, "--eval-every", "0", "--val-split", "none", "--palette", str(palette)]) == 0
+    stored = load_model(run / "final").config
+    assert stored.class_names == ("background", "road", "car") and stored.labels.palette_file == str(palette)
+
+    pred = tmp_path / "pred"
+    images = root / "images" / "train"
+    assert main(["predict", str(run / "final"), str(images), "--out", str(pred), "--no-progress"]) == 0
+    assert f"labels: --palette {palette}" in capsys.readouterr().out
+    with Image.open(pred / "0.png") as png:
+        assert png.mode == "P" and png.getpalette()[:9] == [0, 0, 0, 128, 64, 128, 0, 0, 142]  # the CSV's colours
+    raw = tmp_path / "raw"
+    assert main(["predict", str(run / "final"), str(images / "0.jpg"), "--out", str(raw), "--raw-labels"]) == 0
+    colours = {tuple(c) for c in np.asarray(Image.open(raw / "0.png").convert("RGB")).reshape(-1, 3).tolist()}
+    assert colours <= set(COLOURS.values())  # the annotation tool's format

@@ -58,6 +58,17 @@ def _first_line(e: BaseException) -> str:
 def load_splits(source: str) -> dict[str, Any]:
     """{split name: datasets.Dataset} for a hub id, a save_to_disk folder or a folder of parquet files."""
     ds = _datasets()
+    quiet = ds.is_progress_bar_enabled()
+    if quiet:
+        ds.disable_progress_bars()  # "Generating train split" bars each time a split is opened
+    try:
+        return _load_splits(ds, source)
+    finally:
+        if quiet:
+            ds.enable_progress_bars()
+
+
+def _load_splits(ds: Any, source: str) -> dict[str, Any]:
     path = Path(source).expanduser()
     if path.exists():
         if not path.is_dir():
