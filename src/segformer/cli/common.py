@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ..data.labels import LabelConvention
@@ -41,8 +41,9 @@ def add_label_arguments(p: argparse.ArgumentParser, palette_help: str | None = N
     )
 
 
-def label_convention(args: argparse.Namespace, base: LabelConvention | None = None) -> LabelConvention:
-    """The LabelConvention of the label flags, each given flag replacing that part of `base` (a stored one)."""
+def label_convention(args: argparse.Namespace, base: dict[str, Any] | None = None) -> LabelConvention:
+    """The LabelConvention of the label flags, each given flag replacing that part of `base` (a model's stored
+    `config.labels`)."""
     from ..data.labels import LabelConvention
 
     return LabelConvention.from_options(

@@ -27,10 +27,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..benchmark import build_model
     from ..export import export_onnx
+    from ..loading import model_from_spec, random_weights_note
 
-    model, note = build_model(args.weights, num_classes=args.num_classes)
+    model = model_from_spec(args.weights, num_classes=args.num_classes)
+    note = random_weights_note(args.weights, model)
     if note:
         print(note)
     report = export_onnx(

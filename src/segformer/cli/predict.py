@@ -16,18 +16,19 @@ from .evaluate import add_inference_arguments
 if TYPE_CHECKING:
     from ..data.labels import LabelConvention
 
-PRESETS = ("ade20k", "cityscapes", "voc", "coco-stuff")
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..data.catalog import DATASETS
+
+    presets = tuple(DATASETS)
     p.add_argument("weights", help="anything load_model accepts: file, folder or hub id")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (searched recursively)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument(
         "--preset",
-        choices=PRESETS,
+        choices=presets,
         default=None,
-        help="use a dataset's test protocol (scale, mode, window, TTA ratios); default: whole image at its own size",
+        help="a dataset's test protocol (scale, mode, window, TTA); default: the model's own (see --native-size)",
     )
     add_inference_arguments(p)
     add_label_arguments(
@@ -54,18 +55,19 @@ def run(args: argparse.Namespace) -> int:
     from ..imageio import default_palette
     from ..inference import Segmenter, predict_files
     from ..loading import load_model
+    from ..runtime import resolve_device
     from .common import label_convention
-    from .evaluate import describe, inference_options, resolve_device
+    from .evaluate import describe, inference_options
 
     if not 0.0 <= args.alpha <= 1.0:
         raise ValueError(f"--alpha {args.alpha} must be between 0 and 1")
     model = load_model(args.weights)
     k = model.config.num_classes
-    options = inference_options(args, DATASETS[args.preset] if args.preset else None)
-    preset = args.palette if args.palette in PRESETS else None
+    options = inference_options(args, DATASETS[args.preset] if args.preset else None, model.config)
+    preset = args.palette if args.palette in DATASETS else None
     if preset:
         args.palette = None
-    labels = label_convention(args, base=model.config.labels)  # the model's mapping unless flags change it
+    labels = label_convention(args, base=model.config.labels)  # the model's convention unless flags change it
     colours = labels.class_colours(k) if not preset else None
     if preset:
         info = DATASETS[preset]
@@ -81,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     if names is None and colours is not None:
         from_palette = labels.class_names_from_palette()
         names = from_palette if from_palette is not None and len(from_palette) == k else None
-    segmenter = Segmenter.from_options(model, options, device=resolve_device(args.device))
+    segmenter = Segmenter(model, options, device=resolve_device(args.device))
     print(f"predicting with {args.weights} ({k} classes): {describe(options)}")
     if not labels.is_default:
         print(f"labels: {labels.describe()}{' (NAME.png in these raw values)' if args.raw_labels else ''}")

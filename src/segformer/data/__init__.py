@@ -10,7 +10,7 @@ Own data: build_dataset("folder", root, "train", labels=LabelConvention(label_ma
 check_dataset("folder", root) reports every split and what to fix; build_dataset("hf", ...) reads HF datasets.
 """
 
-from .catalog import DATASETS, IGNORE_INDEX, DatasetInfo, folder_info
+from .catalog import DATASET_NAMES, DATASETS, IGNORE_INDEX, DatasetInfo, folder_info
 from .check import DataReport, check_dataset, class_weights
 from .datasets import SegmentationDataset, build_dataset, read_class_names
 from .labels import LabelConvention, LabelError, parse_label_map, read_palette
@@ -19,6 +19,7 @@ from .transforms import PhotoMetricDistortion, TrainTransform, choose_crop, resc
 
 __all__ = [
     "DATASETS",
+    "DATASET_NAMES",
     "IGNORE_INDEX",
     "DataReport",
     "DatasetInfo",

@@ -25,6 +25,7 @@ from .catalog import (
     ADE20K_REDUCE_ZERO_LABEL,
     CITYSCAPES_LABEL_TO_TRAIN_LUT,
     COCO_STUFF_TO_TRAIN_LUT,
+    DATASET_NAMES,
     DATASETS,
     IGNORE_INDEX,
     DatasetInfo,
@@ -456,12 +457,22 @@ def folder_class_names(root: Path, num_classes: int | None, labels: LabelConvent
     raise FileNotFoundError(f"{classes_file}: missing; write one class name per line or pass num_classes")
 
 
+def hugging_face(source: str, split: str = "train", **kwargs: Any) -> SegmentationDataset:
+    """A Hugging Face dataset (hub id, save_to_disk folder or parquet folder): see `segformer.data.hf`."""
+    from .hf import hf_dataset  # datasets is an optional extra, imported there
+
+    return hf_dataset(source, split, **kwargs)
+
+
 BUILDERS: dict[str, Callable[..., SegmentationDataset]] = {
     "ade20k": ade20k,
     "cityscapes": cityscapes,
     "voc": voc,
     "coco-stuff": coco_stuff,
+    "folder": image_folder,
+    "hf": hugging_face,
 }
+assert tuple(BUILDERS) == DATASET_NAMES, "a dataset name without a builder, or the reverse"
 
 
 def build_dataset(
@@ -476,7 +487,7 @@ def build_dataset(
     image_column: str | None = None,
     mask_column: str | None = None,
 ) -> SegmentationDataset:
-    """The dataset `name` ("ade20k", "cityscapes", "voc", "coco-stuff", "folder" or "hf") read from `root`.
+    """The dataset `name` (one of `DATASET_NAMES`) read from `root`.
 
     Split names are the dataset's own ("training"/"validation" for ADE20K, "train2017"/"val2017" for COCO-Stuff)
     or "train"/"val" for any of them. `labels` (a LabelConvention) maps the stored mask values to class ids, after
@@ -484,19 +495,16 @@ def build_dataset(
     `image_column`/`mask_column` when the names are not the usual ones.
     """
     options: dict[str, Any] = {"transform": transform, "skip_bad": skip_bad, "labels": labels}
+    if name not in BUILDERS:
+        raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(DATASET_NAMES)}")
     if name == "hf":
-        from .hf import hf_dataset
-
-        return hf_dataset(
-            str(root), split, num_classes=num_classes, image_column=image_column, mask_column=mask_column, **options
-        )
+        columns = {"image_column": image_column, "mask_column": mask_column}
+        return BUILDERS[name](str(root), split, num_classes=num_classes, **columns, **options)
     if image_column is not None or mask_column is not None:
         raise ValueError("--image-column/--mask-column are for --dataset hf (Hugging Face datasets)")
     root = Path(root).expanduser()
-    if name == "folder":
-        return image_folder(root, split, num_classes=num_classes, **options)
-    if name not in BUILDERS:
-        raise ValueError(f"unknown dataset {name!r}; choose from {', '.join([*BUILDERS, 'folder', 'hf'])}")
+    if name not in DATASETS:  # a generic layout: classes come from the folder or num_classes
+        return BUILDERS[name](root, split, num_classes=num_classes, **options)
     info = DATASETS[name]
     if num_classes is not None and num_classes != info.num_classes:
         raise ValueError(

@@ -81,10 +81,11 @@ class LabelConvention:
         reduce_zero_label: bool | None = None,
         label_map: str | dict[int, int] | None = None,
         palette: str | Path | None = None,
-        base: LabelConvention | None = None,
+        base: LabelConvention | dict[str, Any] | None = None,
     ) -> LabelConvention:
-        """The convention of command-line style options; those left None keep `base`'s (default: the default)."""
-        base = base or cls()
+        """The convention of command-line style options; those left None keep `base`'s (a convention or its
+        `to_dict()`, as models store it; default: the default)."""
+        base = cls.from_dict(base)
         changes: dict[str, Any] = {}
         if ignore_index is not None:
             changes["ignore_index"] = ignore_index

@@ -331,7 +331,7 @@ def _train(config: TrainConfig, device: torch.device, model: Any, train_ds: Any,
         model.config = model.config.replace(class_names=class_names)  # saved with the model
     labels = getattr(train_ds, "labels", None)
     if labels is not None and not labels.is_default:
-        model.config = model.config.replace(labels=labels)  # saved with the model: eval/predict apply it
+        model.config = model.config.replace(labels=labels.to_dict())  # saved with the model: eval/predict apply it
     model = model.to(device).train()
     if config.grad_checkpointing:
         model.encoder.set_grad_checkpointing(True)
