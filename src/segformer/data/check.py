@@ -218,9 +218,9 @@ def _open_sample(dataset: Any, index: int) -> tuple[Any, Any, str, str]:
 
 
 def _summarize(dataset: Any, index: int, decode_only: bool = False) -> _Summary:
-    from PIL import Image, ImageOps
-
-    from ..imageio import ImageReadError, to_rgb
+    """Decode one sample and reduce it to histograms. PIL's C histograms (`Image.histogram`, `getcolors`) do the
+    counting for the usual modes, so the check costs little beyond decoding; other modes go through numpy."""
+    from ..imageio import ImageReadError
 
     s = _Summary(index, str(index))
     try:
@@ -233,47 +233,99 @@ def _summarize(dataset: Any, index: int, decode_only: bool = False) -> _Summary:
     if image is None or mask is None:
         s.error, s.error_kind = f"{s.name}: no {'image' if image is None else 'mask'}", "missing"
         return s
-    s.image_mode = image.mode if isinstance(image, Image.Image) else f"array{np.asarray(image).shape[2:]}"
-    s.mask_mode = mask.mode if isinstance(mask, Image.Image) else f"array {np.asarray(mask).dtype}"
+    colour = dataset.labels.palette is not None
     try:
-        rgb = to_rgb(ImageOps.exif_transpose(image) if isinstance(image, Image.Image) else image)
-        colour = dataset.labels.palette is not None
-        raw = raw_mask_array(mask, colour=colour)
+        s.image_mode, s.size, s.channels = _image_summary(image)
+        s.mask_mode, mask_size = _mask_summary(mask, colour, s)
     except (ImageReadError, OSError, ValueError) as e:
-        s.error, s.error_kind = f"{where}: {e}", "unreadable"
+        s.error, s.error_kind = f"{where}: {e}", "value" if isinstance(e, _BadValues) else "unreadable"
         return s
-    s.size = (int(rgb.shape[0]), int(rgb.shape[1]))
-    if raw.shape[:2] != rgb.shape[:2]:
+    if mask_size != s.size:
         s.error = (
-            f"{where}: mask is {raw.shape[1]}x{raw.shape[0]} but image {s.name} is {rgb.shape[1]}x{rgb.shape[0]} "
+            f"{where}: mask is {mask_size[1]}x{mask_size[0]} but image {s.name} is {s.size[1]}x{s.size[0]} "
             "(WxH, after EXIF rotation)"
         )
         s.error_kind = "size"
-        return s
-    s.channels = np.stack([np.bincount(rgb[..., c].ravel(), minlength=256) for c in range(3)])
-    if raw.ndim == 3 and not (not colour and _grey(raw)):
-        codes = (raw[..., 0].astype(np.int32) << 16) | (raw[..., 1].astype(np.int32) << 8) | raw[..., 2]
+        s.hist = s.big = s.colour_codes = s.colour_counts = s.channels = None
+    return s
+
+
+def _image_summary(image: Any) -> tuple[str, tuple[int, int], np.ndarray]:
+    """(mode, upright (H, W), (3, 256) per-channel histogram of the RGB image the dataset would give)."""
+    from PIL import Image
+
+    from ..imageio import to_rgb
+
+    if isinstance(image, Image.Image):
+        w, h = image.size
+        if image.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF orientations that swap width and height
+            h, w = w, h
+        mode = image.mode
+        if mode in ("RGB", "RGBA"):
+            return mode, (h, w), np.asarray(image.histogram()[:768], np.int64).reshape(3, 256)
+        if mode == "L":
+            return mode, (h, w), np.tile(np.asarray(image.histogram(), np.int64), (3, 1))
+        rgb = to_rgb(image)
+    else:
+        mode = f"array{np.asarray(image).shape[2:]}"
+        rgb = to_rgb(np.asarray(image))
+    channels = np.stack([np.bincount(rgb[..., c].ravel(), minlength=256) for c in range(3)])
+    return mode, (int(rgb.shape[0]), int(rgb.shape[1])), channels
+
+
+def _mask_summary(mask: Any, colour: bool, s: _Summary) -> tuple[str, tuple[int, int]]:
+    """Fill `s` with the mask's value histogram (grey masks) or colours (colour masks); (mode, (H, W))."""
+    from PIL import Image
+
+    if isinstance(mask, Image.Image):
+        w, h = mask.size
+        mode = mask.mode
+        if mode == "L" or (mode == "P" and not colour):
+            s.hist = np.asarray(mask.histogram(), np.int64)
+            return mode, (h, w)
+        if mode in ("RGB", "RGBA") or (mode == "P" and colour):
+            found = (mask if mode == "RGB" else mask.convert("RGB")).getcolors(1 << 12)
+            if found is not None:
+                counts = np.array([c for c, _ in found], np.int64)
+                rgb = np.array([v for _, v in found], np.int64).reshape(-1, 3)
+                if not colour and (rgb[:, 0] == rgb[:, 1]).all() and (rgb[:, 1] == rgb[:, 2]).all():
+                    s.hist = np.bincount(rgb[:, 0], weights=counts, minlength=256).astype(np.int64)
+                else:
+                    codes = (rgb[:, 0] << 16) | (rgb[:, 1] << 8) | rgb[:, 2]
+                    order = np.argsort(codes)
+                    s.colour_codes, s.colour_counts = codes[order], counts[order]
+                return mode, (h, w)
+    else:
+        mode = f"array {np.asarray(mask).dtype}"
+    raw = raw_mask_array(mask, colour=colour)
+    size = (int(raw.shape[0]), int(raw.shape[1]))
+    if raw.ndim == 3 and (colour or not _grey(raw)):
+        codes = (raw[..., 0].astype(np.int64) << 16) | (raw[..., 1].astype(np.int64) << 8) | raw[..., 2]
         s.colour_codes, s.colour_counts = np.unique(codes, return_counts=True)
-        return s
+        return mode, size
     if raw.ndim == 3:
         raw = raw[..., 0]
     if raw.dtype == bool:
         raw = raw.astype(np.uint8)
     if raw.dtype != np.uint8:
         if raw.size and (raw.min() < 0 or raw.dtype.kind == "f"):
-            s.error, s.error_kind = f"{where}: mask holds negative or fractional values", "value"
-            return s
+            raise _BadValues("mask holds negative or fractional values; class ids are integers 0..255")
         counts = np.bincount(raw.ravel().astype(np.int64))
-        s.hist = counts[:256]
+        s.hist = np.zeros(256, np.int64)
+        s.hist[: min(256, len(counts))] = counts[:256]
         if len(counts) > 256:
             s.big = {int(v) + 256: int(c) for v, c in enumerate(counts[256:]) if c}
-        return s
+        return mode, size
     s.hist = np.bincount(raw.ravel(), minlength=256)
-    return s
+    return mode, size
 
 
 def _grey(rgb: np.ndarray) -> bool:
     return bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
+
+
+class _BadValues(ValueError):
+    """A mask that decodes but holds values no class id can be (negative, fractional)."""
 
 
 def scan(
