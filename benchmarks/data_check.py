@@ -80,20 +80,18 @@ def main() -> None:
             print(f"wrote {args.count} synthetic images ({h}x{w} JPEG + PNG mask) in {t:.1f}s")
         else:
             root = Path(args.data_root)
-        ds = build_dataset(args.dataset, root, args.split, num_classes=None if args.dataset != "folder" else None)
+        ds = build_dataset(args.dataset, root, args.split)
         n = len(ds)
         print(f"{cpu_name()}, {os.cpu_count()} logical CPUs visible, Python {platform.python_version()}")
         split = one_process_split(ds, min(n, 100))
         print(
-            f"one process, CPU per image: decode {split['decode_ms']:.1f} ms, whole summary {split['summary_ms']:.1f} ms "
-            f"({100 * split['decode_ms'] / split['summary_ms']:.0f}% of it decoding)"
+            f"one process, CPU per image: decode {split['decode_ms']:.1f} ms, whole summary "
+            f"{split['summary_ms']:.1f} ms ({100 * split['decode_ms'] / split['summary_ms']:.0f}% of it decoding)"
         )
         print(f"{'workers':>8} {'decode img/s':>13} {'check img/s':>12} {'check/decode':>13}")
         for workers in args.workers:
             decode = timed(lambda w=workers: sum(1 for _ in scan(ds, workers=w, progress=False, decode_only=True)))
-            check = timed(
-                lambda w=workers: check_dataset(args.dataset, root, [args.split], workers=w, progress=False)
-            )
+            check = timed(lambda w=workers: check_dataset(args.dataset, root, [args.split], workers=w, progress=False))
             print(f"{workers:>8} {n / decode:>13.1f} {n / check:>12.1f} {decode / check:>13.2f}")
 
 
