@@ -390,8 +390,6 @@ class _Totals:
         self.sizes: list[tuple[int, int]] = []
         self.image_modes: Counter[str] = Counter()
         self.mask_modes: Counter[str] = Counter()
-        self.grey_rgb_masks = 0
-        self.value_examples: dict[int, str] = {}
 
     def add(self, s: _Summary, report: SplitReport) -> None:
         report.scanned += 1
@@ -415,13 +413,9 @@ class _Totals:
             self.hist += s.hist
             present = s.hist > 0
             self.hist_images += present
-            for v in np.flatnonzero(present):
-                self.value_examples.setdefault(int(v), s.name)
             if s.big:
                 self.big.update(s.big)
                 self.big_images.update(dict.fromkeys(s.big, 1))
-                for v in s.big:
-                    self.value_examples.setdefault(v, s.name)
                 return  # values beyond 8 bits: not mapped (an error is reported for them)
             raw_ids = s.hist
         elif s.colour_codes is not None:
@@ -789,7 +783,8 @@ def diagnose(
     if train is not None and k <= 255:
         counts = np.asarray(report.splits[train].pixel_counts[:k])
         never = [i for i in range(k) if counts[i] == 0]
-        if never and len(never) < k and not beyond:
+        explained = bool(beyond) or any(d.code.startswith("binary") for d in out)  # said already, with a fix
+        if never and len(never) < k and not explained:
             listed = ", ".join(f"{i} {names[i]!r}" for i in never[:MAX_NAMES])
             more = f" and {len(never) - MAX_NAMES} more" if len(never) > MAX_NAMES else ""
             valid_raw = sorted(raw8)
