@@ -118,13 +118,12 @@ def run(args: argparse.Namespace) -> int:
 
 def _rewrite_raw(path: Path, labels: LabelConvention) -> None:
     """NAME.png (class ids) rewritten in the masks' own values, through a temporary file."""
-    import os
-
     import numpy as np
     from PIL import Image
 
+    from ..fileio import atomic_write
+
     with Image.open(path) as img:
         ids = np.asarray(img)
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(labels.encode(ids)).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    raw = Image.fromarray(labels.encode(ids))
+    atomic_write(path, lambda tmp: raw.save(tmp, format="PNG"))

@@ -13,7 +13,6 @@ freq_c = n_c / N) and "inverse" (N / (K n_c), sklearn's "balanced") are there to
 
 from __future__ import annotations
 
-import json
 import logging
 import multiprocessing
 import os
@@ -147,15 +146,9 @@ class DataReport:
 
     def write_json(self, path: str | Path) -> Path:
         """The whole report as JSON, written to a temporary file and renamed (never half-written)."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
-        return path
+        from ..fileio import write_json
+
+        return write_json(path, self.to_dict())
 
     def format(self) -> str:
         return _format(self)
@@ -1060,8 +1053,6 @@ def write_palette_template(report: DataReport, path: str | Path) -> Path:
     if not colours:
         raise ValueError("--write-palette: the masks hold no colours (they are not RGB colour masks)")
     order = sorted(colours, key=lambda c: (c != "0,0,0", -colours[c]))
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text("name,r,g,b\n" + "".join(f"class_{i},{c}\n" for i, c in enumerate(order)))
-    os.replace(tmp, path)
-    return path
+    from ..fileio import write_text
+
+    return write_text(path, "name,r,g,b\n" + "".join(f"class_{i},{c}\n" for i, c in enumerate(order)))
