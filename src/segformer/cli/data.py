@@ -10,10 +10,10 @@ import argparse
 
 from .common import add_column_arguments, add_label_arguments
 
-DATASETS = ("folder", "ade20k", "cityscapes", "voc", "coco-stuff", "hf")
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..data.catalog import DATASET_NAMES
+
     sub = p.add_subparsers(dest="data_verb", required=True, metavar="ACTION")
     check = sub.add_parser(
         "check",
@@ -21,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    check.add_argument("--dataset", choices=DATASETS, default="folder", help="dataset layout (default: folder)")
+    check.add_argument("--dataset", choices=DATASET_NAMES, default="folder", help="dataset layout (default: folder)")
     check.add_argument("--data-root", required=True, help="dataset root (--dataset hf: hub id or local folder)")
     check.add_argument("--split", action="append", default=None, help="check only this split (repeatable)")
     check.add_argument("--num-classes", type=int, default=None, help="classes when there is no classes.txt")

@@ -769,7 +769,8 @@ def diagnose(
     # Values that are neither a class id nor ignore, after the mapping.
     beyond = [v for v in valid if v >= k]
     if beyond:
-        out.append(_beyond_diagnosis(beyond, valid, k, names, labels, mapped))
+        stored = _stored_values(totals, raw8)
+        out.append(_beyond_diagnosis(beyond, valid, k, names, labels, stored))
 
     # Classes that never occur in the training split.
     train = report.weight_split
@@ -830,8 +831,21 @@ def diagnose(
     return out + _notes(report)
 
 
+def _stored_values(totals: dict[str, _Totals], raw: set[int]) -> dict[int, list[int]]:
+    """Mapped id -> the stored mask values that become it (through the layouts' and the convention's tables)."""
+    tables: dict[int, np.ndarray] = {}
+    for t in totals.values():
+        for table in getattr(t.dataset, "_tables", None) or [t.dataset.labels.lut]:
+            tables.setdefault(id(table), table)
+    out: dict[int, set[int]] = {}
+    for table in tables.values():
+        for v in raw:
+            out.setdefault(int(table[v]), set()).add(v)
+    return {k: sorted(v) for k, v in out.items()}
+
+
 def _beyond_diagnosis(
-    beyond: list[int], valid: list[int], k: int, names: list[str], labels: LabelConvention, mapped: np.ndarray
+    beyond: list[int], valid: list[int], k: int, names: list[str], labels: LabelConvention, stored: dict[int, list[int]]
 ) -> Diagnosis:
     ids = f"{k} classes: ids 0..{k - 1}" if k > 1 else "1 class: id 0"
     has_zero = 0 in valid
@@ -866,10 +880,12 @@ def _beyond_diagnosis(
         )
     if len(beyond) == 1:
         v = beyond[0]
+        raw = stored.get(v, [v])
+        was = f" (stored as {', '.join(map(str, raw))} in the masks)" if raw != [v] else ""
         return Diagnosis(
             "void_label",
-            f"value {v} is neither a class id ({ids}) nor ignore (255): if it marks void/unlabelled pixels, pass "
-            f"--ignore-index {v}",
+            f"value {v}{was} is neither a class id ({ids}) nor ignore (255): if it marks void/unlabelled pixels, "
+            f"pass --ignore-index {v}",
             f"--ignore-index {v}",
         )
     shown = _values_text(beyond)
