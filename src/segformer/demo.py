@@ -141,7 +141,7 @@ def run_demo(
     # 4. Save and draw.
     paths: dict[str, Path] = {"data": data, "model": model.save_pretrained(out / "model")}
     paths["predictions"] = save_predictions(model, val_ds, out / "predictions.png", config.grid_images)
-    from .training.loop import plot_curves
+    from .visualize import plot_curves
 
     curves = plot_curves(result.history, out / "curves.png")
     if curves is not None:

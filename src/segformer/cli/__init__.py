@@ -1,4 +1,4 @@
-"""SegFormer semantic segmentation: inspect, convert, train, evaluate, predict, export, benchmark, demo.
+"""SegFormer semantic segmentation: inspect, convert, train, evaluate, predict, export, benchmark, demo, app.
 
 A thin command line over the library: each verb module has `add_arguments` and `run`, and imports heavy things
 inside `run` so that `segformer --help` stays fast.
@@ -10,6 +10,7 @@ import argparse
 import logging
 import sys
 
+from . import app as app_cmd
 from . import benchmark as benchmark_cmd
 from . import convert, info
 from . import data as data_cmd
@@ -31,6 +32,7 @@ COMMANDS = {
     "demo": demo_cmd,
     "export": export_cmd,
     "benchmark": benchmark_cmd,
+    "app": app_cmd,
 }
 
 

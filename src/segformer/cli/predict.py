@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .common import add_label_arguments
 from .evaluate import add_inference_arguments
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from ..data.labels import LabelConvention
 
 
@@ -48,11 +50,40 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def palette_and_names(
+    model: Any, palette_name: str | None, verb: str, labels: LabelConvention | None = None
+) -> tuple[np.ndarray, tuple[str, ...] | None]:
+    """The colours and class names predict uses for a model: a named dataset's palette, else the palette file of the
+    label convention (`labels`, default: the one stored with the model), else the dataset whose class count matches
+    the model, else generated colours (a short palette is completed with generated ones)."""
+    from ..data import DATASETS, LabelConvention
+    from ..imageio import default_palette
+
+    k = model.config.num_classes
+    labels = labels if labels is not None else LabelConvention.from_dict(model.config.labels)
+    colours = labels.class_colours(k) if not palette_name else None
+    if colours is not None:
+        from_palette = labels.class_names_from_palette()
+        names = model.config.class_names or (from_palette if from_palette and len(from_palette) == k else None)
+        return colours, names
+    if palette_name:
+        info = DATASETS[palette_name]
+        if info.num_classes < k:
+            print(f"segformer {verb}: note: palette {palette_name} has {info.num_classes} colours for {k} classes")
+    else:
+        info = next((d for d in DATASETS.values() if d.num_classes == k), None)
+    palette = info.palette_array() if info is not None else default_palette(k)
+    if info is not None and info.num_classes < k:
+        palette = default_palette(k).copy()
+        palette[: info.num_classes] = info.palette_array()
+    names = model.config.class_names or (info.class_names if info is not None and info.num_classes == k else None)
+    return palette, names
+
+
 def run(args: argparse.Namespace) -> int:
     import sys
 
     from ..data import DATASETS
-    from ..imageio import default_palette
     from ..inference import Segmenter, predict_files
     from ..loading import load_model
     from ..runtime import resolve_device
@@ -64,25 +95,11 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.weights)
     k = model.config.num_classes
     options = inference_options(args, DATASETS[args.preset] if args.preset else None, model.config)
-    preset = args.palette if args.palette in DATASETS else None
+    preset = args.palette if args.palette in DATASETS else None  # --palette: a dataset's colours or a CSV file
     if preset:
         args.palette = None
     labels = label_convention(args, base=model.config.labels)  # the model's convention unless flags change it
-    colours = labels.class_colours(k) if not preset else None
-    if preset:
-        info = DATASETS[preset]
-        if info.num_classes < k:
-            print(f"segformer predict: note: palette {preset} has {info.num_classes} colours for {k} classes")
-    else:
-        info = next((d for d in DATASETS.values() if d.num_classes == k), None) if colours is None else None
-    palette = colours if colours is not None else info.palette_array() if info is not None else default_palette(k)
-    if info is not None and info.num_classes < k:
-        palette = default_palette(k).copy()
-        palette[: info.num_classes] = info.palette_array()
-    names = model.config.class_names or (info.class_names if info is not None and info.num_classes == k else None)
-    if names is None and colours is not None:
-        from_palette = labels.class_names_from_palette()
-        names = from_palette if from_palette is not None and len(from_palette) == k else None
+    palette, names = palette_and_names(model, preset, "predict", labels)
     segmenter = Segmenter(model, options, device=resolve_device(args.device))
     print(f"predicting with {args.weights} ({k} classes): {describe(options)}")
     if not labels.is_default:

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from ..imageio import ImageReadError, to_rgb
 from .catalog import folder_info
@@ -257,7 +256,6 @@ class HFSegmentationDataset(SegmentationDataset):
         self.where = where
         self.missing = []
         self.dropped = 0
-        self._bad = torch.zeros(len(self.table), dtype=torch.bool).share_memory_()
 
     def __len__(self) -> int:
         return len(self.table)
