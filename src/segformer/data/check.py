@@ -1,7 +1,8 @@
 """`segformer data check`: read every image and mask of every split once, in parallel, and say what is wrong.
 
-Workers decode the files and send back small per-image summaries (label histogram by `np.bincount`, colours,
-size, modes, per-channel histograms); the main process adds them up and turns the sums into a `DataReport`:
+Workers (a process pool) decode the files and send back small per-image summaries: the mask's value histogram or
+colours, size, modes and per-channel histograms, counted by PIL's C histograms (numpy's bincount for unusual
+modes), so the scan costs little beyond decoding. The main process adds them up into a `DataReport`:
 counts per split, missing and orphan files, unreadable files, size mismatches, mask modes, label values with
 pixel and image counts, classes never present, image sizes and channel statistics, suggested class weights,
 and one-line diagnoses that each name the flag that fixes them.
@@ -31,7 +32,7 @@ log = logging.getLogger("segformer")
 
 WEIGHT_METHODS = ("enet", "median", "inverse")
 DOMINANT_SHARE = 0.9  # one class above this share of labelled pixels -> suggest class weights
-MAX_NAMES = 10  # file names listed per finding in the text report (the JSON report has them all)
+MAX_NAMES = 10  # class names listed per finding in the text report (the JSON report has them all)
 VOID_WORDS = ("background", "other", "others", "unlabeled", "unlabelled", "void", "ignore", "none", "bg")
 SEVERITIES = ("error", "problem", "warning", "note")  # error/problem -> exit 1
 
@@ -460,7 +461,7 @@ def _table_of(dataset: Any, index: int) -> np.ndarray:
 
 
 def _palette_rows(labels: LabelConvention, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    sorted_codes, rows = labels._codes
+    sorted_codes, rows = labels.palette_codes
     pos = np.searchsorted(sorted_codes, codes).clip(0, len(sorted_codes) - 1)
     known = sorted_codes[pos] == codes
     return known, rows[pos].astype(np.int64)
@@ -496,7 +497,9 @@ def dataset_splits(name: str, root: str | Path) -> list[str]:
         lists = _find_root(root, "JPEGImages", ["VOC2012", "VOCdevkit/VOC2012"]) / "ImageSets" / "Segmentation"
         return sorted(p.stem for p in lists.glob("*.txt"))
     else:
-        raise ValueError(f"unknown dataset {name!r}; choose from ade20k, cityscapes, voc, coco-stuff, folder, hf")
+        from .catalog import DATASET_NAMES
+
+        raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(DATASET_NAMES)}")
     splits = sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not splits:
         raise FileNotFoundError(f"{base}: no split folders")

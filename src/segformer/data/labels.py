@@ -142,7 +142,7 @@ class LabelConvention:
         return lut.astype(np.uint8)
 
     @cached_property
-    def _codes(self) -> tuple[np.ndarray, np.ndarray]:
+    def palette_codes(self) -> tuple[np.ndarray, np.ndarray]:
         """Palette colours packed as r<<16|g<<8|b, sorted, and the raw id (row) of each."""
         assert self.palette is not None
         codes = np.array([(r << 16) | (g << 8) | b for _, r, g, b in self.palette], dtype=np.int64)
@@ -155,7 +155,7 @@ class LabelConvention:
             raise LabelError(f"{where}: colour mask but no palette; pass --palette FILE (CSV name,r,g,b per class)")
         rgb = np.asarray(rgb)
         packed = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
-        codes, rows = self._codes
+        codes, rows = self.palette_codes
         pos = np.searchsorted(codes, packed).clip(0, len(codes) - 1)
         hit = codes[pos] == packed
         if not hit.all():
@@ -302,7 +302,7 @@ def read_palette(path: str | Path) -> tuple[tuple[str, int, int, int], ...]:
     text = path.read_text(encoding="utf-8-sig")
     lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip() and not line.startswith("#")]
     for n, line in lines:
-        if ":" in line and line.count(":") >= 1 and "," in line.split(":", 1)[1]:  # CVAT labelmap.txt
+        if ":" in line and "," in line.split(":", 1)[1]:  # CVAT labelmap.txt: name:r,g,b:parts:actions
             name, rest = line.split(":", 1)
             fields = [name, *rest.split(":", 1)[0].split(",")]
         else:
