@@ -57,7 +57,7 @@ def one_process_split(ds, count: int) -> dict[str, float]:
     count = min(count, len(ds))
     t0 = time.process_time()
     for i in range(count):
-        _summarize(ds, i, decode_only=True)
+        _summarize(ds, i, mode="decode")
     t1 = time.process_time()
     for i in range(count):
         _summarize(ds, i)
@@ -96,7 +96,7 @@ def main() -> None:
         print(f"{'workers':>8} {'decode img/s':>13} {'check img/s':>12} {'check/decode':>13}")
         for workers in args.workers:
             decode = timed(
-                lambda w=workers: sum(1 for _ in scan(ds, workers=w, progress=False, decode_only=True)), args.repeats
+                lambda w=workers: sum(1 for _ in scan(ds, workers=w, progress=False, mode="decode")), args.repeats
             )
             check = timed(
                 lambda w=workers: check_dataset(args.dataset, root, [args.split], workers=w, progress=False),

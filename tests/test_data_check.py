@@ -13,7 +13,7 @@ import yaml
 from PIL import Image
 
 from segformer.cli import main
-from segformer.data import LabelConvention, check_dataset, class_weights
+from segformer.data import LabelConvention, build_dataset, check_dataset, class_pixel_counts, class_weights
 from segformer.data.check import dataset_splits
 
 CAMVID = ("sky", "building", "pole", "road", "pavement", "tree", "sign", "fence", "car", "pedestrian", "bicyclist")
@@ -143,6 +143,9 @@ def test_dominant_class_suggests_class_weights(tmp_path, capsys):
     counts = report.splits["train"].pixel_counts[:3]
     assert counts == [3 * (1600 - 7), 12, 9]
     assert report.class_weights == pytest.approx(class_weights(counts).round(4).tolist())
+    # what training's class weights would count: the masks alone, in worker processes
+    train = build_dataset("folder", root, "train")
+    assert class_pixel_counts(train, workers=2, progress=False).tolist() == counts
     assert "ENet: 1/ln(1.02 + p)" in out
 
 

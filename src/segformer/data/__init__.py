@@ -12,7 +12,7 @@ check_dataset("folder", root) reports every split and what to fix; build_dataset
 """
 
 from .catalog import DATASET_NAMES, DATASETS, IGNORE_INDEX, DatasetInfo, folder_info
-from .check import DataReport, check_dataset, class_weights
+from .check import DataReport, check_dataset, class_pixel_counts, class_weights
 from .datasets import SegmentationDataset, build_dataset, read_class_names
 from .labels import LabelConvention, LabelError, parse_label_map, read_palette
 from .sampling import BatchPlan, SampleStream, next_batch, train_loader
@@ -34,6 +34,7 @@ __all__ = [
     "build_dataset",
     "check_dataset",
     "choose_crop",
+    "class_pixel_counts",
     "class_weights",
     "folder_info",
     "next_batch",

@@ -65,6 +65,16 @@ def class_weights(pixel_counts: Sequence[int] | np.ndarray, method: str = "enet"
     return weights
 
 
+def class_pixel_counts(dataset: Any, *, workers: int | None = None, progress: bool = True) -> np.ndarray:
+    """Labelled pixels per class id 0..K-1 of `dataset` after its label convention, reading the masks only (in
+    `workers` processes): the counts `class_weights` takes, e.g. for training's class weights. Unreadable masks are
+    left out (`check_dataset` lists them)."""
+    totals, report = _Totals(dataset), SplitReport("counts")
+    for summary in scan(dataset, workers=workers, progress=progress, mode="masks", desc="count labels"):
+        totals.add(summary, report)
+    return totals.mapped[: dataset.num_classes].copy()
+
+
 # ------------------------------------------------------------------------------------------------- report
 @dataclass
 class Diagnosis:
@@ -177,9 +187,9 @@ class _Summary:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(dataset: Any, decode_only: bool) -> None:
+def _init_worker(dataset: Any, mode: str) -> None:
     _WORKER["dataset"] = dataset
-    _WORKER["decode_only"] = decode_only
+    _WORKER["mode"] = mode
     try:
         import torch
 
@@ -189,12 +199,13 @@ def _init_worker(dataset: Any, decode_only: bool) -> None:
 
 
 def _scan_chunk(indices: Sequence[int]) -> list[_Summary]:
-    dataset, decode_only = _WORKER["dataset"], _WORKER["decode_only"]
-    return [_summarize(dataset, i, decode_only) for i in indices]
+    dataset, mode = _WORKER["dataset"], _WORKER["mode"]
+    return [_summarize(dataset, i, mode) for i in indices]
 
 
-def _open_sample(dataset: Any, index: int) -> tuple[Any, Any, str, str]:
-    """(image object, mask object, name, mask file name or row) as stored: PIL images (files) or row values."""
+def _open_sample(dataset: Any, index: int, masks_only: bool = False) -> tuple[Any, Any, str, str]:
+    """(image object, mask object, name, mask file name or row) as stored: PIL images (files) or row values
+    (`masks_only`: no image file is read, and the image is None)."""
     from ..imageio import ImageReadError, _open
 
     if hasattr(dataset, "raw"):  # Hugging Face rows
@@ -206,33 +217,41 @@ def _open_sample(dataset: Any, index: int) -> tuple[Any, Any, str, str]:
             raise ImageReadError(f"{where}: unreadable row ({first})") from None
         return image, mask, name, where
     image_path, mask_path = dataset.samples[index]
-    image = _open(image_path)
+    image = None if masks_only else _open(image_path)
     mask = _open(mask_path)
     return image, mask, image_path.name, str(mask_path)
 
 
-def _summarize(dataset: Any, index: int, decode_only: bool = False) -> _Summary:
+def _summarize(dataset: Any, index: int, mode: str = "full") -> _Summary:
     """Decode one sample and reduce it to histograms. PIL's C histograms (`Image.histogram`, `getcolors`) do the
-    counting for the usual modes, so the check costs little beyond decoding; other modes go through numpy."""
+    counting for the usual modes, so the check costs little beyond decoding; other modes go through numpy.
+
+    `mode`: "full"; "decode" (decode both files, nothing else: the benchmark's baseline); "masks" (the mask only)."""
     from ..imageio import ImageReadError
 
     s = _Summary(index, str(index))
+    masks_only = mode == "masks"
     try:
-        image, mask, s.name, where = _open_sample(dataset, index)
+        image, mask, s.name, where = _open_sample(dataset, index, masks_only)
     except (ImageReadError, OSError, ValueError) as e:
         s.error, s.error_kind = str(e), "unreadable"
         return s
-    if decode_only:
+    if mode == "decode":
         return s
-    if image is None or mask is None:
-        s.error, s.error_kind = f"{s.name}: no {'image' if image is None else 'mask'}", "missing"
+    if (image is None and not masks_only) or mask is None:
+        s.error, s.error_kind = f"{s.name}: no {'mask' if mask is None else 'image'}", "missing"
         return s
     colour = dataset.labels.palette is not None
     try:
-        s.image_mode, s.size, s.channels = _image_summary(image)
+        if masks_only:
+            s.image_mode = "(not read)"
+        else:
+            s.image_mode, s.size, s.channels = _image_summary(image)
         s.mask_mode, mask_size = _mask_summary(mask, colour, s)
     except (ImageReadError, OSError, ValueError) as e:
         s.error, s.error_kind = f"{where}: {e}", "value" if isinstance(e, _BadValues) else "unreadable"
+        return s
+    if masks_only:
         return s
     if mask_size != s.size:
         s.error = (
@@ -327,12 +346,12 @@ def scan(
     *,
     workers: int | None = None,
     progress: bool = True,
-    decode_only: bool = False,
+    mode: str = "full",
     desc: str = "check",
     chunk: int = 8,
 ) -> Iterator[_Summary]:
     """Per-sample summaries of `dataset` (any order), decoded in `workers` processes (None: one per CPU core;
-    0: in this process)."""
+    0: in this process); `mode` as `_summarize`'s."""
     from tqdm import tqdm
 
     n = len(dataset)
@@ -341,7 +360,7 @@ def scan(
     bar = tqdm(total=n, desc=desc, unit="img", disable=not progress, leave=False)
     try:
         if workers <= 0 or len(chunks) <= 1:
-            _init_worker(dataset, decode_only)
+            _init_worker(dataset, mode)
             for c in chunks:
                 results = _scan_chunk(c)
                 bar.update(len(results))
@@ -349,7 +368,7 @@ def scan(
             return
         methods = multiprocessing.get_all_start_methods()
         context = multiprocessing.get_context("fork" if "fork" in methods else None)
-        with context.Pool(min(workers, len(chunks)), initializer=_init_worker, initargs=(dataset, decode_only)) as pool:
+        with context.Pool(min(workers, len(chunks)), initializer=_init_worker, initargs=(dataset, mode)) as pool:
             for results in pool.imap_unordered(_scan_chunk, chunks):
                 bar.update(len(results))
                 yield from results
