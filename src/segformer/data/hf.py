@@ -57,13 +57,13 @@ def _first_line(e: BaseException) -> str:
 def load_splits(source: str) -> dict[str, Any]:
     """{split name: datasets.Dataset} for a hub id, a save_to_disk folder or a folder of parquet files."""
     ds = _datasets()
-    quiet = ds.is_progress_bar_enabled()
-    if quiet:
+    bars_on = ds.is_progress_bar_enabled()
+    if bars_on:
         ds.disable_progress_bars()  # "Generating train split" bars each time a split is opened
     try:
         return _load_splits(ds, source)
     finally:
-        if quiet:
+        if bars_on:
             ds.enable_progress_bars()
 
 
