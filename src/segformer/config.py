@@ -86,6 +86,8 @@ class TestProtocol:
     `mode` "slide" runs `crop`-sized windows every `stride` pixels (H, W). `size_divisor` rounds resized sides up.
     """
 
+    __test__ = False  # not a pytest test class, despite its name
+
     mode: str = "whole"
     scale: tuple[int, int] | None = None
     crop: tuple[int, int] | None = None
