@@ -190,6 +190,8 @@ def test_every_layout_applies_the_convention_after_its_own_mapping(tmp_path):
     assert plain[0].tolist() == [255, 0, 1, 2]
     extra = build_dataset("ade20k", base, "validation", labels=LabelConvention(ignore_index=1)).load(0)[1]
     assert extra[0].tolist() == [255, 0, 255, 2]
+    with pytest.raises(ValueError, match="reduces the zero label already"):
+        build_dataset("ade20k", base, "validation", labels=LabelConvention(reduce_zero_label=True))
 
 
 def test_a_value_beyond_the_classes_names_the_flags(tmp_path):

@@ -466,6 +466,8 @@ def build_dataset(
     if name not in DATASETS:  # a generic layout: classes come from the folder or num_classes
         return BUILDERS[name](root, split, num_classes=num_classes, **options)
     info = DATASETS[name]
+    if name == "ade20k" and labels is not None and labels.reduce_zero_label:
+        raise ValueError("--dataset ade20k reduces the zero label already (0 -> ignore, k -> k-1); drop that flag")
     if num_classes is not None and num_classes != info.num_classes:
         raise ValueError(
             f"dataset {name!r} has {info.num_classes} classes, not num_classes={num_classes}; "
