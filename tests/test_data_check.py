@@ -321,3 +321,18 @@ def test_binary_masks_train_with_the_suggested_flag_and_the_model_keeps_it(tmp_p
     written = np.asarray(Image.open(pred / "000.png"))
     truth = np.asarray(Image.open(root / "masks" / "val" / "000.png"))
     assert set(np.unique(written)) <= {0, 255} and (written == truth).mean() > 0.9
+
+
+def test_training_the_unfixed_binary_set_says_the_object_is_never_trained(tmp_path, caplog):
+    """Without `data check` first, training still says out loud that a class never appears in its labels."""
+    from segformer.training.build import warn_unseen_classes
+
+    root = binary_objects(tmp_path / "data")
+    with caplog.at_level("WARNING", logger="segformer"):
+        assert warn_unseen_classes(build_dataset("folder", root, "train")) == ["object"]
+    assert "object never appear" in caplog.text and "segformer data check" in caplog.text
+    caplog.clear()
+    fixed = build_dataset("folder", root, "train", labels=LabelConvention(label_map=((255, 1),)))
+    with caplog.at_level("WARNING", logger="segformer"):
+        assert warn_unseen_classes(fixed) == []
+    assert "never appear" not in caplog.text

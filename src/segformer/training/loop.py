@@ -33,7 +33,7 @@ from ..model import SegFormer
 from ..runtime import autocast, resolve_device
 from ..visualize import plot_curves
 from . import distributed as D
-from .build import build_data, build_model, class_names, complete_config, test_protocol
+from .build import build_data, build_model, class_names, complete_config, test_protocol, warn_unseen_classes
 from .checkpoint import (
     CHECKPOINT_NAME,
     check_compatible,
@@ -140,6 +140,8 @@ def _train(config: TrainConfig, device: torch.device, model: Any, train_ds: Any,
     resume_from = _resume_checkpoint(config)
     train_ds, transform, val_ds = build_data(config, train_ds, val_ds)
     config = complete_config(config, train_ds)
+    if D.is_main():
+        warn_unseen_classes(train_ds)
     torch.manual_seed(config.seed)  # identical initialisation on every rank
     model = _prepare_model(config, model, train_ds, device)
     run, state = _assemble(config, device, model, val_ds, resume_from)
