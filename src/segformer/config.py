@@ -86,6 +86,8 @@ class TestProtocol:
     `mode` "slide" runs `crop`-sized windows every `stride` pixels (H, W). `size_divisor` rounds resized sides up.
     """
 
+    __test__ = False  # not a pytest test class, despite its name
+
     mode: str = "whole"
     scale: tuple[int, int] | None = None
     crop: tuple[int, int] | None = None
@@ -140,6 +142,9 @@ class SegFormerConfig:
     std: tuple[float, ...] | None = None
     # Test-time protocol (scale, mode, window) written by training and known for official checkpoints; None = unknown.
     test_protocol: TestProtocol | None = None
+    # How the training masks' values became class ids: `segformer.data.LabelConvention.to_dict()` (label map, reduce
+    # zero label, ignore index, palette), so eval/predict of the saved model apply the same; None = ids as stored.
+    labels: dict[str, Any] | None = field(default=None, hash=False)
     variant: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -147,6 +152,8 @@ class SegFormerConfig:
             if isinstance(getattr(self, f.name), list):
                 object.__setattr__(self, f.name, tuple(getattr(self, f.name)))
         object.__setattr__(self, "test_protocol", TestProtocol.from_dict(self.test_protocol))
+        if self.labels is not None and not isinstance(self.labels, dict):
+            raise ValueError(f"config.labels must be a mapping (LabelConvention.to_dict()), got {type(self.labels)}")
         n = len(self.embed_dims)
         for name in ("depths", "num_heads", "sr_ratios"):
             value = getattr(self, name)
@@ -256,6 +263,7 @@ def to_hf_config(config: SegFormerConfig) -> dict[str, Any]:
         "label2id": {name: i for i, name in enumerate(names)},
         "segformer_class_names": config.class_names is not None,
         "segformer_test_protocol": config.test_protocol.to_dict() if config.test_protocol else None,
+        "segformer_labels": config.labels,
         **({"segformer_mean": list(config.mean)} if config.mean is not None else {}),
         **({"segformer_std": list(config.std)} if config.std is not None else {}),
     }
@@ -279,4 +287,6 @@ def from_hf_config(data: dict[str, Any]) -> dict[str, Any]:
             out["class_names"] = tuple(names)
     if data.get("segformer_test_protocol"):
         out["test_protocol"] = TestProtocol.from_dict(data["segformer_test_protocol"])
+    if isinstance(data.get("segformer_labels"), dict):  # the label convention our training stored
+        out["labels"] = data["segformer_labels"]
     return out

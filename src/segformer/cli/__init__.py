@@ -13,6 +13,7 @@ import sys
 from . import app as app_cmd
 from . import benchmark as benchmark_cmd
 from . import convert, info
+from . import data as data_cmd
 from . import demo as demo_cmd
 from . import evaluate as eval_cmd
 from . import export as export_cmd
@@ -25,6 +26,7 @@ COMMANDS = {
     "convert": convert,
     "train": train_cmd,
     "eval": eval_cmd,
+    "data": data_cmd,
     "predict": predict_cmd,
     "synth": synth_cmd,
     "demo": demo_cmd,

@@ -45,8 +45,14 @@ def _floats(text: str) -> tuple[float, ...]:
 
 HELP = {
     "model": "variant b0..b5, or a SegFormerConfig .json/.yaml file",
-    "dataset": "ade20k, cityscapes, voc, coco-stuff, or folder (ROOT/images/SPLIT, ROOT/masks/SPLIT)",
-    "data_root": "dataset root folder",
+    "dataset": "ade20k, cityscapes, voc, coco-stuff, folder (ROOT/images/SPLIT, ROOT/masks/SPLIT), or hf",
+    "data_root": "dataset root folder (--dataset hf: hub id, save_to_disk folder or folder of parquet files)",
+    "ignore_index": "mask value that marks unlabelled pixels (becomes the internal 255)",
+    "reduce_zero_label": "ADE-style masks: 0 = other (ignored), 1..K become classes 0..K-1",
+    "label_map": "remap mask values first, e.g. 255:1 for 0/255 binary masks (FROM:TO,...)",
+    "palette": "colour masks: CSV file with one 'name,r,g,b' line per class (row i = class i)",
+    "image_column": "--dataset hf: the image column (default: image, pixel_values, ...)",
+    "mask_column": "--dataset hf: the mask column (default: label, annotation, semantic_map, mask, ...)",
     "out": "run folder (checkpoints, config.yaml, metrics.jsonl, best/, final/, curves.png)",
     "pretrained": "ImageNet encoder weights: file, folder or hub id such as nvidia/mit-b0",
     "crop": "training crop, 512 or HxW",

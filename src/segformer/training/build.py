@@ -47,6 +47,7 @@ def _read_split(config: TrainConfig, split: str) -> Any:
         num_classes=config.num_classes,
         skip_bad=config.skip_bad_samples,
         channels=config.in_channels,
+        **config.data_options(),  # label convention (--label-map, ...) and --dataset hf columns
     )
 
 
@@ -139,6 +140,31 @@ def complete_config(config: TrainConfig, dataset: Any) -> TrainConfig:
 def class_names(dataset: Any) -> tuple[str, ...] | None:
     names = getattr(dataset, "class_names", None)
     return tuple(str(n) for n in names) if names else None
+
+
+def warn_unseen_classes(dataset: Any, sample: int = 32) -> list[str]:
+    """Log (and return) the classes absent from up to `sample` evenly spaced training masks, when that is a sure
+    sign of a label mistake: every mask was read, or at most one class showed up at all (binary masks saved as
+    0/255 make the object 255 = ignore, so it would never be trained). `segformer data check` finds the cause."""
+    n, k = len(dataset), int(dataset.num_classes)
+    indices = sorted({i * n // min(n, sample) for i in range(min(n, sample))})
+    seen: set[int] = set()
+    for i in indices:
+        try:
+            mask = dataset.load(i)[1]
+        except (OSError, ValueError):
+            continue  # bad samples are reported where they are read for training
+        seen.update(int(v) for v in np.unique(mask) if v < k)
+    names = getattr(dataset, "class_names", None) or [str(c) for c in range(k)]
+    missing = [str(names[c]) for c in range(k) if c not in seen]
+    if missing and (len(indices) == n or len(seen) <= 1):
+        log.warning(
+            "training labels: %s never appear in %d training masks read, so they would never be trained; "
+            "run `segformer data check` with the same dataset flags for the flag that fixes the labels",
+            ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else ""),
+            len(indices),
+        )
+    return missing
 
 
 def test_protocol(config: TrainConfig, dataset: Any) -> TestProtocol | None:

@@ -34,8 +34,15 @@ class TrainConfig:
     """Everything a training run needs. `None` for num_classes/crop/scale means "from the dataset"."""
 
     model: str = "b0"  # variant b0..b5, or a SegFormerConfig .json/.yaml file (custom architectures)
-    dataset: str = "ade20k"  # a name in segformer.data.DATASETS, or "folder"
+    dataset: str = "ade20k"  # a name in segformer.data.DATASETS, "folder", or "hf" (Hugging Face datasets)
     data_root: str | None = None
+    # How mask values become class ids (segformer.data.labels.LabelConvention; stored with the saved model).
+    ignore_index: int = 255
+    reduce_zero_label: bool = False
+    label_map: str | None = None  # "A:B,C:D"
+    palette: str | None = None  # CSV file, name,r,g,b per class, for colour masks
+    image_column: str | None = None  # --dataset hf: column names when not the usual ones
+    mask_column: str | None = None
     out: str = "runs/segformer"
     pretrained: str | None = None  # encoder weights: file, folder or hub id (e.g. nvidia/mit-b0)
     num_classes: int | None = None
@@ -145,6 +152,24 @@ class TrainConfig:
             raise ValueError(f"train config: num_classes={self.num_classes} must be >= 1")
         if self.eval_max_samples is not None and self.eval_max_samples < 1:
             raise ValueError(f"train config: eval_max_samples={self.eval_max_samples} must be >= 1")
+        if not 0 <= self.ignore_index <= 255:
+            raise ValueError(f"train config: ignore_index={self.ignore_index} is outside 0..255 (masks are 8-bit)")
+        if self.label_map is not None:
+            from ..data.labels import parse_label_map
+
+            parse_label_map(self.label_map)  # a malformed map fails here, before anything is read or written
+
+    def data_options(self) -> dict[str, Any]:
+        """The `build_dataset` keywords of the label and column fields (labels: a LabelConvention)."""
+        from ..data.labels import LabelConvention
+
+        labels = LabelConvention.from_options(
+            ignore_index=self.ignore_index,
+            reduce_zero_label=self.reduce_zero_label,
+            label_map=self.label_map,
+            palette=self.palette,
+        )
+        return {"labels": labels, "image_column": self.image_column, "mask_column": self.mask_column}
 
     @classmethod
     def from_preset(cls, dataset: str, /, **overrides: Any) -> TrainConfig:

@@ -42,6 +42,7 @@ from .build import (
     resolve_channels,
     test_protocol,
     training_transform,
+    warn_unseen_classes,
 )
 from .checkpoint import (
     CHECKPOINT_NAME,
@@ -150,6 +151,8 @@ def _train(config: TrainConfig, device: torch.device, model: Any, train_ds: Any,
     resume_from = _resume_checkpoint(config)
     train_ds, val_ds = build_data(config, train_ds, val_ds)
     config = resolve_channels(complete_config(config, train_ds), train_ds)
+    if D.is_main():
+        warn_unseen_classes(train_ds)
     config, criterion = build_criterion(config, train_ds)
     transform = training_transform(config, train_ds)
     torch.manual_seed(config.seed)  # identical initialisation on every rank
@@ -237,6 +240,9 @@ def _prepare_model(
     if model.config.mean is None and config.mean is not None:  # the channel statistics travel with the model
         model.config = model.config.replace(mean=config.mean, std=config.std)
     model.config = model.config.replace(test_protocol=test_protocol(config, dataset))  # predict runs it by default
+    labels = getattr(dataset, "labels", None)
+    if labels is not None and not labels.is_default:
+        model.config = model.config.replace(labels=labels.to_dict())  # saved with the model: eval/predict apply it
     model = model.to(device).train()
     if config.freeze_encoder or config.freeze_stages:
         stages = len(model.encoder.stages) if config.freeze_encoder else config.freeze_stages

@@ -312,7 +312,13 @@ def read_class_weights(path: str | Path) -> tuple[float, ...]:
 
 
 def count_class_pixels(dataset: Any, num_classes: int, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
-    """Labelled pixels per class over every mask of `dataset` (`len`, `load(i)` -> (image, mask, name))."""
+    """Labelled pixels per class 0..K-1 over the training masks. Datasets read from files or Hugging Face rows
+    (`segformer.data`) are counted by `data.check.class_pixel_counts`, which reads the masks alone, in parallel;
+    any other dataset (`len`, `load(i)` -> (image, mask, name)) through `load`."""
+    if hasattr(dataset, "labels") and (hasattr(dataset, "samples") or hasattr(dataset, "raw")):
+        from ..data.check import class_pixel_counts
+
+        return np.asarray(class_pixel_counts(dataset, progress=False), np.int64)[:num_classes]
     counts = np.zeros(num_classes, np.int64)
     for i in range(len(dataset)):
         mask = np.asarray(dataset.load(i)[1]).ravel()
@@ -321,18 +327,16 @@ def count_class_pixels(dataset: Any, num_classes: int, ignore_index: int = IGNOR
     return counts
 
 
-def enet_class_weights(pixel_counts: Sequence[int], c: float = 1.02) -> list[float]:
-    """ENet's weighting (Paszke et al. 2016, arXiv:1606.02147): w_k = 1 / ln(c + p_k), p_k = n_k / sum n, with
-    c = 1.02, so weights lie in [1/ln(2.02), 1/ln(1.02)] = [1.42, 50.5]; an absent class gets the maximum."""
-    counts = np.asarray(pixel_counts, np.float64)
+def auto_class_weights(dataset: Any, ignore_index: int = IGNORE_INDEX) -> list[float]:
+    """`--class-weights auto`: ENet's weighting (Paszke et al. 2016, arXiv:1606.02147) of the training set's label
+    pixel counts n_c, `data.check.class_weights(counts, "enet")`: w_c = 1 / ln(1.02 + n_c / sum n), in
+    [1/ln 2.02, 1/ln 1.02] = [1.42, 50.5]; a class without pixels gets 0."""
+    from ..data.check import class_weights
+
+    counts = count_class_pixels(dataset, int(dataset.num_classes), ignore_index)
     if counts.sum() <= 0:
         raise ValueError("class weights 'auto': the training masks hold no labelled pixel")
-    return [float(w) for w in 1.0 / np.log(c + counts / counts.sum())]
-
-
-def auto_class_weights(dataset: Any, ignore_index: int = IGNORE_INDEX) -> list[float]:
-    """`--class-weights auto`: ENet weights (`enet_class_weights`) from the training set's label pixel counts."""
-    return enet_class_weights(count_class_pixels(dataset, int(dataset.num_classes), ignore_index))
+    return [float(w) for w in class_weights(counts, "enet")]
 
 
 def resolve_class_weights(
