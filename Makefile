@@ -18,6 +18,9 @@ venv: $(BIN)/python
 dev: $(BIN)/python
 	$(if $(TORCH),$(BIN)/pip install -q "$(TORCH)")
 	$(BIN)/pip install -q -e ".[dev]"
+	# The reference of the Dice/Focal/Lovasz tests, pinned (its Focal changed between 0.5 and 0.6). --no-deps: its
+	# encoders need timm and torchvision, whose newest builds would replace the CPU torch; the losses need neither.
+	$(BIN)/pip install -q --no-deps segmentation-models-pytorch==0.6.0
 
 demo: venv
 	$(BIN)/segformer demo
