@@ -82,6 +82,7 @@ def run_demo(
     """
     from .evaluation import evaluate
     from .loading import create_model
+    from .modelcard import training_card
     from .synth import CLASS_NAMES, write_dataset
     from .training import TrainConfig, train
 
@@ -138,7 +139,8 @@ def run_demo(
     timings["eval_s"] = time.perf_counter() - tick
 
     # 4. Save and draw.
-    paths: dict[str, Path] = {"data": data, "model": model.save_pretrained(out / "model")}
+    card = training_card(train_config, config.iters, metrics)  # the model card: recipe, val metrics
+    paths: dict[str, Path] = {"data": data, "model": model.save_pretrained(out / "model", card=card)}
     paths["predictions"] = save_predictions(model, val_ds, out / "predictions.png", config.grid_images)
     from .training.loop import plot_curves
 

@@ -15,6 +15,7 @@ from .convert import from_ours
 from .head import AllMLPHead
 from .layers import init_classifier, init_weights
 from .mit import MixTransformer
+from .modelcard import model_card_for
 
 # ImageNet mean/std on 0..255 RGB: what every published SegFormer checkpoint was trained with.
 MEAN = (123.675, 116.28, 103.53)
@@ -53,8 +54,9 @@ class SegFormer(nn.Module):
         init_classifier(self.head.classifier)
         self.config = self.config.replace(num_classes=num_classes, class_names=class_names)
 
-    def save_pretrained(self, folder: str | os.PathLike) -> Path:
-        """Write `config.json` + `model.safetensors` in the Hugging Face hub layout.
+    def save_pretrained(self, folder: str | os.PathLike, card: dict[str, Any] | None = None) -> Path:
+        """Write `config.json` + `model.safetensors` in the Hugging Face hub layout, and the `README.md` model card
+        (`segformer.modelcard`; `card` adds metadata such as the training recipe and metrics).
 
         `transformers.SegformerForSemanticSegmentation.from_pretrained(folder)` loads it, and so does `load_model`.
         Files are written to temporary names and renamed, so a crash never leaves a half-written model.
@@ -67,6 +69,7 @@ class SegFormer(nn.Module):
         _atomic_write(folder / "model.safetensors", lambda p: save_file(state, p, metadata={"format": "pt"}))
         text = json.dumps(hf_config_dict(self.config), indent=2) + "\n"
         _atomic_write(folder / "config.json", lambda p: Path(p).write_text(text))
+        _atomic_write(folder / "README.md", lambda p: Path(p).write_text(model_card_for(self, card)))
         return folder
 
     def num_parameters(self) -> dict[str, int]:

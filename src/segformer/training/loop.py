@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from ..config import SegFormerConfig
 from ..model import SegFormer
+from ..modelcard import training_card
 from . import distributed as D
 from .checkpoint import find_resume_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig
@@ -450,7 +451,7 @@ def _train(config: TrainConfig, device: torch.device, model: Any, train_ds: Any,
             log.info("iteration %d: mIoU %.4f aAcc %.4f", it_done, metrics["mIoU"], metrics.get("aAcc", math.nan))
             if best_miou is None or metrics["mIoU"] > best_miou:
                 best_miou = float(metrics["mIoU"])
-                model.save_pretrained(run_dir / "best")
+                model.save_pretrained(run_dir / "best", card=training_card(config, it_done, metrics))
         best_miou = D.broadcast_object(best_miou)
         return metrics
 
@@ -539,7 +540,7 @@ def _train(config: TrainConfig, device: torch.device, model: Any, train_ds: Any,
     if main:
         if final_metrics is not None:  # best_miou may have changed: keep last.pt's copy current
             save_checkpoint(run_dir, snapshot(config.iters), keep_previous=False)
-        model.save_pretrained(run_dir / "final")
+        model.save_pretrained(run_dir / "final", card=training_card(config, config.iters, final_metrics))
         if final_metrics is not None:
             (run_dir / "final" / "metrics.json").write_text(json.dumps(final_metrics, indent=2, default=float) + "\n")
         plot_curves(history, run_dir / "curves.png")
