@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The CPU build of torch; set TORCH= to keep whatever torch the venv already has.
 TORCH ?= torch==2.13.0
 
-.PHONY: venv dev demo test lint format clean
+.PHONY: venv dev demo app test lint format clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -13,7 +13,7 @@ $(BIN)/python:
 
 venv: $(BIN)/python
 	$(if $(TORCH),$(BIN)/pip install -q "$(TORCH)")
-	$(BIN)/pip install -q -e ".[onnx,plot]"
+	$(BIN)/pip install -q -e ".[onnx,plot,app]"
 
 dev: $(BIN)/python
 	$(if $(TORCH),$(BIN)/pip install -q "$(TORCH)")
@@ -22,14 +22,19 @@ dev: $(BIN)/python
 demo: venv
 	$(BIN)/segformer demo
 
+app: venv  # the page for the demo model (after `make demo`) on http://127.0.0.1:7860
+	$(BIN)/segformer app runs/demo/model
+
 test: dev
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 lint: dev
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/lint-imports
 
 format:
 	$(BIN)/ruff format src tests benchmarks

@@ -1,8 +1,9 @@
 """Images/s of the training data pipeline (decode + rescale + crop + flip + photometric + normalise + pad).
 
 Writes a synthetic ADE20K-sized dataset (JPEG images around 683x512, PNG masks with 150 classes) to a temporary
-folder, then times one process (= one DataLoader worker, torch at 1 thread as in workers), the decode and
-augment stages separately, and a DataLoader with several workers.
+folder, then times what training runs: `SampleStream` positions in one process (= one DataLoader worker, torch at
+1 thread as in workers), with the decode and augment stages separately, and `train_loader` (DataLoader over a
+`BatchPlan`) with several workers.
 
     python benchmarks/data_throughput.py                        # ADE recipe: scale (2048, 512), crop 512
     python benchmarks/data_throughput.py --scale 2048 1024 --crop 1024 --size 2048x1024   # Cityscapes-like
@@ -13,14 +14,13 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-from itertools import islice
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from segformer.data import TrainSampler, TrainTransform, build_dataset
+from segformer.data import BatchPlan, SampleStream, TrainTransform, build_dataset, train_loader
 
 
 def synthetic_pair(
@@ -54,38 +54,48 @@ def write_dataset(root: Path, count: int, size: tuple[int, int], num_classes: in
         mask.save(root / "masks" / "train" / f"{i:05d}.png")
 
 
-def per_worker(ds, transform: TrainTransform, count: int) -> dict[str, float]:
-    """Throughput of this one process: wall clock, and CPU time (what a worker gets from a core of its own; the
-    two differ when other processes compete for the cores)."""
-    ds.load(0)  # warm up imports and caches
-    cpu_decode = cpu_aug = 0.0
-    wall, cpu = time.perf_counter(), time.process_time()
-    for i in range(count):
+class TimedLoads:
+    """A dataset whose `load` adds up the CPU time it takes (the decode stage of the stream)."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset, self.cpu = dataset, 0.0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def load(self, index: int):
         t0 = time.process_time()
-        image, mask, _ = ds.load(i % len(ds))
-        t1 = time.process_time()
-        transform(image, mask, np.random.default_rng([0, i]))
-        cpu_decode += t1 - t0
-        cpu_aug += time.process_time() - t1
+        try:
+            return self.dataset.load(index)
+        finally:
+            self.cpu += time.process_time() - t0
+
+
+def per_worker(ds, transform: TrainTransform, count: int) -> dict[str, float]:
+    """Throughput of this one process over stream positions 0..count-1: wall clock, and CPU time (what a worker
+    gets from a core of its own; the two differ when other processes compete for the cores)."""
+    ds.load(0)  # warm up imports and caches
+    timed = TimedLoads(ds)
+    stream = SampleStream(timed, transform, seed=0)
+    wall, cpu = time.perf_counter(), time.process_time()
+    for g in range(count):
+        _ = stream[g]
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     return {
         "wall_rate": count / wall,
         "cpu_rate": count / cpu,
-        "ms_decode": 1000 * cpu_decode / count,
-        "ms_aug": 1000 * cpu_aug / count,
+        "ms_decode": 1000 * timed.cpu / count,
+        "ms_aug": 1000 * (cpu - timed.cpu) / count,
     }
 
 
-def with_loader(ds, workers: int, batch_size: int, batches: int) -> float:
-    """images/s through a DataLoader with `workers` worker processes (after the first batch)."""
-    sampler = TrainSampler(len(ds), batch_size, seed=0)
-    loader = torch.utils.data.DataLoader(
-        ds, batch_size=batch_size, sampler=sampler, num_workers=workers, persistent_workers=False
-    )
-    it = iter(loader)
-    next(it)
+def with_loader(ds, transform: TrainTransform, workers: int, batch_size: int, batches: int) -> float:
+    """images/s through training's DataLoader with `workers` worker processes (after the first batch)."""
+    stream = SampleStream(ds, transform, seed=0)
+    loader = iter(train_loader(stream, BatchPlan(0, batches + 1, batch_size), num_workers=workers))
+    next(loader)
     start = time.perf_counter()
-    for _ in islice(it, batches):
+    for _ in loader:
         pass
     return batches * batch_size / (time.perf_counter() - start)
 
@@ -112,12 +122,12 @@ def main() -> None:
         print(f"pipeline: {transform}")
         print(f"source images ~{size[0]}x{size[1]} JPEG, {args.samples} samples in one process (1 torch thread)")
         print(f"  decode (image + mask + checks): {r['ms_decode']:6.1f} ms CPU/sample")
-        print(f"  augment + normalise + pad:      {r['ms_aug']:6.1f} ms CPU/sample")
+        print(f"  augment + normalise + pad:      {r['ms_aug']:6.1f} ms CPU/sample (the rest of stream[g])")
         print(f"  per worker (CPU time):          {r['cpu_rate']:6.1f} images/s")
         print(f"  per worker (wall clock):        {r['wall_rate']:6.1f} images/s")
         if args.workers > 0:
             batches = max(1, args.samples // args.batch_size)
-            total = with_loader(ds.with_transform(transform), args.workers, args.batch_size, batches)
+            total = with_loader(ds, transform, args.workers, args.batch_size, batches)
             print(f"  DataLoader, {args.workers} workers (wall):  {total:6.1f} images/s")
 
 

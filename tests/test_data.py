@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import pickle
-from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -15,14 +14,16 @@ from PIL import Image
 from segformer import MEAN, STD
 from segformer.data import (
     DATASETS,
+    BatchPlan,
     DatasetInfo,
     PhotoMetricDistortion,
+    SampleStream,
     SegmentationDataset,
-    TrainSampler,
     TrainTransform,
     build_dataset,
     choose_crop,
     rescale_size,
+    train_loader,
 )
 from segformer.data.catalog import (
     CITYSCAPES_LABEL_TO_TRAIN_LUT,
@@ -260,11 +261,15 @@ def test_skip_bad_substitutes_next_good_sample_and_counts(tmp_path):
     _save_mask(root / "masks" / "train" / "c.png", np.full((8, 8), 9, np.uint8))
     (root / "masks" / "train" / "d.png").unlink()
     ds = build_dataset("folder", root, "train", num_classes=2, skip_bad=True)
-    assert len(ds) == 3 and ds.skipped == 1  # d dropped while building
-    assert ds[1][2] == "a"  # b and c are bad: wraps around to a
-    assert ds.skipped == 3 and ds[2][2] == "a"
+    assert len(ds) == 3 and ds.dropped == 1  # d dropped while building
+    stream = SampleStream(ds, TrainTransform(None, crop=(8, 8)), skip_bad=True)
+    assert stream.skipped == 1
+    assert stream.load(1)[2] == "a"  # b and c are bad: wraps around to a
+    assert stream.skipped == 3 and stream.load(2)[2] == "a"
     with pytest.raises(ImageReadError):
         ds.load(1)  # load() stays strict: evaluation must not silently substitute
+    with pytest.raises(ValueError, match=r"b\.png.*--skip-bad-samples"):
+        SampleStream(ds, TrainTransform(None, crop=(8, 8))).load(1)  # without skip_bad the stream is strict too
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -376,14 +381,53 @@ def test_photometric_distortion_changes_colours_within_bounds():
 # ---------------------------------------------------------------------------------------------------------------
 # DataLoader integration
 # ---------------------------------------------------------------------------------------------------------------
-def test_sampler_is_resumable_and_splits_ranks():
-    full = list(islice(TrainSampler(10, 4, seed=3), 40))
-    resumed = list(islice(TrainSampler(10, 4, seed=3, start_iter=5), 20))
+class _Numbered:
+    """A dataset of n 8x8 images filled with their index, for following positions through the stream."""
+
+    num_classes = 1
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def load(self, i: int):
+        return np.full((8, 8, 3), i, np.uint8), np.zeros((8, 8), np.uint8), str(i)
+
+
+def _index_and_draw(image, mask, rng):
+    return np.array([image[0, 0, 0], rng.integers(1 << 30)]), mask
+
+
+def test_batch_plan_covers_the_same_samples_for_any_world_size_or_accumulation():
+    def positions(batch: int, accum: int, world: int) -> list[set[int]]:
+        per_rank = [list(BatchPlan(0, 3, batch, accum, world, r)) for r in range(world)]
+        steps = [[] for _ in range(3)]
+        for batches in per_rank:
+            for k, b in enumerate(batches):
+                steps[k // accum].extend(b)
+        return [set(s) for s in steps]
+
+    reference = positions(4, 1, 1)
+    assert reference == [set(range(0, 4)), set(range(4, 8)), set(range(8, 12))]
+    assert positions(2, 1, 2) == positions(2, 2, 1) == positions(1, 2, 2) == reference
+    assert list(BatchPlan(2, 3, 4, 1, 1, 0)) == [[8, 9, 10, 11]]  # a resumed plan starts where it left off
+
+
+def test_stream_is_resumable_and_splits_ranks():
+    stream = SampleStream(_Numbered(10), _index_and_draw, seed=3)
+    full = [g for batch in BatchPlan(0, 10, 4) for g in batch]
+    resumed = [g for batch in BatchPlan(5, 10, 4) for g in batch]
     assert resumed == full[20:]
-    assert sorted(i for i, _ in full[:10]) == list(range(10))  # each epoch is a permutation
-    assert full[6][1] == (3, 1, 0, 2)
-    r0 = [i for i, _ in islice(TrainSampler(10, 1, seed=3, rank=0, world_size=2), 5)]
-    r1 = [i for i, _ in islice(TrainSampler(10, 1, seed=3, rank=1, world_size=2), 5)]
+    order = [stream.index_of(g) for g in full]
+    assert sorted(order[:10]) == sorted(order[10:20]) == list(range(10))  # each epoch is a permutation
+    assert order[:10] == list(np.random.default_rng([3, 0]).permutation(10))  # seeded by (seed, epoch)
+    # Position g: image perm(seed, epoch)[g % N], augmented with default_rng([seed, g]), in any process.
+    index, draw = stream[26][0].tolist()
+    assert (index, draw) == (stream.index_of(26), np.random.default_rng([3, 26]).integers(1 << 30))
+    r0 = [stream.index_of(g) for batch in BatchPlan(0, 5, 1, world=2, rank=0) for g in batch]
+    r1 = [stream.index_of(g) for batch in BatchPlan(0, 5, 1, world=2, rank=1) for g in batch]
     assert sorted(r0 + r1) == list(range(10))
 
 
@@ -391,17 +435,13 @@ def test_dataloader_workers_are_deterministic_and_share_skip_counts(tmp_path):
     masks = {f"s{i}": np.full((40, 50), i % 3, np.uint8) for i in range(6)}
     root = _folder(tmp_path / "ds", masks)
     (root / "images" / "train" / "s4.png").write_bytes(b"broken")
-    ds = build_dataset(
-        "folder", root, "train", num_classes=3, skip_bad=True, transform=TrainTransform((64, 32), crop=(24, 24))
-    )
-    ds = pickle.loads(pickle.dumps(ds))
-    sampler = TrainSampler(len(ds), batch_size=2, seed=1)
-    loader = torch.utils.data.DataLoader(ds, batch_size=2, sampler=sampler, num_workers=2)
-    batches = list(islice(loader, 6))
+    ds = build_dataset("folder", root, "train", num_classes=3, skip_bad=True)
+    stream = SampleStream(ds, TrainTransform((64, 32), crop=(24, 24)), seed=1, skip_bad=True)
+    stream = pickle.loads(pickle.dumps(stream))
+    batches = list(train_loader(stream, BatchPlan(0, 6, batch_size=2), num_workers=2))
     assert batches[0][0].shape == (2, 3, 24, 24) and batches[0][1].shape == (2, 24, 24)
-    assert ds.skipped == 1  # s4 was marked bad by a worker process; the flag is visible here
-    keys = list(islice(iter(sampler), 12))
-    direct = torch.stack([ds[k][0] for k in keys])
+    assert stream.skipped == 1  # s4 was marked bad by a worker process; the flag is visible here
+    direct = torch.stack([stream[g][0] for g in range(12)])
     assert torch.equal(torch.cat([b[0] for b in batches]), direct)
 
 
@@ -411,5 +451,7 @@ def test_with_transform_copies_and_dataset_is_a_torch_dataset(tmp_path):
     assert isinstance(ds, SegmentationDataset) and isinstance(ds, torch.utils.data.Dataset)
     t = ds.with_transform(TrainTransform(None, crop=(16, 16)))
     assert ds.transform is None and isinstance(ds[0][0], np.ndarray)
-    x, y = t[(0, 5)]
-    assert x.shape == (3, 16, 16) and torch.equal(t[(0, 5)][0], x)
+    assert t[0][0].shape == (3, 16, 16)  # one (unseeded) augmented draw
+    stream = SampleStream(t, t.transform, seed=5)
+    x, y = stream[0]
+    assert x.shape == (3, 16, 16) and torch.equal(stream[0][0], x)

@@ -219,3 +219,50 @@ def test_bf16_autocast_stays_close_and_returns_float32(b0):
     assert 0 < (half - full).abs().max() < 0.05  # autocast really ran, and probabilities barely moved
     with pytest.raises(ValueError, match="amp"):
         InferenceOptions(amp="int8")
+
+
+def test_chunked_label_maps_equal_the_argmax_of_full_size_scores(b0):
+    """predict_labels never builds (B, K, H, W) at the original size; its labels equal the full computation's."""
+    from segformer.inference import _argmax_resized, predict_labels
+
+    x = torch.randn(2, 3, 61, 83)
+    options = InferenceOptions(scale=(48, 32))
+    full = predict_batch(b0, x, options, softmax=False).argmax(dim=1)
+    torch.testing.assert_close(predict_labels(b0, x, options), full, atol=0, rtol=0)
+    logits = torch.randn(1, 37, 9, 7)
+    expected = F.interpolate(logits, size=(50, 41), mode="bilinear", align_corners=False).argmax(dim=1)
+    torch.testing.assert_close(_argmax_resized(logits, (50, 41), chunk=5), expected, atol=0, rtol=0)
+
+
+def test_stored_test_protocol_round_trips_and_drives_segmenter(b0, tmp_path):
+    """The protocol saved with a model is what Segmenter (and predict) run by default; flags override it."""
+    from segformer import load_model
+    from segformer.config import TestProtocol
+
+    protocol = TestProtocol(mode="whole", scale=(64, 48), size_divisor=16)
+    model = create_model("b0", num_classes=4, **TINY).eval()
+    model.load_state_dict(b0.state_dict())
+    model.config = model.config.replace(test_protocol=protocol)
+    loaded = load_model(model.save_pretrained(tmp_path / "m"))
+    assert loaded.config.test_protocol == protocol
+    seg = Segmenter(loaded)
+    assert (seg.options.scale, seg.options.size_divisor, seg.options.mode) == ((64, 48), 16, "whole")
+    image = np.random.default_rng(0).integers(0, 256, (150, 211, 3), dtype=np.uint8)
+    labels = seg(image)
+    assert labels.shape == (150, 211)  # written at the original size
+    explicit = Segmenter(b0, InferenceOptions(scale=(64, 48), size_divisor=16))(image)
+    np.testing.assert_array_equal(labels, explicit)
+    assert Segmenter(loaded, InferenceOptions()).options.scale is None  # native size on request
+    assert Segmenter(loaded, flip=True).options.scale == (64, 48)  # overrides keep the rest of the protocol
+
+
+def test_official_checkpoint_of_a_known_dataset_gets_the_papers_protocol():
+    from segformer.data import DATASETS
+
+    ade = create_model("b0", num_classes=150, class_names=DATASETS["ade20k"].class_names, **TINY)
+    options = Segmenter(ade).options
+    assert (options.mode, options.scale, options.size_divisor) == ("whole", (2048, 512), 32)
+    city = create_model("b0", num_classes=19, class_names=DATASETS["cityscapes"].class_names, **TINY)
+    options = Segmenter(city).options
+    assert (options.mode, options.crop, options.stride) == ("slide", (1024, 1024), (768, 768))
+    assert Segmenter(create_model("b0", num_classes=19, **TINY)).options.scale is None  # unknown classes: own size

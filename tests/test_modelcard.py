@@ -12,6 +12,7 @@ import yaml
 from segformer import create_model, load_model
 from segformer.cli import main
 from segformer.config import SegFormerConfig
+from segformer.config import TestProtocol as Protocol  # not collected as a test class
 from segformer.modelcard import model_card, training_card
 from segformer.training import TrainConfig
 from test_train import make_folder, tiny_args, tiny_model_file
@@ -43,7 +44,8 @@ def test_save_pretrained_writes_a_hub_model_card(tmp_path):
 
 
 def test_training_card_has_recipe_metrics_and_protocol():
-    config = SegFormerConfig.from_name("b0", num_classes=2, class_names=("a", "b"))
+    protocol = Protocol(mode="whole", scale=(2048, 512), size_divisor=32)
+    config = SegFormerConfig.from_name("b0", num_classes=2, class_names=("a", "b"), test_protocol=protocol)
     train = TrainConfig(dataset="ade20k", iters=160, crop=(512, 512), scale=(2048, 512), pretrained="nvidia/mit-b0")
     metrics = {"mIoU": 0.4123, "aAcc": 0.8, "mAcc": math.nan, "mDice": 0.5, "per_class": {"a": {"IoU": 0.3}}}
     text = model_card(config, {**training_card(train, 120, metrics), "palette": [(1, 2, 3), (255, 0, 16)]})
@@ -57,7 +59,7 @@ def test_training_card_has_recipe_metrics_and_protocol():
     assert "| iterations | 120 of 160 |" in text and "`nvidia/mit-b0`" in text and "lr 6e-05" in text
     assert "| 41.23 | 80.00 | - | 50.00 |" in text and "| a | 30.00 | - |" in text
     assert "`#ff0010`" in text
-    assert "--mode whole --scale 2048x512" in text
+    assert "--mode whole --scale 2048x512 --size-divisor 32" in text
     assert "non-commercial" in text
     pytest.importorskip("huggingface_hub")
     from huggingface_hub import ModelCard

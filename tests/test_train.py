@@ -19,10 +19,12 @@ import torch
 import yaml
 from PIL import Image
 from torch import nn
+from torch.nn import functional as F
 
 import segformer
 from segformer.cli import main
-from segformer.config import SegFormerConfig
+from segformer.config import SegFormerConfig, TestProtocol
+from segformer.data import DATASETS
 from segformer.model import SegFormer
 from segformer.training import PRESETS, TrainConfig, lr_factor, param_groups, train
 from segformer.training import loop as loop_module
@@ -249,6 +251,9 @@ def test_b0_trains_through_cli_on_64px_crops(tmp_path, capsys):
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["lr"] == 6e-5 and saved["crop"] == [64, 64] and saved["num_classes"] == 3
     assert len([line for line in (out / "metrics.jsonl").read_text().splitlines() if "loss" in line]) == 3
+    # The test protocol is saved with the model: predict (Segmenter) runs whole images at the training scale.
+    assert model.config.test_protocol == TestProtocol(mode="whole", scale=(80, 72))
+    assert segformer.Segmenter(model).options.scale == (80, 72)
 
 
 def _save(path: Path, array: np.ndarray) -> None:
@@ -297,6 +302,8 @@ def test_cli_trains_on_each_standard_layout(tmp_path, dataset, build, classes):
     model = tiny_model_file(tmp_path / "tiny.json")
     args = tiny_args(tmp_path / "data", tmp_path / "run", model, "--iters", "2", "--dataset", dataset)
     assert main(args) == 0
+    saved = segformer.load_model(tmp_path / "run" / "final").config.test_protocol
+    assert saved == DATASETS[dataset].test_protocol  # a standard dataset's model keeps the paper's protocol
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert saved["dataset"] == dataset and saved["num_classes"] == classes
     assert saved["iters"] == 2 and saved["weight_decay"] == 0.01  # flags over the dataset preset
@@ -365,9 +372,7 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypat
 
     def poisoned(logits, target, ignore_index=255):
         calls.append(1)
-        loss = loop_module.F.cross_entropy(
-            loop_module.F.interpolate(logits, size=target.shape[-2:], mode="bilinear"), target, ignore_index=255
-        )
+        loss = F.cross_entropy(F.interpolate(logits, size=target.shape[-2:], mode="bilinear"), target, ignore_index=255)
         return loss * math.nan if len(calls) >= 5 else loss
 
     monkeypatch.setattr(loop_module, "segmentation_loss", poisoned)
@@ -426,23 +431,6 @@ def test_bad_inputs_fail_with_one_clear_line(tmp_path, capsys, monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------------- options
-
-
-def test_batch_plan_covers_the_same_samples_for_any_world_size_or_accumulation():
-    from segformer.training.loop import BatchPlan
-
-    def positions(batch: int, accum: int, world: int) -> list[set[int]]:
-        per_rank = [list(BatchPlan(0, 3, batch, accum, world, r)) for r in range(world)]
-        steps = [[] for _ in range(3)]
-        for batches in per_rank:
-            for k, b in enumerate(batches):
-                steps[k // accum].extend(b)
-        return [set(s) for s in steps]
-
-    reference = positions(4, 1, 1)
-    assert reference == [set(range(0, 4)), set(range(4, 8)), set(range(8, 12))]
-    assert positions(2, 1, 2) == positions(2, 2, 1) == positions(1, 2, 2) == reference
-    assert list(BatchPlan(2, 3, 4, 1, 1, 0)) == [[8, 9, 10, 11]]  # a resumed plan starts where it left off
 
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])

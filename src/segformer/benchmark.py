@@ -27,9 +27,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .constants import MEAN, STD
 from .model import SegFormer
+from .runtime import autocast, check_amp
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 AGREEMENT_TARGET = 0.995  # low-precision argmax must match fp32 on at least this share of pixels
 
 
@@ -89,22 +90,17 @@ def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def build_model(source: str, num_classes: int | None = None) -> tuple[SegFormer, str]:
-    """A variant name (b0..b5: random weights, as the paper's architecture) or any `load_model` source."""
-    from .config import VARIANTS
-    from .loading import create_model, load_model
-
-    name = source.lower().removeprefix("mit-").removeprefix("segformer-")
-    if name in VARIANTS:
-        note = f"{name}: randomly initialised weights ({num_classes or 150} classes)"
-        return create_model(name, num_classes=num_classes or 150), note
-    return load_model(source, num_classes=num_classes), ""
+def _amp(dtype: str, device: str) -> str:
+    """The AMP mode (runtime.AMP_DTYPES) of a benchmark --dtype; fp16 autocast only on GPUs."""
+    if dtype != "fp32":
+        check_amp(dtype, "dtype")
+    if dtype == "fp16" and device != "cuda":
+        raise ValueError("fp16 autocast is for GPUs; on CPU use --dtype bf16")
+    return "none" if dtype == "fp32" else dtype
 
 
 def sample_image(size: tuple[int, int], batch: int = 1, seed: int = 0) -> Tensor:
     """A normalised test batch that looks like a photo (smooth regions, edges, texture), not white noise."""
-    from .model import MEAN, STD
-
     g = np.random.default_rng(seed)
     h, w = size
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
@@ -130,14 +126,11 @@ def inference_fn(
     `torch.compile`. The logits come back in float32."""
     model.eval()
     device = x.device.type
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype {dtype!r} must be one of {', '.join(DTYPES)}")
-    if dtype == "fp16" and device != "cuda":
-        raise ValueError("fp16 autocast is for GPUs; on CPU use --dtype bf16")
+    amp = _amp(dtype, device)
     net = torch.compile(model) if compile else model
 
     def fn() -> Tensor:
-        with torch.inference_mode(), torch.autocast(device, dtype=DTYPES[dtype], enabled=dtype != "fp32"):
+        with torch.inference_mode(), autocast(device, amp):
             return net(x).float()
 
     return fn
@@ -266,10 +259,7 @@ def run_benchmark(
         torch.set_num_threads(threads)
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda: no CUDA device is visible to PyTorch")
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype {dtype!r} must be one of {', '.join(DTYPES)}")
-    if dtype == "fp16" and device != "cuda":
-        raise ValueError("fp16 autocast is for GPUs; on CPU use --dtype bf16")
+    _amp(dtype, device)
     if compare:
         try:
             import transformers
@@ -280,7 +270,10 @@ def run_benchmark(
     if isinstance(model, SegFormer):
         ours, label = model, model.config.name
     else:
-        ours, note = build_model(model, num_classes)
+        from .loading import model_from_spec, random_weights_note
+
+        ours = model_from_spec(model, num_classes=num_classes)
+        note = random_weights_note(model, ours)
         label = model
     ours = ours.to(device).eval()
     x = sample_image(size, batch).to(device)

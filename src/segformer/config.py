@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .constants import IGNORE_INDEX
+from .fileio import write_text
+
 # name -> (embed_dims, depths, decoder_dim). Heads (1, 2, 5, 8), sr ratios (8, 4, 2, 1), mlp ratio 4 are shared.
 VARIANTS: dict[str, tuple[tuple[int, ...], tuple[int, ...], int]] = {
     "b0": ((32, 64, 160, 256), (2, 2, 2, 2), 256),
@@ -76,6 +79,46 @@ PAPER = {
 
 
 @dataclass(frozen=True)
+class TestProtocol:
+    """How a model is meant to be run at test time, stored with it so `predict` needs no flags (mmseg test_cfg).
+
+    `scale` is mmseg's img_scale (long side, short side) for a keep-ratio resize; None runs images at their own size.
+    `mode` "slide" runs `crop`-sized windows every `stride` pixels (H, W). `size_divisor` rounds resized sides up.
+    """
+
+    mode: str = "whole"
+    scale: tuple[int, int] | None = None
+    crop: tuple[int, int] | None = None
+    stride: tuple[int, int] | None = None
+    size_divisor: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("scale", "crop", "stride"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, tuple(int(v) for v in value))
+        if self.mode not in ("whole", "slide") or (self.mode == "slide" and self.crop is None):
+            raise ValueError(f"test protocol: mode {self.mode!r} must be 'whole' or 'slide' (slide needs a crop)")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | TestProtocol | None) -> TestProtocol | None:
+        if data is None or isinstance(data, TestProtocol):
+            return data
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+def variant_key(name: str) -> str | None:
+    """'b0'..'b5' for a variant name ('B2', 'mit-b2', 'mit_b2', 'segformer-b2', 'segformer_b2'), else None."""
+    key = name.lower()
+    for prefix in ("segformer-", "segformer_", "mit-", "mit_"):
+        key = key.removeprefix(prefix)
+    return key if key in VARIANTS else None
+
+
+@dataclass(frozen=True)
 class SegFormerConfig:
     """Everything needed to build a SegFormer; serialisable to JSON/YAML through `to_dict`/`from_dict`."""
 
@@ -92,12 +135,15 @@ class SegFormerConfig:
     # Block norms and stage-final norms; patch-embed and reduction norms use torch's default 1e-5 as the original.
     layer_norm_eps: float = 1e-6
     class_names: tuple[str, ...] | None = None
+    # Test-time protocol (scale, mode, window) written by training and known for official checkpoints; None = unknown.
+    test_protocol: TestProtocol | None = None
     variant: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):  # lists from JSON/YAML become tuples: the config stays hashable
             if isinstance(getattr(self, f.name), list):
                 object.__setattr__(self, f.name, tuple(getattr(self, f.name)))
+        object.__setattr__(self, "test_protocol", TestProtocol.from_dict(self.test_protocol))
         n = len(self.embed_dims)
         for name in ("depths", "num_heads", "sr_ratios"):
             value = getattr(self, name)
@@ -123,9 +169,8 @@ class SegFormerConfig:
     @classmethod
     def from_name(cls, name: str, **overrides: Any) -> SegFormerConfig:
         """The config of a named variant (b0..b5, also 'mit-b0' / 'segformer-b0'), with fields overridden."""
-        key = name.lower().removeprefix("segformer-").removeprefix("segformer_").removeprefix("mit-")
-        key = key.removeprefix("mit_")
-        if key not in VARIANTS:
+        key = variant_key(name)
+        if key is None:
             raise ValueError(f"unknown SegFormer variant {name!r}; choose one of {', '.join(VARIANTS)}")
         dims, depths, decoder_dim = VARIANTS[key]
         base = {"embed_dims": dims, "depths": depths, "decoder_dim": decoder_dim, "variant": key}
@@ -147,6 +192,7 @@ class SegFormerConfig:
         for key, value in out.items():
             if isinstance(value, tuple):
                 out[key] = list(value)
+        out["test_protocol"] = self.test_protocol.to_dict() if self.test_protocol else None
         out["variant"] = self.name
         return out
 
@@ -159,4 +205,55 @@ class SegFormerConfig:
         return cls(**data)
 
     def save_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+# Hugging Face hub serialisation (transformers' SegformerConfig JSON).
+def to_hf_config(config: SegFormerConfig) -> dict[str, Any]:
+    """Our config as a transformers `SegformerConfig` JSON (hub field names)."""
+    n = len(config.embed_dims)
+    names = config.class_names or tuple(f"class_{i}" for i in range(config.num_classes))
+    return {
+        "architectures": ["SegformerForSemanticSegmentation"],
+        "model_type": "segformer",
+        "num_channels": config.in_channels,
+        "num_encoder_blocks": n,
+        "depths": list(config.depths),
+        "sr_ratios": list(config.sr_ratios),
+        "hidden_sizes": list(config.embed_dims),
+        "patch_sizes": [7] + [3] * (n - 1),
+        "strides": [4] + [2] * (n - 1),
+        "num_attention_heads": list(config.num_heads),
+        "mlp_ratios": [config.mlp_ratio] * n,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0,
+        "classifier_dropout_prob": config.classifier_dropout,
+        "initializer_range": 0.02,
+        "drop_path_rate": config.drop_path_rate,
+        "layer_norm_eps": config.layer_norm_eps,
+        "decoder_hidden_size": config.decoder_dim,
+        "semantic_loss_ignore_index": IGNORE_INDEX,
+        "id2label": {str(i): name for i, name in enumerate(names)},
+        "label2id": {name: i for i, name in enumerate(names)},
+        "segformer_class_names": config.class_names is not None,
+        "segformer_test_protocol": config.test_protocol.to_dict() if config.test_protocol else None,
+    }
+
+
+def from_hf_config(data: dict[str, Any]) -> dict[str, Any]:
+    """The config fields a transformers `config.json` fixes (those the weights' shapes cannot tell)."""
+    out: dict[str, Any] = {}
+    if "num_attention_heads" in data:
+        out["num_heads"] = tuple(data["num_attention_heads"])
+    for ours, theirs in (("drop_path_rate", "drop_path_rate"), ("classifier_dropout", "classifier_dropout_prob")):
+        if theirs in data:
+            out[ours] = data[theirs]
+    id2label = data.get("id2label")
+    if id2label and data.get("segformer_class_names", True):
+        names = [id2label[str(i)] if str(i) in id2label else id2label.get(i) for i in range(len(id2label))]
+        if all(isinstance(n, str) for n in names) and not all(n == f"LABEL_{i}" for i, n in enumerate(names)):
+            out["class_names"] = tuple(names)
+    if data.get("segformer_test_protocol"):
+        out["test_protocol"] = TestProtocol.from_dict(data["segformer_test_protocol"])
+    return out

@@ -12,7 +12,6 @@ and `export.export_onnx` writes ONNX when the extra is installed. Nothing is dow
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import shutil
@@ -23,6 +22,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from .fileio import write_json
 
 log = logging.getLogger("segformer")
 
@@ -142,7 +143,7 @@ def run_demo(
     card = training_card(train_config, config.iters, metrics)  # the model card: recipe, val metrics
     paths: dict[str, Path] = {"data": data, "model": model.save_pretrained(out / "model", card=card)}
     paths["predictions"] = save_predictions(model, val_ds, out / "predictions.png", config.grid_images)
-    from .training.loop import plot_curves
+    from .visualize import plot_curves
 
     curves = plot_curves(result.history, out / "curves.png")
     if curves is not None:
@@ -164,7 +165,7 @@ def run_demo(
     }
     paths["metrics"] = out / "metrics.json"
     summary["paths"]["metrics"] = str(paths["metrics"])
-    _write_json(paths["metrics"], summary)
+    write_json(paths["metrics"], summary)
     return summary
 
 
@@ -211,17 +212,3 @@ def _export(model: torch.nn.Module, path: Path, size: tuple[int, int]) -> Path |
     from .export import export_onnx
 
     return export_onnx(model, path, sample_size=size).path
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    def safe(value: Any) -> Any:
-        if isinstance(value, float) and value != value:
-            return None  # NaN (class absent from labels and predictions) is not JSON
-        if isinstance(value, dict):
-            return {str(k): safe(v) for k, v in value.items()}
-        return value
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(safe(data), indent=2) + "\n")
-    os.replace(tmp, path)

@@ -6,7 +6,6 @@ twice) and the matrices are summed once at the end: every rank returns the same,
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,7 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .inference import InferenceOptions, _model_device, iter_same_size, normalize_batch, predict_batch
+from .fileio import write_json
+from .inference import InferenceOptions, _model_device, iter_same_size, normalize_batch, predict_labels
 from .metrics import ConfusionMatrix
 
 log = logging.getLogger("segformer")
@@ -115,8 +115,7 @@ def evaluate_confusion(
             for i, _, mask, name in group:
                 check_labels(np.asarray(mask), num_classes, ignore_index, _sample_path(dataset, i, name))
             images = torch.from_numpy(np.stack([s[1] for s in group])).to(device)  # (B, H, W, 3) uint8
-            scores = predict_batch(model, normalize_batch(images), options, softmax=False)
-            preds = scores.argmax(dim=1)  # (B, H, W)
+            preds = predict_labels(model, normalize_batch(images), options)  # (B, H, W)
             for k, (_, _, mask, _) in enumerate(group):
                 cm.update(preds[k], torch.from_numpy(np.array(mask)).to(device))  # copy: read-only arrays warn
             bar.update(len(group))
@@ -130,40 +129,25 @@ def evaluate_confusion(
 def evaluate(
     model: nn.Module,
     dataset: Any,
+    options: InferenceOptions | None = None,
     *,
-    mode: str = "whole",
-    scale: tuple[int, int] | None = None,
-    crop: tuple[int, int] | int | None = None,
-    stride: tuple[int, int] | int | None = None,
-    scales: Sequence[float] | None = None,
-    flip: bool = False,
-    size_divisor: int | None = None,
-    batch_size: int = 8,
-    amp: str = "none",
     device: str | torch.device | None = None,
     progress: bool = True,
     max_samples: int | None = None,
     num_workers: int = 0,
+    **overrides: Any,
 ) -> dict[str, Any]:
     """aAcc, mIoU, mAcc, mDice (fractions) and per-class IoU/Acc/Dice of `model` on `dataset`.
 
-    Defaults run every image at its own size; the paper's protocol for a dataset is
-    `evaluate(model, ds, **eval_options(ds.info))` (ADE20K: whole at (2048, 512); Cityscapes: slide 1024/768).
+    `options`/`overrides` as `InferenceOptions.build`: by default every image runs at its own size; the paper's
+    protocol for a dataset is `evaluate(model, ds, InferenceOptions.for_dataset(ds.info))` (ADE20K: whole at
+    (2048, 512), aligned to 32; Cityscapes: slide 1024/768).
     """
-    options = InferenceOptions(
-        mode, scale, crop, stride, tuple(scales) if scales else None, flip, size_divisor, batch_size, amp
-    )
+    options = InferenceOptions.build(options, **overrides)
     cm = evaluate_confusion(
         model, dataset, options, device=device, progress=progress, max_samples=max_samples, num_workers=num_workers
     )
     return cm.compute()
-
-
-def eval_options(info: Any, tta: bool = False) -> dict[str, Any]:
-    """`evaluate` keyword arguments for the paper's test protocol of a `segformer.data.DatasetInfo`."""
-    opts = InferenceOptions.for_dataset(info, tta=tta)
-    keys = ("mode", "scale", "crop", "stride", "scales", "flip", "size_divisor")
-    return {k: getattr(opts, k) for k in keys}
 
 
 def _percent(value: float) -> str:
@@ -185,14 +169,6 @@ def format_table(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and value != value:
-        return None  # NaN is not JSON; null marks a class absent from labels and predictions
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    return value
-
-
 def write_report(folder: str | Path, metrics: dict[str, Any], cm: ConfusionMatrix) -> dict[str, Path]:
     """metrics.json (fractions; NaN written as null), confusion.npy (raw counts, rows = ground truth) and
     confusion.png (row-normalised heatmap) in `folder`."""
@@ -201,7 +177,7 @@ def write_report(folder: str | Path, metrics: dict[str, Any], cm: ConfusionMatri
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = {"metrics": folder / "metrics.json", "matrix": folder / "confusion.npy", "png": folder / "confusion.png"}
-    paths["metrics"].write_text(json.dumps(_json_safe(metrics), indent=2) + "\n")
+    write_json(paths["metrics"], metrics)
     matrix = cm.matrix.cpu().numpy()
     np.save(paths["matrix"], matrix)
     save_confusion(paths["png"], matrix, cm.class_names)

@@ -13,13 +13,16 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .model import MEAN, STD, SegFormer
+from .constants import MEAN, STD
+from .fileio import atomic_write
+from .model import SegFormer
 
 MIN_OPSET = 17
 
@@ -165,8 +168,9 @@ def export_onnx(
     else:
         axes_out = {0: "batch", 2: "height/4", 3: "width/4"}
         out_spec = f"float32 [batch, {model.config.num_classes}, ceil(height/4), ceil(width/4)] logits"
-    tmp = path.with_name(path.name + ".tmp")
-    try:
+    saved: list[Any] = []  # the checked graph, for its opset
+
+    def write(tmp: str) -> None:
         with torch.no_grad(), warnings.catch_warnings():
             if exporter == "dynamo":
                 dims = {i: torch.export.Dim(name, min=min_size if i else 1, max=16384) for i, name in axes_in.items()}
@@ -179,7 +183,7 @@ def export_onnx(
                     output_names=[out_name],
                     dynamic_shapes={"x": dims},
                 )
-                program.save(str(tmp))
+                program.save(tmp)
             else:
                 # Expected noise: size checks traced as constants (they hold for every size >= min_size) and the
                 # legacy exporter's deprecation notice (the dynamo path is the alternative, `exporter="dynamo"`).
@@ -188,7 +192,7 @@ def export_onnx(
                 torch.onnx.export(
                     wrapper,
                     (sample,),
-                    str(tmp),
+                    tmp,
                     dynamo=False,
                     opset_version=opset,
                     input_names=[in_name],
@@ -196,14 +200,14 @@ def export_onnx(
                     dynamic_axes={in_name: axes_in, out_name: axes_out},
                     do_constant_folding=True,
                 )
-        proto = onnx.load(str(tmp))
+        proto = onnx.load(tmp)
         _add_metadata(proto, model)
         onnx.checker.check_model(proto, full_check=True)
-        onnx.save(proto, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+        onnx.save(proto, tmp)
+        saved.append(proto)
+
+    atomic_write(path, write)
+    proto = saved[0]
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), opset)
     report = ExportReport(path, opset, in_name, in_spec, out_name, out_spec, path.stat().st_size / 1e6)
     if check:

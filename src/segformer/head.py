@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import to_map, to_tokens
+from .layers import EXPORT, FAST, execution_path, to_map, to_tokens
 
 
 def _linear(tokens: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -58,8 +58,11 @@ class AllMLPHead(nn.Module):
         self.fold = True
         self._cache: tuple[tuple, list[Tensor], Tensor] | None = None
 
-    def forward(self, features: list[Tensor]) -> Tensor:
-        return self.forward_folded(features) if self.fold else self.forward_unfolded(features)
+    def forward(self, features: list[Tensor], path: str | None = None) -> Tensor:
+        """`path` as `layers.execution_path` (decided from the features when not given)."""
+        if not self.fold:
+            return self.forward_unfolded(features)
+        return self.forward_folded(features, path or execution_path(features[0]))
 
     def forward_unfolded(self, features: list[Tensor]) -> Tensor:
         """The paper's order of operations, kept as the reference the folded path is tested against."""
@@ -74,15 +77,14 @@ class AllMLPHead(nn.Module):
         x = F.relu(self.bn(self.fuse(x)))
         return self.classifier(self.dropout(x))
 
-    def forward_folded(self, features: list[Tensor]) -> Tensor:
+    def forward_folded(self, features: list[Tensor], path: str) -> Tensor:
         """Composed projections at each level's resolution, upsample-and-add, (folded) BN, ReLU, classifier."""
         size = features[0].shape[-2:]
-        weights, bias = self.folded_weights()
-        if torch.onnx.is_in_onnx_export():
+        weights, bias = self.folded_weights(cache=path == FAST)
+        if path == EXPORT:
             return self._forward_folded_nchw(features, weights, bias)
-        inplace = not torch.is_grad_enabled()
-        device = features[0].device.type
-        if inplace and len(features) > 1 and device != "meta" and not torch.is_autocast_enabled(device):
+        inplace = path == FAST
+        if inplace and len(features) > 1:
             x = self._sum_levels_inference(features, weights, bias)
         else:
             # Bias: added to the coarsest level before its upsampling (bilinear weights sum to 1, so it passes
@@ -147,13 +149,13 @@ class AllMLPHead(nn.Module):
         bn = self.bn
         return not bn.training and bn.running_mean is not None and bn.running_var is not None
 
-    def folded_weights(self) -> tuple[list[Tensor], Tensor]:
+    def folded_weights(self, cache: bool = False) -> tuple[list[Tensor], Tensor]:
         """Per level a (C, C_i) weight W_fuse_i @ W_i, and one (C,) bias sum_i W_fuse_i b_i; in eval mode with the
-        BatchNorm folded in as well. Recomputed whenever a parameter or buffer changed (cached by tensor version when
-        no gradient is needed), so they never go stale after loading weights or an optimiser step."""
+        BatchNorm folded in as well. With `cache` (eager inference only: no gradient has to flow into them) they are
+        kept and recomputed whenever a parameter or buffer changed (tensor versions), so they never go stale after
+        loading weights or an optimiser step."""
         tensors = [*self.proj.parameters(), self.fuse.weight, *self.bn.parameters(), *self.bn.buffers()]
-        cacheable = not torch.is_grad_enabled() and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
-        cacheable = cacheable and not any(t.is_inference() for t in tensors)  # those have no version counter
+        cacheable = cache and not any(t.is_inference() for t in tensors)  # those have no version counter
         if cacheable:
             key = (self._bn_folded(), *((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors))
             if self._cache is not None and self._cache[0] == key:

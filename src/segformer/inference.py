@@ -19,8 +19,9 @@ aligned size; results can differ in the last digits of mIoU.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -31,16 +32,22 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
+from .config import SegFormerConfig, TestProtocol
+from .constants import MEAN, STD
+from .data.catalog import protocol_for_classes
 from .imageio import IMAGE_SUFFIXES, ImageReadError, read_image, to_rgb, write_label_png
-from .model import MEAN, STD
+from .runtime import autocast, check_amp
 
 ImageLike = str | Path | Image.Image | np.ndarray | Tensor
-AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
 class InferenceOptions:
-    """How to run the model on one image: mode "whole" or "slide", test scale, windows and TTA."""
+    """How to run the model on one image: mode "whole" or "slide", test scale, windows and TTA.
+
+    The one options object of `Segmenter`, `predict_logits`, `evaluate` and the eval/predict CLI: each takes
+    `options` and/or keyword overrides of these fields (`InferenceOptions.build`).
+    """
 
     mode: str = "whole"
     scale: tuple[int, int] | None = None  # mmseg img_scale (long, short); None = the image's own size
@@ -75,8 +82,7 @@ class InferenceOptions:
             raise ValueError(f"size_divisor must be >= 1, got {self.size_divisor}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.amp not in AMP_DTYPES:
-            raise ValueError(f"amp {self.amp!r} is not one of {', '.join(AMP_DTYPES)}")
+        check_amp(self.amp)
 
     @property
     def passes(self) -> int:
@@ -85,20 +91,34 @@ class InferenceOptions:
 
     @classmethod
     def for_dataset(cls, info: Any, tta: bool = False, **overrides: Any) -> InferenceOptions:
-        """The paper's test settings of a `segformer.data.DatasetInfo` (scale, mode, window; TTA ratios + flip)."""
-        values: dict[str, Any] = {"mode": info.eval_mode, "scale": tuple(info.scale)}
-        # The official ADE20K test pipeline is AlignedResize (sides rounded up to multiples of 32), worth ~0.5-1 mIoU.
-        if info.size_divisor:
-            values["size_divisor"] = info.size_divisor
-        if info.eval_mode == "slide":
-            values.update(crop=tuple(info.eval_crop), stride=tuple(info.eval_stride))
+        """The paper's test settings of a `segformer.data.DatasetInfo` (scale, mode, window; TTA ratios + flip).
+        The official ADE20K pipeline is AlignedResize (sides rounded up to multiples of 32), worth ~0.5-1 mIoU."""
         if tta:
-            values.update(scales=tuple(info.tta_scales), flip=True)
+            overrides = {"scales": tuple(info.tta_scales), "flip": True, **overrides}
+        return cls.from_protocol(info.test_protocol, **overrides)
+
+    @classmethod
+    def from_protocol(cls, protocol: TestProtocol | None, **overrides: Any) -> InferenceOptions:
+        """Options running a stored `config.TestProtocol` (None: each image at its own size); None overrides
+        are left out, so flags that were not given keep the protocol's values."""
+        values = dataclasses.asdict(protocol) if protocol is not None else {}
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
+    @classmethod
+    def for_model(cls, config: SegFormerConfig, **overrides: Any) -> InferenceOptions:
+        """The test protocol saved with the model (by `segformer train`), else the paper's when its classes are
+        those of a standard dataset (official and hub checkpoints), else each image at its own size."""
+        return cls.from_protocol(config.test_protocol or protocol_for_classes(config.class_names), **overrides)
+
     def replace(self, **changes: Any) -> InferenceOptions:
         return replace(self, **changes)
+
+    @classmethod
+    def build(cls, options: InferenceOptions | None = None, **overrides: Any) -> InferenceOptions:
+        """`options` (default: whole image at its own size) with the given fields replaced (validated again)."""
+        options = options or cls()
+        return options.replace(**overrides) if overrides else options
 
 
 def _pair(value: Any, name: str) -> tuple[int, int] | None:
@@ -197,39 +217,66 @@ def _slide(
     return (total / count)[:, :, :h, :w]
 
 
+def _passes(model: nn.Module, x: Tensor, options: InferenceOptions) -> Iterator[Tensor]:
+    """Per TTA pass, the logits (B, K, h', w') at the size that pass resized x to (flipped back when flipped)."""
+    h, w = x.shape[-2:]
+
+    def forward(batch: Tensor) -> Tensor:
+        with autocast(batch.device, options.amp):
+            return model(batch)
+
+    for ratio in options.scales or (1.0,):
+        xs = _resize(x, resized_size(h, w, options.scale, ratio, options.size_divisor))
+        for flip in (False, True) if options.flip else (False,):
+            xi = xs.flip(-1) if flip else xs
+            if options.mode == "slide":
+                logits = _slide(forward, xi, options.crop, options.stride, options.batch_size)  # type: ignore[arg-type]
+            else:
+                logits = _whole(forward, xi, options.batch_size)
+            yield logits.flip(-1) if flip else logits
+
+
 def predict_batch(model: nn.Module, x: Tensor, options: InferenceOptions, softmax: bool = True) -> Tensor:
     """(B, K, H, W) at the size of the normalised batch x (B, C, H, W): softmax probabilities (averaged over
     the TTA passes), or, with `softmax=False` and a single pass, the resized logits (same argmax, cheaper).
     The caller puts the model in eval mode (dropout and BatchNorm statistics)."""
-    h, w = x.shape[-2:]
-    ratios = options.scales or (1.0,)
-    flips = (False, True) if options.flip else (False,)
     total: Tensor | None = None
-    dtype = AMP_DTYPES[options.amp]
-
-    def forward(batch: Tensor) -> Tensor:
-        if dtype is None:
-            return model(batch)
-        with torch.autocast(batch.device.type, dtype=dtype):
-            return model(batch)
-
     with torch.inference_mode():
-        for ratio in ratios:
-            xs = _resize(x, resized_size(h, w, options.scale, ratio, options.size_divisor))
-            for flip in flips:
-                xi = xs.flip(-1) if flip else xs
-                if options.mode == "slide":
-                    logits = _slide(forward, xi, options.crop, options.stride, options.batch_size)  # type: ignore[arg-type]
-                else:
-                    logits = _whole(forward, xi, options.batch_size)
-                if flip:
-                    logits = logits.flip(-1)
-                out = _resize(logits, (h, w))
-                if softmax or options.passes > 1:
-                    out = out.softmax(dim=1)
-                total = out if total is None else total + out
+        for logits in _passes(model, x, options):
+            out = _resize(logits, x.shape[-2:])
+            if softmax or options.passes > 1:
+                out = out.softmax(dim=1)
+            total = out if total is None else total + out
     assert total is not None
     return total / options.passes if options.passes > 1 else total
+
+
+def predict_labels(model: nn.Module, x: Tensor, options: InferenceOptions) -> Tensor:
+    """(B, H, W) int64 class ids at the size of x: the argmax of `predict_batch`, computed without the
+    full-size (B, K, H, W) scores when there is one pass (a 12 MP photo with 150 classes would need 7 GB)."""
+    if options.passes > 1:
+        return predict_batch(model, x, options, softmax=True).argmax(dim=1)
+    with torch.inference_mode():
+        (logits,) = _passes(model, x, options)
+        return _argmax_resized(logits, x.shape[-2:])
+
+
+def _argmax_resized(logits: Tensor, size: tuple[int, int], chunk: int = 16) -> Tensor:
+    """argmax over K of `logits` (B, K, h, w) resized bilinearly to `size`, `chunk` classes at a time: each
+    channel resizes independently, so this equals resizing all at once (ties go to the lower class id)."""
+    if tuple(logits.shape[-2:]) == tuple(size):
+        return logits.argmax(dim=1)
+    best = labels = None
+    for start in range(0, logits.shape[1], chunk):
+        part = _resize(logits[:, start : start + chunk], size)  # (B, k, H, W)
+        value, index = part.max(dim=1)
+        if best is None:
+            best, labels = value, index
+        else:
+            better = value > best
+            best = torch.where(better, value, best)
+            labels = torch.where(better, index + start, labels)
+    return labels
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -238,23 +285,14 @@ def _model_device(model: nn.Module) -> torch.device:
 
 
 def predict_logits(
-    model: nn.Module,
-    image: ImageLike,
-    *,
-    mode: str = "whole",
-    scale: tuple[int, int] | None = None,
-    crop: tuple[int, int] | int | None = None,
-    stride: tuple[int, int] | int | None = None,
-    scales: Sequence[float] | None = None,
-    flip: bool = False,
-    size_divisor: int | None = None,
+    model: nn.Module, image: ImageLike, options: InferenceOptions | None = None, **overrides: Any
 ) -> Tensor:
     """Softmax probabilities (K, H, W) at the original image size, on the model's device.
 
     `image` is a path, PIL image, uint8 (H, W, 3) array, or an already normalised float tensor (C, H, W). The
-    model is put in eval mode. Options are those of `InferenceOptions`; the argmax over K is the label map.
+    model is put in eval mode. `options`/`overrides` as `InferenceOptions.build`; the argmax over K is the label map.
     """
-    options = InferenceOptions(mode, scale, crop, stride, tuple(scales) if scales else None, flip, size_divisor)
+    options = InferenceOptions.build(options, **overrides)
     model.eval()
     device = _model_device(model)
     if isinstance(image, Tensor) and image.is_floating_point() and image.ndim == 3:
@@ -281,37 +319,26 @@ class Segmenter:
 
     >>> seg = Segmenter(load_model("nvidia/segformer-b0-finetuned-ade-512-512"), device="cuda")
     >>> labels = seg("room.jpg")
+    >>> seg = Segmenter(model, InferenceOptions.for_dataset(DATASETS["cityscapes"]), flip=True)
+
+    Without `options` it runs the model's own test protocol (`InferenceOptions.for_model`): what training stored,
+    or the paper's for an official checkpoint of a standard dataset; pass `InferenceOptions()` for each image at
+    its own size.
     """
 
     def __init__(
         self,
         model: nn.Module,
-        mode: str = "whole",
+        options: InferenceOptions | None = None,
         device: str | torch.device | None = None,
-        *,
-        scale: tuple[int, int] | None = None,
-        crop: tuple[int, int] | int | None = None,
-        stride: tuple[int, int] | int | None = None,
-        scales: Sequence[float] | None = None,
-        flip: bool = False,
-        size_divisor: int | None = None,
-        batch_size: int = 8,
-        amp: str = "none",
+        **overrides: Any,
     ) -> None:
-        self.options = InferenceOptions(
-            mode, scale, crop, stride, tuple(scales) if scales else None, flip, size_divisor, batch_size, amp
-        )
+        config = getattr(model, "config", None)
+        if options is None and isinstance(config, SegFormerConfig):
+            options = InferenceOptions.for_model(config)
+        self.options = InferenceOptions.build(options, **overrides)
         self.model = model.eval() if device is None else model.to(device).eval()
         self.device = _model_device(self.model)
-
-    @classmethod
-    def from_options(
-        cls, model: nn.Module, options: InferenceOptions, device: str | torch.device | None = None
-    ) -> Segmenter:
-        """A Segmenter with ready-made options, e.g. `InferenceOptions.for_dataset(DATASETS["cityscapes"])`."""
-        seg = cls(model, device=device)
-        seg.options = options
-        return seg
 
     def probabilities(self, image: ImageLike) -> Tensor:
         """Softmax probabilities (K, H, W) on the CPU at the original size."""
@@ -328,10 +355,12 @@ class Segmenter:
         groups = iter_same_size(range(len(images)), lambda i: images[i].shape, self.options.batch_size)
         for group in groups:
             batch = torch.from_numpy(np.stack([images[i] for i in group])).to(self.device)  # (B, H, W, 3)
-            scores = predict_batch(self.model, normalize_batch(batch), self.options, softmax=softmax)
-            labels = scores.argmax(dim=1).cpu().numpy().astype(np.int64)
+            x = normalize_batch(batch)
+            scores = predict_batch(self.model, x, self.options) if softmax else None
+            labels = scores.argmax(dim=1) if scores is not None else predict_labels(self.model, x, self.options)
+            labels = labels.cpu().numpy().astype(np.int64)
             for k, i in enumerate(group):
-                out[i] = (labels[k], scores[k].cpu()) if softmax else labels[k]
+                out[i] = (labels[k], scores[k].cpu()) if scores is not None else labels[k]
         return out
 
 

@@ -1,4 +1,5 @@
-"""Small building blocks shared by the encoder and the decoder: token/map reshapes, DropPath, weight init."""
+"""Small building blocks shared by the encoder and the decoder: token/map reshapes, DropPath, weight init, and the
+choice of compute path."""
 
 from __future__ import annotations
 
@@ -6,6 +7,27 @@ import math
 
 import torch
 from torch import Tensor, nn
+
+# Compute paths, chosen once per forward by `execution_path` and passed down to every block and the decoder.
+PLAIN = "plain"  # differentiable out-of-place ops: training, autocast, tracing, torch.compile, the meta device
+FAST = "fast"  # eager inference: residual GEMMs accumulate in place, folded decoder weights are cached
+EXPORT = "export"  # torch.onnx export: the decoder in NCHW ops that ONNX Runtime runs without transposes
+
+
+def execution_path(x: Tensor) -> str:
+    """The compute path for input `x`: FAST only for eager inference without autograd, autocast or tracing."""
+    if torch.onnx.is_in_onnx_export():
+        return EXPORT
+    device = x.device.type
+    plain = (
+        torch.is_grad_enabled()
+        or device == "meta"  # shape/FLOP counting
+        or not torch.amp.is_autocast_available(device)
+        or torch.is_autocast_enabled(device)  # autocast does not cast in-place ops
+        or torch.jit.is_tracing()
+        or torch.compiler.is_compiling()
+    )
+    return PLAIN if plain else FAST
 
 
 def to_map(x: Tensor, hw: tuple[int, int]) -> Tensor:

@@ -15,9 +15,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .config import SegFormerConfig
+from .config import SegFormerConfig, from_hf_config, variant_key
 from .convert import detect_format, infer_config_fields, normalize_keys, to_ours
-from .model import SegFormer, config_from_hf
+from .model import SegFormer
 from .modelcard import derives_from_nvidia
 
 log = logging.getLogger("segformer")
@@ -139,7 +139,7 @@ def load_state(
         _note_licence()
     if provenance is not None:
         provenance.update(source=str(source), nvidia_weights=derives_from_nvidia(source, file, fmt))
-    fields: dict[str, Any] = config_from_hf(hf_config) if hf_config else {}
+    fields: dict[str, Any] = from_hf_config(hf_config) if hf_config else {}
     classes = meta.get("meta", {}).get("CLASSES") if isinstance(meta.get("meta"), dict) else None
     if classes and "class_names" not in fields:
         fields["class_names"] = tuple(str(c) for c in classes)
@@ -234,4 +234,53 @@ def create_model(
         if key in encoder:
             encoder[key] = adapt_input_conv(encoder[key], in_channels)
         load_into(model.encoder, encoder, file)
+    return model
+
+
+CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
+
+
+def random_weights_note(spec: str | Path, model: SegFormer) -> str:
+    """The line that tells a user a variant name gave freshly initialised weights ("" for anything else)."""
+    key = variant_key(str(spec))
+    return f"{key}: randomly initialised weights ({model.config.num_classes} classes)" if key else ""
+
+
+def model_from_spec(
+    spec: str | Path,
+    *,
+    num_classes: int | None = None,
+    pretrained: str | Path | None = None,
+    class_names: tuple[str, ...] | None = None,
+    **overrides: Any,
+) -> SegFormer:
+    """A SegFormer from whatever a user names: a variant (b0..b5, fresh weights, encoder from `pretrained`), a
+    SegFormerConfig file (.json/.yaml), or a checkpoint file, folder or hub id (its weights; with `num_classes`
+    different from the checkpoint's, a new classifier). `overrides` set config fields such as drop_path_rate.
+
+    The one place train, benchmark, export and info decide what a model argument means.
+    """
+    key = variant_key(str(spec))
+    if key is not None:
+        return create_model(
+            key, num_classes=150 if num_classes is None else num_classes, pretrained=pretrained,
+            class_names=class_names, **overrides,
+        )  # fmt: skip
+    if pretrained is not None:
+        raise ValueError(f"pretrained encoder weights need a variant name (b0..b5) as the model, not {str(spec)!r}")
+    path = Path(spec)
+    if path.suffix in CONFIG_SUFFIXES:
+        import yaml
+
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such model config file (or pass a variant name like b0)")
+        data = {k: v for k, v in (yaml.safe_load(path.read_text()) or {}).items() if k != "variant"}  # JSON is YAML
+        fields = {"num_classes": num_classes, "class_names": class_names}
+        config = SegFormerConfig.from_dict(data).replace(**{k: v for k, v in fields.items() if v is not None})
+        return SegFormer(config.replace(**overrides))
+    model = load_model(spec, num_classes=num_classes, class_names=class_names)
+    if overrides:  # config-only fields (drop rates): same weights in a model built with them
+        rebuilt = SegFormer(model.config.replace(**overrides))
+        rebuilt.load_state_dict(model.state_dict())
+        model = rebuilt
     return model

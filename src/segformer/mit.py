@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import SegFormerConfig
-from .layers import DropPath, drop_path_rates, to_map, to_tokens
+from .layers import FAST, DropPath, drop_path_rates, execution_path, to_map, to_tokens
 
 
 def _channels_last(conv: nn.Conv2d) -> nn.Conv2d:
@@ -22,21 +22,6 @@ def _channels_last(conv: nn.Conv2d) -> nn.Conv2d:
     # clone, not contiguous(): a depthwise weight (C, 1, k, k) counts as contiguous either way and keeps NCHW strides
     conv.weight.data = conv.weight.data.clone(memory_format=torch.channels_last)
     return conv
-
-
-def _inference_fast_path(x: Tensor) -> bool:
-    """In-place GEMM accumulation is for plain inference: no autograd, no autocast (it does not cast in-place ops),
-    not while tracing for export."""
-    device = x.device.type
-    return not (
-        torch.is_grad_enabled()
-        or device == "meta"  # shape/FLOP counting: keep the plain ops
-        or not torch.amp.is_autocast_available(device)
-        or torch.is_autocast_enabled(device)
-        or torch.jit.is_tracing()
-        or torch.onnx.is_in_onnx_export()
-        or torch.compiler.is_compiling()
-    )
 
 
 def _linear_add(x: Tensor, linear: nn.Linear, residual: Tensor) -> Tensor:
@@ -112,8 +97,9 @@ class Block(nn.Module):
         self.ffn = MixFFN(dim, dim * mlp_ratio)
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x: Tensor, hw: tuple[int, int]) -> Tensor:
-        if _inference_fast_path(x) and (self.drop_path.p == 0.0 or not self.training):
+    def forward(self, x: Tensor, hw: tuple[int, int], fast: bool = False) -> Tensor:
+        """`fast` (eager inference, see `layers.execution_path`) accumulates each residual inside its GEMM."""
+        if fast and (self.drop_path.p == 0.0 or not self.training):
             x = self.attn(self.norm1(x), hw, residual=x)
             return self.ffn(self.norm2(x), hw, residual=x)
         x = x + self.drop_path(self.attn(self.norm1(x), hw))
@@ -141,15 +127,15 @@ class Stage(nn.Module):
         self.norm = nn.LayerNorm(dim, eps=eps)
         self.grad_checkpointing = False
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, fast: bool = False) -> Tensor:
         x, hw = self.patch_embed(x)
         for block in self.blocks:
             if self.grad_checkpointing and self.training:
                 from torch.utils.checkpoint import checkpoint
 
-                x = checkpoint(block, x, hw, use_reentrant=False)
+                x = checkpoint(block, x, hw, fast, use_reentrant=False)
             else:
-                x = block(x, hw)
+                x = block(x, hw, fast)
         return to_map(self.norm(x), hw)
 
 
@@ -174,14 +160,16 @@ class MixTransformer(nn.Module):
             {"num_chs": dim, "reduction": 4 * 2**i, "module": f"stages.{i}"} for i, dim in enumerate(config.embed_dims)
         ]
 
-    def forward(self, x: Tensor) -> list[Tensor]:
+    def forward(self, x: Tensor, path: str | None = None) -> list[Tensor]:
+        """`path` as `layers.execution_path` (decided from `x` when not given, e.g. by `SegFormer.forward`)."""
         if min(x.shape[-2], x.shape[-1]) < self.min_size:
             raise ValueError(
                 f"input of size {tuple(x.shape[-2:])} is too small: this model needs H, W >= {self.min_size} pixels"
             )
+        fast = (path or execution_path(x)) == FAST
         features = []
         for stage in self.stages:
-            x = stage(x)
+            x = stage(x, fast)
             features.append(x)
         return features
 

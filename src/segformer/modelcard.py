@@ -9,7 +9,7 @@ note when the weights derive from NVIDIA's. Every metadata key is optional:
 - source, base_model, nvidia_weights: where the weights came from (`load_model`/`create_model` record it)
 - training: a `TrainConfig.to_dict()`, iterations: iterations done
 - metrics: an `evaluate` result (fractions), evaluated_on: "ade20k val" or similar
-- test_protocol: {"mode", "scale", "size_divisor", "crop", "stride"} (what `InferenceOptions` takes)
+- test_protocol: {"mode", "scale", "size_divisor", "crop", "stride"} when the config holds none
 - palette: (K, 3) colours; license: an identifier for weights not derived from NVIDIA's
 """
 
@@ -58,7 +58,7 @@ def derives_from_nvidia(source: Any, file: str | Path | None = None, fmt: str | 
 
 def training_card(train_config: Any, iterations: int, metrics: Mapping[str, Any] | None) -> dict[str, Any]:
     """What `segformer train` passes to `save_pretrained(card=...)`: the recipe, iterations done, the metrics of
-    the last evaluation, and the test protocol that evaluation used (whole image at the training scale)."""
+    the last evaluation (the test protocol is in the model's config)."""
     train = train_config.to_dict() if hasattr(train_config, "to_dict") else dict(train_config)
     card: dict[str, Any] = {"training": train, "iterations": int(iterations)}
     if train.get("pretrained"):
@@ -68,7 +68,6 @@ def training_card(train_config: Any, iterations: int, metrics: Mapping[str, Any]
         card["evaluated_on"] = f"{train.get('dataset', 'dataset')} {train.get('val_split', 'val')}"
         if train.get("eval_max_samples"):
             card["evaluated_on"] += f" (first {train['eval_max_samples']} images)"
-        card["test_protocol"] = {"mode": "whole", "scale": train.get("scale")}
     return card
 
 
@@ -125,7 +124,8 @@ def model_card(config: SegFormerConfig, metadata: Mapping[str, Any] | None = Non
         out += _training_section(train, meta.get("iterations"))
     if metrics:
         out += _metrics_section(metrics, meta.get("evaluated_on"))
-    out += _protocol_section(meta.get("test_protocol"))
+    protocol = config.test_protocol.to_dict() if getattr(config, "test_protocol", None) else None
+    out += _protocol_section(protocol or meta.get("test_protocol"))
     out += ["## Licence", ""]
     if nvidia:
         out += [NVIDIA_LICENCE, ""]
@@ -281,7 +281,7 @@ def _metrics_section(metrics: Mapping[str, Any], evaluated_on: str | None) -> li
 def _protocol_section(protocol: Mapping[str, Any] | None) -> list[str]:
     lines = ["## Test protocol", ""]
     if not protocol:
-        return [*lines, "No protocol stored: `segformer predict` runs each image whole, at its own size.", ""]
+        return [*lines, "No protocol stored: each image runs whole, at its own size (unless flags say otherwise).", ""]
     mode, scale = protocol.get("mode", "whole"), protocol.get("scale")
     if scale:
         text = f"{mode} inference, images rescaled (keeping the aspect ratio) to fit {scale[0]}x{scale[1]}"
@@ -297,7 +297,8 @@ def _protocol_section(protocol: Mapping[str, Any] | None) -> list[str]:
         flags += f" --crop {_size(crop)} --stride {_size(stride)}"
     return [
         *lines,
-        f"{text}; label maps at the original size. The same with the command line:",
+        f"{text}; label maps at the original size. `segformer predict` and `Segmenter` run it by default (stored in "
+        "`config.json`); the same with explicit flags:",
         "",
         f"    segformer predict MODEL IMAGES --out OUT {flags}",
         "",

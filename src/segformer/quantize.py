@@ -28,11 +28,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .config import SegFormerConfig
+from .constants import IGNORE_INDEX, MEAN, STD
 from .export import export_onnx, ort_session
+from .fileio import atomic_write
 from .imageio import IMAGE_SUFFIXES, ImageReadError, read_image
 from .inference import InferenceOptions, normalize_batch, resized_size
 from .metrics import ConfusionMatrix
-from .model import MEAN, STD, SegFormer
+from .model import SegFormer
 
 log = logging.getLogger("segformer")
 
@@ -374,7 +376,7 @@ def compare(
     num_classes: int,
     *,
     net_size: Any = None,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
     class_names: Sequence[str] | None = None,
 ) -> Comparison:
     """Run both on every (image, mask-or-None) of `samples`. `net_size(h, w)` gives the network input size for an
@@ -538,7 +540,7 @@ def export_int8(
                 samples,
                 config.num_classes,
                 net_size=net_size,
-                ignore_index=int(getattr(eval_dataset, "ignore_index", 255)),
+                ignore_index=int(getattr(eval_dataset, "ignore_index", IGNORE_INDEX)),
                 class_names=config.class_names,
             )
             source = "images of the eval dataset"
@@ -585,13 +587,7 @@ def export_int8(
                 "int8_miou": report.int8_miou,
             }
         )
-        staged = path.with_name(path.name + ".tmp")
-        try:
-            onnx.save(proto, str(staged))
-            os.replace(staged, path)
-        finally:
-            if staged.exists():
-                staged.unlink()
+        atomic_write(path, lambda tmp: onnx.save(proto, tmp))
     report.path = path
     report.size_mb = path.stat().st_size / 1e6
     return report

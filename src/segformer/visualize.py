@@ -1,15 +1,23 @@
-"""Pictures of predictions: colour label maps, image overlays with a legend, grids, and a confusion heatmap.
+"""Pictures of predictions: colour label maps, image overlays with a legend, grids, a confusion heatmap, and
+training curves.
 
-Only numpy and Pillow (default bitmap font), so predictions can be looked at without the `plot` extra.
+Only numpy and Pillow (default bitmap font), so predictions can be looked at without the `plot` extra;
+`plot_curves` alone needs matplotlib (and skips with one log line without it).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from .fileio import atomic_write
+
+log = logging.getLogger("segformer")
 
 IGNORE_COLOUR = (0, 0, 0)
 
@@ -210,4 +218,36 @@ def save_confusion(path: str | Path, matrix: np.ndarray, class_names: Sequence[s
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(confusion_image(matrix, class_names)).save(path)
+    return path
+
+
+def plot_curves(history: list[dict[str, Any]], path: Path) -> Path | None:
+    """Training loss and validation mIoU against iterations (a run's metrics.jsonl records) as a PNG.
+
+    Skipped, with one log line, without matplotlib.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.info("matplotlib is not installed: no %s (pip install 'segformer[plot]')", path.name)
+        return None
+    train_pts = [(r["iter"], r["loss"]) for r in history if "loss" in r]
+    val_pts = [(r["iter"], r["mIoU"]) for r in history if "mIoU" in r]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    if train_pts:
+        axes[0].plot(*zip(*train_pts, strict=True), color="tab:blue")
+    axes[0].set(title="training loss", xlabel="iteration", ylabel="cross-entropy")
+    if val_pts:
+        axes[1].plot(*zip(*val_pts, strict=True), marker="o", color="tab:green")
+    axes[1].set(title="validation mIoU", xlabel="iteration", ylabel="mIoU")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    finally:
+        plt.close(fig)
     return path

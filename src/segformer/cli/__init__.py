@@ -1,4 +1,4 @@
-"""SegFormer semantic segmentation: inspect, convert, train, evaluate, predict, export, benchmark, demo, push.
+"""SegFormer semantic segmentation: inspect, convert, train, evaluate, predict, export, benchmark, demo, app, push.
 
 A thin command line over the library: each verb module has `add_arguments` and `run`, and imports heavy things
 inside `run` so that `segformer --help` stays fast.
@@ -10,6 +10,7 @@ import argparse
 import logging
 import sys
 
+from . import app as app_cmd
 from . import benchmark as benchmark_cmd
 from . import convert, info
 from . import demo as demo_cmd
@@ -30,6 +31,7 @@ COMMANDS = {
     "demo": demo_cmd,
     "export": export_cmd,
     "benchmark": benchmark_cmd,
+    "app": app_cmd,
     "push": push_cmd,
 }
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..constants import AMP_DTYPES
 from .common import parse_size
 
 
@@ -19,7 +20,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
     p.add_argument("--threads", type=int, default=2, help="torch / ONNX Runtime intra-op threads (default 2)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32", help="also time autocast at this dtype")
+    dtypes = ("fp32", *(m for m in AMP_DTYPES if m != "none"))
+    p.add_argument("--dtype", choices=dtypes, default="fp32", help="also time autocast at this dtype (AMP mode)")
     p.add_argument("--compile", action="store_true", help="also time torch.compile(model)")
     p.add_argument("--compare", action="store_true", help="beside transformers eager and ONNX Runtime (both exports)")
     p.add_argument("--unfolded", action="store_true", help="also time the paper-order (unfolded) decoder")

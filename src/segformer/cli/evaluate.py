@@ -9,13 +9,14 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
+from ..constants import AMP_DTYPES
 from .common import parse_size
 
 if TYPE_CHECKING:
+    from ..config import SegFormerConfig
     from ..data import DatasetInfo
     from ..inference import InferenceOptions
 
-DATASET_CHOICES = ("ade20k", "cityscapes", "voc", "coco-stuff", "folder")
 DEFAULT_TTA_SCALES = (0.75, 0.875, 1.0, 1.125, 1.25)  # --tta without a dataset preset or --scales (ADE20K's)
 
 
@@ -31,12 +32,17 @@ def add_inference_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--crop", type=parse_size, default=None, help="slide window, e.g. 1024 or 512x1024 (HxW)")
     p.add_argument("--stride", type=parse_size, default=None, help="slide step, e.g. 768 (default: the crop)")
     p.add_argument("--size-divisor", type=int, default=None, help="round resized sides up to a multiple (ADE: 32)")
+    p.add_argument(
+        "--native-size",
+        action="store_true",
+        help="run each image at its own size, ignoring the test protocol stored with the model",
+    )
     p.add_argument("--tta", action="store_true", help="multi-scale + flip test-time augmentation")
     p.add_argument("--scales", type=float, nargs="+", default=None, help="TTA ratios, e.g. 0.75 1.0 1.25")
     p.add_argument("--flip", action="store_true", help="average with the horizontally flipped image")
     p.add_argument("--batch-size", type=int, default=8, help="images (whole) or windows (slide) per forward")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
-    p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none", help="autocast the model (GPU speed)")
+    p.add_argument("--amp", choices=tuple(AMP_DTYPES), default="none", help="autocast the model (GPU speed)")
 
 
 def _parse_scale(text: str) -> tuple[int, int] | str:
@@ -46,17 +52,11 @@ def _parse_scale(text: str) -> tuple[int, int] | str:
     return (long_side, short_side)
 
 
-def resolve_device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
-def inference_options(args: argparse.Namespace, info: DatasetInfo | None = None) -> InferenceOptions:
-    """InferenceOptions from the preset of `info` (a DatasetInfo, or None for plain whole-image at own size)
-    overridden by the command-line flags."""
+def inference_options(
+    args: argparse.Namespace, info: DatasetInfo | None = None, model_config: SegFormerConfig | None = None
+) -> InferenceOptions:
+    """InferenceOptions from the preset of `info` (a DatasetInfo), else the test protocol stored with the model
+    (`model_config`; not with --native-size), else each image at its own size; overridden by the flags."""
     from ..inference import InferenceOptions
 
     overrides = {
@@ -75,6 +75,8 @@ def inference_options(args: argparse.Namespace, info: DatasetInfo | None = None)
         overrides["scales"] = DEFAULT_TTA_SCALES
     if info is not None:
         options = InferenceOptions.for_dataset(info, tta=args.tta, **overrides)
+    elif model_config is not None and not args.native_size:
+        options = InferenceOptions.for_model(model_config, **overrides)
     else:
         options = InferenceOptions(**{k: v for k, v in overrides.items() if v is not None})
     if args.scale == "original":
@@ -104,7 +106,9 @@ def describe(options: InferenceOptions) -> str:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("weights", help="anything load_model accepts: file, folder or hub id")
-    p.add_argument("--dataset", required=True, choices=DATASET_CHOICES, help="dataset layout and test preset")
+    from ..data.catalog import DATASET_NAMES
+
+    p.add_argument("--dataset", required=True, choices=DATASET_NAMES, help="dataset layout and test preset")
     p.add_argument("--data-root", required=True, help="dataset root folder")
     p.add_argument("--split", default="val", help="split to evaluate (default: val)")
     add_inference_arguments(p)
@@ -117,9 +121,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..data import build_dataset
+    from ..data import DATASETS, build_dataset
     from ..evaluation import evaluate_confusion, format_table, write_report
     from ..loading import load_model
+    from ..runtime import resolve_device
 
     model = load_model(args.weights)
     num_classes = None
@@ -128,7 +133,8 @@ def run(args: argparse.Namespace) -> int:
     dataset = build_dataset(args.dataset, args.data_root, args.split, num_classes=num_classes)
     if len(dataset) == 0:
         raise ValueError(f"{args.data_root}: no samples in split {args.split!r}")
-    options = inference_options(args, dataset.info if args.dataset != "folder" else None)
+    known = args.dataset in DATASETS
+    options = inference_options(args, dataset.info if known else None, model.config)
     print(f"evaluating {args.weights} on {args.dataset}/{args.split} ({len(dataset)} images): {describe(options)}")
     cm = evaluate_confusion(
         model,

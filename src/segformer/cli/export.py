@@ -63,16 +63,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..benchmark import build_model
-
     if args.int8:
         return _run_int8(args)
     for flag in ("calibrate", "eval_dataset", "keep_float"):
         if getattr(args, flag) is not None:
             raise ValueError(f"--{flag.replace('_', '-')} only applies with --int8")
     from ..export import export_onnx
+    from ..loading import model_from_spec, random_weights_note
 
-    model, note = build_model(args.weights, num_classes=args.num_classes)
+    model = model_from_spec(args.weights, num_classes=args.num_classes)
+    note = random_weights_note(args.weights, model)
     if note:
         print(note)
     report = export_onnx(
@@ -106,9 +106,10 @@ def _run_int8(args: argparse.Namespace) -> int:
         keep = () if args.keep_float.strip().lower() == "none" else tuple(g.strip() for g in args.keep_float.split(","))
     options = QuantizeOptions(keep_float=keep, per_channel=not args.per_tensor, calibrate_method=args.calibration)
 
-    from ..benchmark import build_model
+    from ..loading import model_from_spec, random_weights_note
 
-    model, note = build_model(args.weights, num_classes=args.num_classes)
+    model = model_from_spec(args.weights, num_classes=args.num_classes)
+    note = random_weights_note(args.weights, model)
     if note:
         print(note)
     dataset, eval_options = _eval_dataset(args, model.config.num_classes)

@@ -10,21 +10,16 @@ from .common import parse_size
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="a variant (b0..b5) or any checkpoint load_model accepts (file, folder, hub id)")
     p.add_argument("--size", type=parse_size, default=None, help="input HxW (default: the paper's ADE20K size)")
-    p.add_argument("--num-classes", type=int, default=150, help="classes for a variant (default 150, ADE20K)")
+    p.add_argument("--num-classes", type=int, default=None, help="classes for a variant (default 150, ADE20K)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import PAPER, VARIANTS, SegFormerConfig
+    from ..config import PAPER, variant_key
     from ..flops import count_macs, count_params
+    from ..loading import model_from_spec
 
-    if args.model.lower().removeprefix("mit-").removeprefix("segformer-") in VARIANTS:
-        config = SegFormerConfig.from_name(args.model, num_classes=args.num_classes)
-        source = f"variant {config.name}"
-    else:
-        from ..loading import load_model
-
-        config = load_model(args.model).config
-        source = f"checkpoint {args.model} (variant {config.name})"
+    config = model_from_spec(args.model, num_classes=args.num_classes).config
+    source = f"variant {config.name}" if variant_key(args.model) else f"checkpoint {args.model} (variant {config.name})"
     paper = PAPER.get(config.name)
     size = args.size or ((paper["ade_size"],) * 2 if paper else (512, 512))
     params = count_params(config)

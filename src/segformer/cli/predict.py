@@ -10,26 +10,31 @@ Folders are searched recursively and their relative paths kept under --out. An u
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING, Any
 
 from .evaluate import add_inference_arguments
 
-PRESETS = ("ade20k", "cityscapes", "voc", "coco-stuff")
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..data.catalog import DATASETS
+
+    presets = tuple(DATASETS)
     p.add_argument("weights", help="anything load_model accepts: file, folder or hub id")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (searched recursively)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument(
         "--preset",
-        choices=PRESETS,
+        choices=presets,
         default=None,
-        help="use a dataset's test protocol (scale, mode, window, TTA ratios); default: whole image at its own size",
+        help="a dataset's test protocol (scale, mode, window, TTA); default: the model's own (see --native-size)",
     )
     add_inference_arguments(p)
     p.add_argument(
         "--palette",
-        choices=PRESETS,
+        choices=presets,
         default=None,
         help="class colours of a dataset (default: the dataset whose class count matches the model, else generated)",
     )
@@ -40,24 +45,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--labels", action="store_true", help="videos: also write a label PNG per frame")
 
 
-def run(args: argparse.Namespace) -> int:
-    import sys
-
+def palette_and_names(model: Any, palette_name: str | None, verb: str) -> tuple[np.ndarray, tuple[str, ...] | None]:
+    """The colours and class names predict uses for a model: a named dataset's palette, else the dataset whose class
+    count matches the model, else generated colours (a short palette is completed with generated ones)."""
     from ..data import DATASETS
     from ..imageio import default_palette
-    from ..inference import Segmenter, predict_files
-    from ..loading import load_model
-    from .evaluate import describe, inference_options, resolve_device
 
-    if not 0.0 <= args.alpha <= 1.0:
-        raise ValueError(f"--alpha {args.alpha} must be between 0 and 1")
-    model = load_model(args.weights)
     k = model.config.num_classes
-    options = inference_options(args, DATASETS[args.preset] if args.preset else None)
-    if args.palette:
-        info = DATASETS[args.palette]
+    if palette_name:
+        info = DATASETS[palette_name]
         if info.num_classes < k:
-            print(f"segformer predict: note: palette {args.palette} has {info.num_classes} colours for {k} classes")
+            print(f"segformer {verb}: note: palette {palette_name} has {info.num_classes} colours for {k} classes")
     else:
         info = next((d for d in DATASETS.values() if d.num_classes == k), None)
     palette = info.palette_array() if info is not None else default_palette(k)
@@ -65,7 +63,25 @@ def run(args: argparse.Namespace) -> int:
         palette = default_palette(k).copy()
         palette[: info.num_classes] = info.palette_array()
     names = model.config.class_names or (info.class_names if info is not None and info.num_classes == k else None)
-    segmenter = Segmenter.from_options(model, options, device=resolve_device(args.device))
+    return palette, names
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from ..data import DATASETS
+    from ..inference import Segmenter, predict_files
+    from ..loading import load_model
+    from ..runtime import resolve_device
+    from .evaluate import describe, inference_options
+
+    if not 0.0 <= args.alpha <= 1.0:
+        raise ValueError(f"--alpha {args.alpha} must be between 0 and 1")
+    model = load_model(args.weights)
+    k = model.config.num_classes
+    options = inference_options(args, DATASETS[args.preset] if args.preset else None, model.config)
+    palette, names = palette_and_names(model, args.palette, "predict")
+    segmenter = Segmenter(model, options, device=resolve_device(args.device))
     print(f"predicting with {args.weights} ({k} classes): {describe(options)}")
 
     def report(name: str, reason: str) -> None:

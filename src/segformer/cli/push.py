@@ -35,10 +35,11 @@ def run(args: argparse.Namespace) -> int:
     if args.repo_id.count("/") != 1 or not all(args.repo_id.split("/")):
         raise ValueError(f"repository id {args.repo_id!r} must look like owner/name")
     if not (folder / "README.md").is_file():
+        from ..fileio import write_text
         from ..loading import load_model
         from ..modelcard import model_card_for
 
-        (folder / "README.md").write_text(model_card_for(load_model(folder)))
+        write_text(folder / "README.md", model_card_for(load_model(folder)))
         print(f"wrote the model card {folder / 'README.md'}")
 
     try:

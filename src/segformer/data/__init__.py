@@ -1,28 +1,33 @@
-"""Datasets in their standard on-disk layouts and the mmseg-style training pipeline.
+"""Datasets in their standard on-disk layouts, the mmseg-style training pipeline, and the training sample stream.
 
-from segformer.data import DATASETS, TrainTransform, build_dataset
+from segformer.data import DATASETS, SampleStream, TrainTransform, build_dataset
 info = DATASETS["ade20k"]
-ds = build_dataset("ade20k", "data/ADEChallengeData2016", "training",
-                   transform=TrainTransform(info.scale, crop=info.crop))
-image, mask = ds[(0, (seed, iteration, slot))]     # or ds[0] for an unseeded draw; ds.load(0) for raw arrays
+ds = build_dataset("ade20k", "data/ADEChallengeData2016", "training")
+stream = SampleStream(ds, TrainTransform(info.scale, crop=info.crop), seed=0)
+image, mask = stream[g]       # global stream position g, exactly what training step g // global_batch sees
+raw_image, raw_mask, name = ds.load(0)
 """
 
-from .catalog import DATASETS, IGNORE_INDEX, DatasetInfo, folder_info
+from .catalog import DATASET_NAMES, DATASETS, IGNORE_INDEX, DatasetInfo, folder_info
 from .datasets import SegmentationDataset, build_dataset, read_class_names
-from .sampling import TrainSampler
+from .sampling import BatchPlan, SampleStream, next_batch, train_loader
 from .transforms import PhotoMetricDistortion, TrainTransform, choose_crop, rescale_size
 
 __all__ = [
     "DATASETS",
+    "DATASET_NAMES",
     "IGNORE_INDEX",
+    "BatchPlan",
     "DatasetInfo",
     "PhotoMetricDistortion",
+    "SampleStream",
     "SegmentationDataset",
-    "TrainSampler",
     "TrainTransform",
     "build_dataset",
     "choose_crop",
     "folder_info",
+    "next_batch",
     "read_class_names",
     "rescale_size",
+    "train_loader",
 ]

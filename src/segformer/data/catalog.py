@@ -10,7 +10,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-IGNORE_INDEX = 255
+from ..config import TestProtocol
+from ..constants import IGNORE_INDEX
 
 Palette = tuple[tuple[int, int, int], ...]
 
@@ -46,6 +47,18 @@ class DatasetInfo:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def test_protocol(self) -> TestProtocol:
+        """The paper's test settings for this dataset (ADE20K: whole at (2048, 512), 32-aligned; Cityscapes: slide)."""
+        slide = self.eval_mode == "slide"
+        return TestProtocol(
+            mode=self.eval_mode,
+            scale=self.scale,
+            crop=self.eval_crop if slide else None,
+            stride=self.eval_stride if slide else None,
+            size_divisor=self.size_divisor,
+        )
 
     def palette_array(self) -> np.ndarray:
         """The palette as a (K, 3) uint8 array, the form `imageio.write_label_png` and `visualize` take."""
@@ -256,6 +269,17 @@ DATASETS: dict[str, DatasetInfo] = {
         tta_scales=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75),
     ),
 }
+
+
+# Every name `build_dataset` and the CLI's --dataset accept: the datasets above, plus the generic layout "folder"
+# (ROOT/images/SPLIT + ROOT/masks/SPLIT, classes.txt). The one list of dataset names; builders live in datasets.py.
+DATASET_NAMES: tuple[str, ...] = (*DATASETS, "folder")
+
+
+def protocol_for_classes(class_names: tuple[str, ...] | None) -> TestProtocol | None:
+    """The paper's test protocol of the standard dataset whose classes these are (official/hub checkpoints)."""
+    info = next((d for d in DATASETS.values() if class_names and tuple(class_names) == d.class_names), None)
+    return info.test_protocol if info is not None else None
 
 
 def folder_info(class_names: tuple[str, ...] | list[str], name: str = "folder") -> DatasetInfo:

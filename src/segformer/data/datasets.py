@@ -4,9 +4,8 @@ Every dataset is a list of (image path, mask path) pairs plus a per-sample label
 validated lazily in `load(i)`, so building a dataset over 100k images only lists directories.
 
 Bad samples: `load(i)` always raises a one-line error naming the file (unreadable/truncated image or mask, size
-mismatch, mask value that is neither a class id nor 255). With `skip_bad=True`, `ds[i]` instead logs a warning,
-marks the sample bad (`ds.skipped` counts distinct bad samples, across DataLoader workers too) and returns the
-next good sample, so a training step never fails or shrinks; building also drops images without a mask.
+mismatch, mask value that is neither a class id nor 255). With `skip_bad=True`, building drops images without a
+mask (counted in `ds.dropped`); skipping unreadable samples while training is `sampling.SampleStream`'s job.
 """
 
 from __future__ import annotations
@@ -25,6 +24,7 @@ from .catalog import (
     ADE20K_REDUCE_ZERO_LABEL,
     CITYSCAPES_LABEL_TO_TRAIN_LUT,
     COCO_STUFF_TO_TRAIN_LUT,
+    DATASET_NAMES,
     DATASETS,
     IGNORE_INDEX,
     DatasetInfo,
@@ -34,16 +34,14 @@ from .catalog import (
 log = logging.getLogger("segformer")
 
 Transform = Callable[[np.ndarray, np.ndarray, np.random.Generator], Any]
-SeedLike = int | Sequence[int] | np.random.SeedSequence
 
 
 class SegmentationDataset(torch.utils.data.Dataset):
     """(image, mask) pairs with class names, palette and label mapping; picklable for DataLoader workers.
 
-    `ds[i]` returns `transform(image, mask, rng)` (or `load(i)` without a transform). The key may be an int, in
-    which case `rng` is seeded from OS entropy, or a pair `(i, seed)` with `seed` anything `np.random.default_rng`
-    takes, e.g. (run seed, iteration, slot): every sample is then reproducible and resumable (`TrainSampler`
-    yields such keys).
+    `ds.load(i)` reads sample `i`; `ds[i]` is `transform(image, mask, rng)` with a fresh unseeded `rng` (or the
+    `load` tuple without a transform), for looking at augmentations. Training draws reproducible, resumable samples
+    through `sampling.SampleStream`, which uses `ds.transform` when it is set.
     """
 
     def __init__(
@@ -68,13 +66,6 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.skip_bad = skip_bad
         self.where = where
         self.dropped = dropped  # samples left out while building (skip_bad and no mask)
-        # One flag per sample in shared memory: DataLoader workers mark bad samples where the main process sees them.
-        self._bad = torch.zeros(len(self.samples), dtype=torch.bool).share_memory_()
-
-    def __setstate__(self, state: dict) -> None:
-        # A plain pickle round trip copies the flags into private memory; share them again for forked workers.
-        self.__dict__.update(state)
-        self._bad.share_memory_()
 
     # -- metadata ---------------------------------------------------------------------------------------------
     @property
@@ -93,11 +84,6 @@ class SegmentationDataset(torch.utils.data.Dataset):
     def ignore_index(self) -> int:
         return IGNORE_INDEX
 
-    @property
-    def skipped(self) -> int:
-        """Distinct bad samples met so far (dropped while building + skipped while loading), in any process."""
-        return self.dropped + int(self._bad.sum())
-
     def __len__(self) -> int:
         return len(self.samples)
 
@@ -107,7 +93,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         )
 
     def with_transform(self, transform: Transform | None) -> SegmentationDataset:
-        """A shallow copy with another transform (same samples and bad-sample flags)."""
+        """A shallow copy with another transform (same samples)."""
         other = copy.copy(self)
         other.transform = transform
         return other
@@ -147,36 +133,11 @@ class SegmentationDataset(torch.utils.data.Dataset):
             image = image.copy()
         return image, mask, image_path.stem
 
-    def sample(self, index: int, rng: np.random.Generator) -> Any:
-        """`transform(image, mask, rng)` for sample `index` (the raw `load` tuple without a transform)."""
+    def __getitem__(self, index: int) -> Any:
         image, mask, name = self.load(index)
         if self.transform is None:
             return image, mask, name
-        return self.transform(image, mask, rng)
-
-    def __getitem__(self, key: int | tuple[int, SeedLike]) -> Any:
-        if isinstance(key, tuple):
-            index, seed = key
-        else:
-            index, seed = key, None
-        index = int(index)
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} samples")
-        if not self.skip_bad:
-            return self.sample(index, np.random.default_rng(seed))
-        for step in range(len(self)):
-            i = (index + step) % len(self)
-            if self._bad[i]:
-                continue
-            try:
-                # The same generator state whichever sample ends up used: the substitute stays deterministic.
-                return self.sample(i, np.random.default_rng(seed))
-            except (ImageReadError, OSError, ValueError) as e:
-                self._bad[i] = True
-                log.warning("skipping bad sample %d (%d skipped so far): %s", i, self.skipped, e)
-        raise RuntimeError(f"{self.where or self.info.name}: every one of the {len(self)} samples is unreadable")
+        return self.transform(image, mask, np.random.default_rng())
 
     def check(self) -> list[str]:
         """Read every sample and return the errors (one line each); for validating a dataset before training."""
@@ -408,7 +369,9 @@ BUILDERS: dict[str, Callable[..., SegmentationDataset]] = {
     "cityscapes": cityscapes,
     "voc": voc,
     "coco-stuff": coco_stuff,
+    "folder": image_folder,
 }
+assert tuple(BUILDERS) == DATASET_NAMES, "a dataset name without a builder, or the reverse"
 
 
 def build_dataset(
@@ -420,17 +383,17 @@ def build_dataset(
     transform: Transform | None = None,
     skip_bad: bool = False,
 ) -> SegmentationDataset:
-    """The dataset `name` ("ade20k", "cityscapes", "voc", "coco-stuff" or "folder") read from `root`.
+    """The dataset `name` (one of `DATASET_NAMES`) read from `root`.
 
     Split names are the dataset's own ("training"/"validation" for ADE20K, "train2017"/"val2017" for COCO-Stuff)
     or "train"/"val" for any of them.
     """
     root = Path(root).expanduser()
     options = {"transform": transform, "skip_bad": skip_bad}
-    if name == "folder":
-        return image_folder(root, split, num_classes=num_classes, **options)
     if name not in BUILDERS:
-        raise ValueError(f"unknown dataset {name!r}; choose from {', '.join([*BUILDERS, 'folder'])}")
+        raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(DATASET_NAMES)}")
+    if name not in DATASETS:  # a generic layout: classes come from the folder or num_classes
+        return BUILDERS[name](root, split, num_classes=num_classes, **options)
     info = DATASETS[name]
     if num_classes is not None and num_classes != info.num_classes:
         raise ValueError(

@@ -23,8 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..model import MEAN, STD
-from .catalog import IGNORE_INDEX
+from ..constants import IGNORE_INDEX, MEAN, STD
 
 _MEAN = torch.tensor(MEAN, dtype=torch.float32).view(3, 1, 1)
 _STD = torch.tensor(STD, dtype=torch.float32).view(3, 1, 1)

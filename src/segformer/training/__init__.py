@@ -2,7 +2,8 @@
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import PRESETS, TrainConfig
-from .loop import TrainResult, segmentation_loss, train
+from .loop import TrainResult, train, train_step
+from .losses import segmentation_loss
 from .optim import build_optimizer, build_scheduler, lr_factor, param_groups
 
 __all__ = [
@@ -17,4 +18,5 @@ __all__ = [
     "save_checkpoint",
     "segmentation_loss",
     "train",
+    "train_step",
 ]

@@ -6,13 +6,18 @@ and "config" keys make it loadable by `segformer.load_model(RUN_DIR / "last.pt")
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from ..fileio import atomic_write
+from .config import TrainConfig
+
+log = logging.getLogger("segformer")
 
 CHECKPOINT_NAME = "last.pt"
 PREVIOUS_NAME = "previous.pt"
@@ -32,24 +37,12 @@ def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def _write_temp(obj: Any, path: Path) -> str:
-    """torch.save into a synced temp file next to `path`; returns its name."""
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return tmp
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """torch.save to a temp file in the same folder, fsync, then rename over `path` (atomic on POSIX)."""
-    tmp = _write_temp(obj, path)
-    os.replace(tmp, path)
+def _save_synced(obj: Any, name: str) -> None:
+    """torch.save into `name`, flushed and fsynced: whole on disk before anything is renamed."""
+    with open(name, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def save_checkpoint(run_dir: Path, state: dict[str, Any], keep_previous: bool = True) -> Path:
@@ -59,10 +52,13 @@ def save_checkpoint(run_dir: Path, state: dict[str, Any], keep_previous: bool = 
     (or both) whole; `find_resume_checkpoint` picks the newest present.
     """
     path = run_dir / CHECKPOINT_NAME
-    tmp = _write_temp(state, path)
-    if keep_previous and path.exists():
-        os.replace(path, run_dir / PREVIOUS_NAME)
-    os.replace(tmp, path)
+
+    def write(tmp: str) -> None:
+        _save_synced(state, tmp)
+        if keep_previous and path.exists():
+            os.replace(path, run_dir / PREVIOUS_NAME)  # then atomic_write renames the new file into place
+
+    atomic_write(path, write)
     return path
 
 
@@ -95,3 +91,17 @@ def find_resume_checkpoint(run_dir: Path) -> Path | None:
         if path.is_file():
             return path
     return None
+
+
+def check_compatible(path: Path, saved: dict[str, Any], config: TrainConfig) -> None:
+    """Refuse to resume a checkpoint into a different model or data setup (the weights would not fit anyway)."""
+    for key in ("model", "dataset", "num_classes", "batch_size", "grad_accum", "seed"):
+        if key in saved and saved[key] != config.to_dict()[key]:
+            raise ValueError(
+                f"{path}: was written with {key}={saved[key]!r} but this run has {key}={config.to_dict()[key]!r}; "
+                "resume with the same settings (RUN_DIR/config.yaml) or start a new --out"
+            )
+    if saved.get("iters", config.iters) != config.iters:
+        log.warning(
+            "%s: iters changed from %s to %d: the poly schedule is recomputed", path, saved["iters"], config.iters
+        )

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-AMP_MODES = ("none", "bf16", "fp16")
+from ..constants import AMP_DTYPES
 
 # The paper's recipe (section 4.1 and the released configs; segformer-facts.md 1.6). The shared part (AdamW 6e-5,
 # wd 0.01, head lr x10, warmup 1500 from 1e-6, poly 1.0 to 0) is the TrainConfig default; presets hold the rest.
@@ -82,8 +82,8 @@ class TrainConfig:
         for name in ("warmup_iters", "eval_every", "save_every", "num_workers", "seed"):
             if getattr(self, name) < 0:
                 raise ValueError(f"train config: {name}={getattr(self, name)} must be >= 0")
-        if self.amp not in AMP_MODES:
-            raise ValueError(f"train config: amp={self.amp!r}; choose one of {', '.join(AMP_MODES)}")
+        if self.amp not in AMP_DTYPES:
+            raise ValueError(f"train config: amp={self.amp!r}; choose one of {', '.join(AMP_DTYPES)}")
         if self.lr <= 0 or self.weight_decay < 0 or self.head_lr_mult <= 0 or self.min_lr < 0:
             raise ValueError("train config: lr and head_lr_mult must be > 0, weight_decay and min_lr >= 0")
         if not 0 < self.warmup_ratio <= 1:

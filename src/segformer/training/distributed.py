@@ -141,3 +141,15 @@ def convert_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
         else:
             convert_batchnorm(child, device)
     return model
+
+
+def check_replicas_agree(model: nn.Module) -> None:
+    """DDP keeps replicas bitwise identical; compare digests once at the end so a silent divergence cannot pass."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for value in model.state_dict().values():
+        digest.update(value.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    digests = gather_objects(digest.hexdigest())
+    if len(set(digests)) != 1:
+        raise RuntimeError(f"the {len(digests)} processes ended with different weights (digests {digests})")

@@ -1,43 +1,56 @@
-"""`train(config)`: the SegFormer training loop (single process, or DDP under torchrun).
+"""`train(config)`: the SegFormer training loop (single process, or DDP under torchrun); `train_step` is one step.
 
-Determinism and exact resume come from addressing data by position: sample `g` of the global stream (iteration
-`it`, slot `j` of the global batch: g = it * global_batch + j) is image `perm(seed, epoch)[g % N]`, augmented
-with `np.random.default_rng([seed, g])`. Nothing depends on how many processes or workers there are or on where
-a run was interrupted; the torch RNG (DropPath, dropout) is saved in every checkpoint and restored on resume.
+Determinism and exact resume come from addressing data by position (`segformer.data.sampling`): sample `g` of the
+global stream (iteration `it`, slot `j` of the global batch: g = it * global_batch + j) is image
+`perm(seed, epoch)[g % N]`, augmented with `np.random.default_rng([seed, g])`. Nothing depends on how many
+processes or workers there are or on where a run was interrupted; the torch RNG (DropPath, dropout) is saved in
+every checkpoint and restored on resume.
+
+Rooms: the data come from `segformer.data` (`SampleStream`, `BatchPlan`, `train_loader`), datasets and model are
+built in `build.py`, the loss is `losses.py`, the optimiser and schedule `optim.py`, checkpoints `checkpoint.py`,
+the run's log `records.py`, SIGTERM handling `signals.py`, and the curves are drawn by `segformer.visualize`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
-import signal
-import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import SegFormerConfig
+from ..data.sampling import BatchPlan, SampleStream, next_batch, train_loader
+from ..fileio import write_json
 from ..model import SegFormer
 from ..modelcard import training_card
+from ..runtime import autocast, resolve_device
+from ..visualize import plot_curves
 from . import distributed as D
-from .checkpoint import find_resume_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .build import build_data, build_model, class_names, complete_config, test_protocol
+from .checkpoint import (
+    CHECKPOINT_NAME,
+    check_compatible,
+    find_resume_checkpoint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from .config import TrainConfig
+from .losses import segmentation_loss
 from .optim import build_optimizer, build_scheduler
+from .records import RunRecords
+from .signals import StopRequest
 
 log = logging.getLogger("segformer")
-
-IGNORE_INDEX = 255
 
 
 @dataclass
@@ -50,211 +63,52 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def segmentation_loss(logits: Tensor, target: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
-    """Cross-entropy over labelled pixels, logits upsampled (bilinear) to the label size, as the original.
+@dataclass
+class Trainer:
+    """The parts of a run that stay put while it trains: model, optimiser, schedule, where it writes."""
 
-    A batch without any labelled pixel gives 0 (not NaN), so a crop of pure 'ignore' cannot stop a run.
-    """
-    if logits.shape[-2:] != target.shape[-2:]:
-        logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
-    total = F.cross_entropy(logits.float(), target, ignore_index=ignore_index, reduction="sum")
-    count = (target != ignore_index).sum().clamp(min=1)
-    return total / count
+    config: TrainConfig
+    device: torch.device
+    model: SegFormer
+    net: nn.Module  # the model, or its DistributedDataParallel wrapper
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    records: RunRecords
+    val_ds: Any
+    world: int = 1
+    rank: int = 0
 
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
 
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> this process's GPU (LOCAL_RANK under torchrun) if there is one, else the CPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"device {name!r} asked for, but no CUDA GPU is available; use --device cpu")
-        if device.index is None:
-            device = torch.device("cuda", D.local_rank())
-        torch.cuda.set_device(device)
-    return device
-
-
-# ----------------------------------------------------------------------------------------------------- data
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.config.out)
 
 
-class SampleStream(torch.utils.data.Dataset):
-    """Global stream position g -> (image tensor, label tensor), independent of ranks, workers and restarts."""
+@dataclass
+class TrainState:
+    """What changes as the run advances; `iteration` and `best_miou` go into every checkpoint."""
 
-    def __init__(self, dataset: Any, transform: Any, seed: int, skip_bad: bool) -> None:
-        self.dataset = dataset
-        self.transform = transform
-        self.seed = seed
-        self.skip_bad = skip_bad
-        self._epoch = -1
-        self._perm: np.ndarray | None = None
+    loss_sum: Tensor  # training loss summed since the last log line, on the device (no sync per step)
+    nonfinite_at: Tensor  # the first iteration whose loss was not finite, -1 while none was
+    iteration: int = 0  # iterations done
+    best_miou: float | None = None
+    last_saved: int | None = None  # iteration of the newest checkpoint on disk, None before the first
+    window: int = 0  # iterations summed in loss_sum
+    tick: float = field(default_factory=time.perf_counter)
 
-    def __len__(self) -> int:  # positions are unbounded; DataLoader only needs this for its repr
-        return len(self.dataset)
+    @classmethod
+    def new(cls, device: torch.device) -> TrainState:
+        return cls(torch.zeros((), device=device), torch.full((), -1, dtype=torch.long, device=device))
 
-    def index_of(self, g: int) -> int:
-        epoch, pos = divmod(g, len(self.dataset))
-        if epoch != self._epoch:
-            self._perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.dataset))
-            self._epoch = epoch
-        return int(self._perm[pos])
-
-    def __getitem__(self, g: int) -> tuple[Tensor, Tensor]:
-        from ..imageio import ImageReadError
-
-        n = len(self.dataset)
-        index = self.index_of(g)
-        for _ in range(n):
-            try:
-                image, mask, _ = self.dataset.load(index)
-                break
-            except (ImageReadError, ValueError, OSError) as e:
-                if not self.skip_bad:
-                    raise ValueError(f"{e} (pass --skip-bad-samples to skip unreadable samples)") from None
-                log.warning("skipping bad sample: %s", e)
-                index = (index + 1) % n
-        else:
-            raise ValueError("every training sample failed to load")
-        image, mask = self.transform(image, mask, np.random.default_rng([self.seed, g]))
-        return torch.as_tensor(image), torch.as_tensor(mask).long()
-
-
-class BatchPlan(torch.utils.data.Sampler):
-    """Per micro-batch, this rank's slice of the global stream, from iteration `start` to `iters`."""
-
-    def __init__(self, start: int, iters: int, batch_size: int, grad_accum: int, world: int, rank: int) -> None:
-        self.start, self.iters = start, iters
-        self.batch_size, self.grad_accum, self.world, self.rank = batch_size, grad_accum, world, rank
-
-    def __len__(self) -> int:
-        return (self.iters - self.start) * self.grad_accum
-
-    def __iter__(self) -> Iterator[list[int]]:
-        b = self.batch_size
-        global_batch = b * self.world * self.grad_accum
-        for it in range(self.start, self.iters):
-            for a in range(self.grad_accum):
-                first = it * global_batch + a * b * self.world + self.rank * b
-                yield list(range(first, first + b))
-
-
-def _worker_init(_: int) -> None:
-    torch.set_num_threads(1)  # workers are processes already; threads inside them only fight for cores
-
-
-def _next_batch(batches: Iterator) -> tuple[Tensor, Tensor]:
-    """The next batch; an error raised in a worker comes back as one line, not a worker traceback."""
-    try:
-        return next(batches)
-    except (ValueError, OSError, RuntimeError, KeyError) as e:
-        lines = [line for line in str(e).strip().splitlines() if line.strip()]
-        if len(lines) > 1 and "DataLoader worker" in lines[0]:
-            last = lines[-1]
-            raise ValueError(f"training data: {last.split(': ', 1)[-1]}") from None
-        raise
-
-
-# ---------------------------------------------------------------------------------------------------- setup
-
-
-def _build_datasets(config: TrainConfig) -> tuple[Any, Any, Any]:
-    """(train dataset, its transform, val dataset or None) from the config, via segformer.data."""
-    from ..data import build_dataset
-
-    if not config.data_root:
-        raise ValueError("train config: data_root is not set; pass --data-root DIR")
-
-    def load(split: str) -> Any:
-        return build_dataset(
-            config.dataset, config.data_root, split, num_classes=config.num_classes, skip_bad=config.skip_bad_samples
-        )
-
-    train_ds = load(config.train_split)
-    transform = _make_transform(config, train_ds)
-    try:
-        val_ds = load(config.val_split)
-    except (FileNotFoundError, ValueError) as e:  # no such split, or an empty one
-        if config.eval_every:
-            hint = f"no '{config.val_split}' split: pass --eval-every 0 to skip evaluation"
-            raise type(e)(f"{e} ({hint})") from None
-        log.info("no '%s' split in %s: training without evaluation", config.val_split, config.data_root)
-        val_ds = None
-    return train_ds, transform, val_ds
-
-
-def _make_transform(config: TrainConfig, dataset: Any) -> Any:
-    from ..data import TrainTransform
-
-    info = getattr(dataset, "info", None)
-    scale = config.scale or (info.scale if info is not None else None)
-    crop = config.crop or (info.crop if info is not None else None)
-    if scale is None or crop is None:
-        raise ValueError("train config: crop and scale are unset and the dataset has no defaults; pass --crop/--scale")
-    return TrainTransform(
-        scale=tuple(scale),
-        ratio_range=config.ratio_range,
-        crop=tuple(crop),
-        cat_max_ratio=config.cat_max_ratio,
-        flip_prob=config.flip_prob,
-        photometric=config.photometric,
-    )
-
-
-def build_model(config: TrainConfig, num_classes: int, class_names: tuple[str, ...] | None) -> SegFormer:
-    """A fresh SegFormer for `config.model` (variant name or config file), encoder from `config.pretrained`."""
-    from ..loading import create_model
-
-    overrides: dict[str, Any] = {}
-    if config.drop_path_rate is not None:
-        overrides["drop_path_rate"] = config.drop_path_rate
-    if config.classifier_dropout is not None:
-        overrides["classifier_dropout"] = config.classifier_dropout
-    if config.model.endswith((".json", ".yaml", ".yml")):
-        import yaml
-
-        path = Path(config.model)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such model config file (or pass a variant name like b0)")
-        if config.pretrained is not None:
-            raise ValueError("train config: pretrained weights need a variant name as model (b0..b5), not a file")
-        data = yaml.safe_load(path.read_text())  # JSON is YAML
-        data = {k: v for k, v in data.items() if k != "variant"}
-        model_config = SegFormerConfig.from_dict(data).replace(
-            num_classes=num_classes, class_names=class_names, **overrides
-        )
-        return SegFormer(model_config)
-    return create_model(
-        config.model, num_classes=num_classes, pretrained=config.pretrained, class_names=class_names, **overrides
-    )
-
-
-def _class_names(dataset: Any) -> tuple[str, ...] | None:
-    names = getattr(dataset, "class_names", None)
-    return tuple(str(n) for n in names) if names else None
-
-
-def _read_history(path: Path, upto: int) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by a kill
-        if isinstance(record, dict) and record.get("iter", 0) <= upto:
-            records.append(record)
-    return records
-
-
-def _write_history(path: Path, records: list[dict[str, Any]]) -> None:
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-    os.replace(tmp, path)
-
-
-# ----------------------------------------------------------------------------------------------------- train
+    def add_losses(self, losses: list[Tensor], it: int, grad_accum: int) -> None:
+        for loss in losses:
+            self.nonfinite_at = torch.where((self.nonfinite_at < 0) & ~torch.isfinite(loss), it, self.nonfinite_at)
+            self.loss_sum += loss / grad_accum
+        self.window += 1
 
 
 def train(
@@ -283,274 +137,283 @@ def train(
 
 
 def _train(config: TrainConfig, device: torch.device, model: Any, train_ds: Any, val_ds: Any) -> TrainResult:
-    world, rank, main = D.world_size(), D.rank(), D.is_main()
-    if config.deterministic:
+    _set_determinism(config.deterministic, device)
+    resume_from = _resume_checkpoint(config)
+    train_ds, transform, val_ds = build_data(config, train_ds, val_ds)
+    config = complete_config(config, train_ds)
+    torch.manual_seed(config.seed)  # identical initialisation on every rank
+    model = _prepare_model(config, model, train_ds, device)
+    run, state = _assemble(config, device, model, val_ds, resume_from)
+    _log_start(run, len(train_ds))
+
+    stream = SampleStream(train_ds, transform, config.seed, config.skip_bad_samples)
+    plan = BatchPlan(state.iteration, config.iters, config.batch_size, config.grad_accum, run.world, run.rank)
+    loader = train_loader(stream, plan, config.num_workers, pin_memory=device.type == "cuda")
+    try:
+        _run_iterations(run, state, iter(loader))
+        return _finish(run, state)
+    finally:
+        run.records.close()
+
+
+def train_step(run: Trainer, micro_batches: Iterable[tuple[Tensor, Tensor]]) -> list[Tensor]:
+    """One optimiser step: forward, loss and backward over the grad-accum micro-batches, clip, step.
+
+    Returns each micro-batch's loss (detached). Under DDP, gradients are all-reduced on the last micro-batch only.
+    """
+    config, device = run.config, run.device
+    losses = []
+    for a, (images, targets) in enumerate(micro_batches):
+        images = images.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        sync = run.world == 1 or a == config.grad_accum - 1
+        with run.net.no_sync() if not sync else contextlib.nullcontext():
+            with autocast(device, config.amp):
+                logits = run.net(images)
+            loss = segmentation_loss(logits, targets)
+            run.scaler.scale(loss / config.grad_accum).backward()
+        losses.append(loss.detach())
+    if config.clip_grad is not None:
+        run.scaler.unscale_(run.optimizer)
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), config.clip_grad)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+    return losses
+
+
+# ---------------------------------------------------------------------------------------------------- setup
+
+
+def _set_determinism(deterministic: bool, device: torch.device) -> None:
+    if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
         torch.backends.cudnn.benchmark = False
     else:
         torch.backends.cudnn.benchmark = True
 
+
+def _resume_checkpoint(config: TrainConfig) -> Path | None:
+    """The checkpoint to continue from with --resume (None: start afresh); never overwrite a run without it."""
     run_dir = Path(config.out)
-    resume_from = find_resume_checkpoint(run_dir) if config.resume else None
-    if not config.resume and find_resume_checkpoint(run_dir) is not None:
-        raise ValueError(f"{run_dir}: already holds a training checkpoint; pass --resume to continue it or pick --out")
-    if config.resume and resume_from is None and main:
+    found = find_resume_checkpoint(run_dir)
+    if not config.resume:
+        if found is not None:
+            hint = "pass --resume to continue it or pick --out"
+            raise ValueError(f"{run_dir}: already holds a training checkpoint; {hint}")
+        return None
+    if found is None and D.is_main():
         log.info("%s: no checkpoint to resume from; starting from scratch", run_dir)
+    return found
 
-    # Data.
-    if train_ds is None:
-        train_ds, transform, built_val = _build_datasets(config)
-        val_ds = val_ds if val_ds is not None else built_val
-    else:
-        transform = getattr(train_ds, "transform", None) or _make_transform(config, train_ds)
-    if len(train_ds) == 0:
-        raise ValueError(f"training set is empty ({config.dataset} at {config.data_root}, split {config.train_split})")
-    num_classes = int(train_ds.num_classes)
-    class_names = _class_names(train_ds)
-    if config.num_classes is not None and config.num_classes != num_classes:
-        raise ValueError(f"train config: num_classes={config.num_classes} but the dataset has {num_classes} classes")
-    info = getattr(train_ds, "info", None)
-    config = config.replace(
-        num_classes=num_classes,
-        crop=config.crop or (tuple(info.crop) if info is not None else None),
-        scale=config.scale or (tuple(info.scale) if info is not None else None),
-    )
 
-    # Model, optimiser, schedule, scaler.
-    torch.manual_seed(config.seed)  # identical initialisation on every rank
+def _prepare_model(config: TrainConfig, model: SegFormer | None, dataset: Any, device: torch.device) -> SegFormer:
+    """The given model (checked against the dataset) or a new one, on `device` in training mode."""
+    num_classes, names = int(dataset.num_classes), class_names(dataset)
     if model is None:
-        model = build_model(config, num_classes, class_names)
+        model = build_model(config, num_classes, names)
     elif model.config.num_classes != num_classes:
         raise ValueError(f"model has {model.config.num_classes} classes but the dataset has {num_classes}")
-    elif model.config.class_names is None and class_names is not None:
-        model.config = model.config.replace(class_names=class_names)  # saved with the model
+    elif model.config.class_names is None and names is not None:
+        model.config = model.config.replace(class_names=names)  # saved with the model
+    model.config = model.config.replace(test_protocol=test_protocol(config, dataset))  # predict runs it by default
     model = model.to(device).train()
     if config.grad_checkpointing:
         model.encoder.set_grad_checkpointing(True)
+    return model
+
+
+def _assemble(
+    config: TrainConfig, device: torch.device, model: SegFormer, val_ds: Any, resume_from: Path | None
+) -> tuple[Trainer, TrainState]:
+    """Optimiser, schedule, grad scaler (restored from `resume_from`), the run's records; DDP with > 1 process."""
+    world, rank = D.world_size(), D.rank()
+    net: nn.Module = model
     if world > 1:
         model = D.convert_batchnorm(model, device)
-        net: nn.Module = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    else:
-        net = model
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = build_optimizer(model, config.lr, config.weight_decay, config.head_lr_mult)
     scheduler = build_scheduler(
         optimizer, config.iters, config.warmup_iters, config.warmup_ratio, config.power, config.min_lr
     )
     scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.amp)
-
-    # Resume.
-    start, best_miou = 0, None
     torch.manual_seed(config.seed * 1000 + rank)  # DropPath/dropout differ across ranks
+    state = TrainState.new(device)
     if resume_from is not None:
-        state = load_checkpoint(resume_from)
-        _check_compatible(resume_from, state["train_config"], config)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        start, best_miou = int(state["iteration"]), state.get("best_miou")
-        states = state["rng"].get("states", [])
-        if len(states) == world:
-            set_rng_state(states[rank], device)
-        elif main:
-            log.warning("%s was written by %d processes, now %d: RNG streams restart", resume_from, len(states), world)
-        if main:
-            log.info("resumed from %s at iteration %d", resume_from, start)
+        saved = load_checkpoint(resume_from)
+        check_compatible(resume_from, saved["train_config"], config)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        if saved.get("scaler"):
+            scaler.load_state_dict(saved["scaler"])
+        state.iteration = state.last_saved = int(saved["iteration"])
+        state.best_miou = saved.get("best_miou")
+        _restore_rng(resume_from, saved["rng"].get("states", []), device, world, rank)
+        if rank == 0:
+            log.info("resumed from %s at iteration %d", resume_from, state.iteration)
+    records = _open_records(config, rank == 0, state.iteration if resume_from is not None else None)
+    run = Trainer(config, device, model, net, optimizer, scheduler, scaler, records, val_ds, world, rank)
+    return run, state
 
-    history: list[dict[str, Any]] = []
-    writer = None
+
+def _restore_rng(path: Path, states: list[dict[str, Any]], device: torch.device, world: int, rank: int) -> None:
+    if len(states) == world:
+        set_rng_state(states[rank], device)
+    elif rank == 0:
+        log.warning("%s was written by %d processes, now %d: RNG streams restart", path, len(states), world)
+
+
+def _open_records(config: TrainConfig, main: bool, resumed_at: int | None) -> RunRecords:
+    run_dir = Path(config.out)
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         config.save_yaml(run_dir / "config.yaml")
-        history = _read_history(run_dir / "metrics.jsonl", start) if resume_from is not None else []
-        _write_history(run_dir / "metrics.jsonl", history)
-        if config.tensorboard:
-            writer = _tensorboard(run_dir)
-        log.info(
-            "training %s on %s (%d images, %d classes) for %d iterations: global batch %d (%d x %d processes x %d "
-            "accumulation), device %s, run folder %s",
-            config.model,
-            config.dataset,
-            len(train_ds),
-            num_classes,
-            config.iters,
-            config.batch_size * world * config.grad_accum,
-            config.batch_size,
-            world,
-            config.grad_accum,
-            device,
-            run_dir,
-        )
+    return RunRecords(run_dir, write=main, resumed_at=resumed_at, tensorboard=config.tensorboard)
 
-    stream = SampleStream(train_ds, transform, config.seed, config.skip_bad_samples)
-    plan = BatchPlan(start, config.iters, config.batch_size, config.grad_accum, world, rank)
-    loader = torch.utils.data.DataLoader(
-        stream,
-        batch_sampler=plan,
-        num_workers=config.num_workers,
-        pin_memory=device.type == "cuda",
-        worker_init_fn=_worker_init if config.num_workers else None,
-        generator=torch.Generator(),  # keeps the global torch RNG untouched by the loader
+
+def _log_start(run: Trainer, images: int) -> None:
+    if not run.main:
+        return
+    c = run.config
+    log.info(
+        "training %s on %s (%d images, %d classes) for %d iterations: global batch %d (%d x %d processes x %d "
+        "accumulation), device %s, run folder %s",
+        c.model,
+        c.dataset,
+        images,
+        c.num_classes,
+        c.iters,
+        c.batch_size * run.world * c.grad_accum,
+        c.batch_size,
+        run.world,
+        c.grad_accum,
+        run.device,
+        run.run_dir,
     )
-    batches = iter(loader)
 
+
+# ----------------------------------------------------------------------------------------------------- loop
+
+
+def _run_iterations(run: Trainer, state: TrainState, batches: Iterator) -> None:
+    """Steps from `state.iteration` to `config.iters`, logging, evaluating and saving as the config says."""
     from tqdm import tqdm
 
-    bar = tqdm(total=config.iters, initial=start, disable=not main, desc="train", dynamic_ncols=True, unit="it")
-    loss_sum = torch.zeros((), device=device)
-    window = 0
-    nonfinite_at = torch.full((), -1, dtype=torch.long, device=device)
-    tick = time.perf_counter()
-    last_saved = start if resume_from is not None else None
-
-    def check_finite() -> None:
-        bad = nonfinite_at.clone()
-        if world > 1:
-            torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
-        if int(bad) >= 0:
-            kept = f"the last good checkpoint {run_dir / 'last.pt'} (iteration {last_saved}) is intact"
-            raise RuntimeError(
-                f"non-finite loss at iteration {int(bad) + 1}: stopped without saving; "
-                + (kept if last_saved is not None else "no checkpoint was written")
-                + "; lower --lr, add --clip-grad, or use --amp bf16/none instead of fp16"
-            )
-
-    def snapshot(it_done: int) -> dict[str, Any]:
-        rngs = D.gather_objects(rng_state(device))
-        return {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-            "iteration": it_done,
-            "best_miou": best_miou,
-            "rng": {"states": rngs},
-            "config": model.config.to_dict(),
-            "train_config": config.to_dict(),
-        }
-
-    def evaluate_now(it_done: int) -> dict[str, Any] | None:
-        nonlocal best_miou
-        if val_ds is None:
-            return None
-        metrics = _evaluate(model, val_ds, config, device)
-        model.train()
-        if main:
-            record = {"iter": it_done, **{k: v for k, v in metrics.items() if k != "per_class"}}
-            history.append(record)
-            _append(run_dir / "metrics.jsonl", record)
-            if writer is not None:
-                for key in ("mIoU", "aAcc", "mAcc", "mDice"):
-                    if key in metrics:
-                        writer.add_scalar(f"val/{key}", metrics[key], it_done)
-            log.info("iteration %d: mIoU %.4f aAcc %.4f", it_done, metrics["mIoU"], metrics.get("aAcc", math.nan))
-            if best_miou is None or metrics["mIoU"] > best_miou:
-                best_miou = float(metrics["mIoU"])
-                model.save_pretrained(run_dir / "best", card=training_card(config, it_done, metrics))
-        best_miou = D.broadcast_object(best_miou)
-        return metrics
-
-    stop = _StopRequest(install=world == 1)
+    config = run.config
+    bar = tqdm(
+        total=config.iters, initial=state.iteration, disable=not run.main, desc="train", dynamic_ncols=True, unit="it"
+    )
+    stop = StopRequest(install=run.world == 1)
+    state.tick = time.perf_counter()
     try:
         with warnings.catch_warnings():
             # fp16: the grad scaler skips steps whose gradients overflowed; the schedule still advances (as mmcv).
             warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
-            for it in range(start, config.iters):
-                for a in range(config.grad_accum):
-                    images, targets = _next_batch(batches)
-                    images = images.to(device, non_blocking=True)
-                    targets = targets.to(device, non_blocking=True)
-                    sync = world == 1 or a == config.grad_accum - 1
-                    with net.no_sync() if not sync else contextlib.nullcontext():
-                        with torch.autocast(
-                            device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
-                        ):
-                            logits = net(images)
-                        loss = segmentation_loss(logits, targets)
-                        scaler.scale(loss / config.grad_accum).backward()
-                    loss = loss.detach()
-                    nonfinite_at = torch.where((nonfinite_at < 0) & ~torch.isfinite(loss), it, nonfinite_at)
-                    loss_sum += loss / config.grad_accum
-                if config.clip_grad is not None:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                lr = optimizer.param_groups[0]["lr"]
-                scheduler.step()
-                window += 1
+            for it in range(state.iteration, config.iters):
+                losses = train_step(run, (next_batch(batches) for _ in range(config.grad_accum)))
+                state.add_losses(losses, it, config.grad_accum)
+                lr = run.optimizer.param_groups[0]["lr"]
+                run.scheduler.step()
+                state.iteration = it + 1
                 bar.update(1)
-                done = it + 1
-                last = done == config.iters
-
-                if done % config.log_every == 0 or last:
-                    check_finite()
-                    if world > 1:
-                        torch.distributed.all_reduce(loss_sum)
-                        loss_sum /= world
-                    now = time.perf_counter()
-                    record = {
-                        "iter": done,
-                        "loss": float(loss_sum) / window,
-                        "lr": lr,
-                        "sec_per_iter": (now - tick) / window,
-                    }
-                    loss_sum.zero_()
-                    window, tick = 0, now
-                    if main:
-                        history.append(record)
-                        _append(run_dir / "metrics.jsonl", record)
-                        bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}", refresh=False)
-                        if writer is not None:
-                            writer.add_scalar("train/loss", record["loss"], done)
-                            writer.add_scalar("train/lr", lr, done)
-                if config.eval_every and done % config.eval_every == 0 and not last:
-                    check_finite()
-                    evaluate_now(done)
-                if (config.save_every and done % config.save_every == 0) or last:
-                    check_finite()
-                    state = snapshot(done)
-                    if main:
-                        save_checkpoint(run_dir, state)
-                    last_saved = done
-                if stop.signal is not None:
-                    check_finite()
-                    if last_saved != done:
-                        state = snapshot(done)
-                        if main:
-                            save_checkpoint(run_dir, state)
-                    raise RuntimeError(
-                        f"stopped by {signal.Signals(stop.signal).name} after iteration {done}: saved "
-                        f"{run_dir / 'last.pt'}; continue with --resume"
-                    )
+                _after_step(run, state, lr, bar, stop)
     finally:
         bar.close()  # before any error message, not after it
         stop.uninstall()
 
-    if world > 1:
-        _check_ranks_agree(model)
-    final_metrics = evaluate_now(config.iters) if val_ds is not None else None
-    result = TrainResult(out=run_dir, best_miou=best_miou, final_metrics=final_metrics, history=history)
-    if main:
-        if final_metrics is not None:  # best_miou may have changed: keep last.pt's copy current
-            save_checkpoint(run_dir, snapshot(config.iters), keep_previous=False)
-        model.save_pretrained(run_dir / "final", card=training_card(config, config.iters, final_metrics))
-        if final_metrics is not None:
-            (run_dir / "final" / "metrics.json").write_text(json.dumps(final_metrics, indent=2, default=float) + "\n")
-        plot_curves(history, run_dir / "curves.png")
-        if writer is not None:
-            writer.close()
-        log.info("done: %s (final/ and last.pt)%s", run_dir, f", best mIoU {best_miou:.4f}" if best_miou else "")
-    elif final_metrics is not None:
-        snapshot(config.iters)  # the RNG gather is collective: every rank takes part
-    D.barrier()
-    return result
+
+def _after_step(run: Trainer, state: TrainState, lr: float, bar: Any, stop: StopRequest) -> None:
+    """Log, evaluate, save and stop (on a signal) at the iterations the config asks for."""
+    config, done = run.config, state.iteration
+    last = done == config.iters
+    if done % config.log_every == 0 or last:
+        _log_progress(run, state, lr, bar)
+    if config.eval_every and done % config.eval_every == 0 and not last:
+        _check_finite(run, state)
+        _validate(run, state)
+    if (config.save_every and done % config.save_every == 0) or last:
+        _check_finite(run, state)
+        _save(run, state)
+    if stop.signal is not None:
+        _check_finite(run, state)
+        if state.last_saved != done:
+            _save(run, state)
+        raise RuntimeError(
+            f"stopped by {stop.name} after iteration {done}: saved {run.run_dir / CHECKPOINT_NAME}; "
+            "continue with --resume"
+        )
+
+
+def _log_progress(run: Trainer, state: TrainState, lr: float, bar: Any) -> None:
+    """One metrics.jsonl line: mean loss (over processes too) and s/iteration since the previous line."""
+    _check_finite(run, state)
+    if run.world > 1:
+        torch.distributed.all_reduce(state.loss_sum)
+        state.loss_sum /= run.world
+    now = time.perf_counter()
+    loss = float(state.loss_sum) / state.window
+    record = {"iter": state.iteration, "loss": loss, "lr": lr, "sec_per_iter": (now - state.tick) / state.window}
+    state.loss_sum.zero_()
+    state.window, state.tick = 0, now
+    run.records.add(record, {"train/loss": loss, "train/lr": lr})
+    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)
+
+
+def _check_finite(run: Trainer, state: TrainState) -> None:
+    """Stop (without saving) once any process met a non-finite loss; the last good checkpoint stays as it was."""
+    bad = state.nonfinite_at.clone()
+    if run.world > 1:
+        torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+    if int(bad) >= 0:
+        checkpoint = run.run_dir / CHECKPOINT_NAME
+        kept = f"the last good checkpoint {checkpoint} (iteration {state.last_saved}) is intact"
+        raise RuntimeError(
+            f"non-finite loss at iteration {int(bad) + 1}: stopped without saving; "
+            + (kept if state.last_saved is not None else "no checkpoint was written")
+            + "; lower --lr, add --clip-grad, or use --amp bf16/none instead of fp16"
+        )
+
+
+def _snapshot(run: Trainer, state: TrainState) -> dict[str, Any]:
+    """The checkpoint dict; gathering the RNG states is collective, so every process calls this."""
+    rngs = D.gather_objects(rng_state(run.device))
+    return {
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else {},
+        "iteration": state.iteration,
+        "best_miou": state.best_miou,
+        "rng": {"states": rngs},
+        "config": run.model.config.to_dict(),
+        "train_config": run.config.to_dict(),
+    }
+
+
+def _save(run: Trainer, state: TrainState, keep_previous: bool = True) -> None:
+    snapshot = _snapshot(run, state)
+    if run.main:
+        save_checkpoint(run.run_dir, snapshot, keep_previous=keep_previous)
+    state.last_saved = state.iteration
+
+
+def _validate(run: Trainer, state: TrainState) -> dict[str, Any] | None:
+    """Evaluate on the val set (None without one), log it, keep best/ by mIoU."""
+    if run.val_ds is None:
+        return None
+    metrics = _evaluate(run.model, run.val_ds, run.config, run.device)
+    run.model.train()
+    if run.main:
+        record = {"iter": state.iteration, **{k: v for k, v in metrics.items() if k != "per_class"}}
+        run.records.add(record, {f"val/{k}": metrics[k] for k in ("mIoU", "aAcc", "mAcc", "mDice") if k in metrics})
+        log.info("iteration %d: mIoU %.4f aAcc %.4f", state.iteration, metrics["mIoU"], metrics.get("aAcc", math.nan))
+        if state.best_miou is None or metrics["mIoU"] > state.best_miou:
+            state.best_miou = float(metrics["mIoU"])
+            run.model.save_pretrained(run.run_dir / "best", card=training_card(run.config, state.iteration, metrics))
+    state.best_miou = D.broadcast_object(state.best_miou)
+    return metrics
 
 
 def _evaluate(model: SegFormer, dataset: Any, config: TrainConfig, device: torch.device) -> dict[str, Any]:
@@ -571,99 +434,20 @@ def _evaluate(model: SegFormer, dataset: Any, config: TrainConfig, device: torch
         )
 
 
-class _StopRequest:
-    """SIGTERM/SIGINT (cluster preemption, Ctrl-C) in a single process: finish the iteration, save, stop.
-
-    A second signal interrupts at once. Under torchrun the launcher owns the workers' signals, so nothing is
-    installed there (checkpoints every --save-every bound the loss).
-    """
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self, install: bool) -> None:
-        self.signal: int | None = None
-        self._previous: dict[int, Any] = {}
-        if install and threading.current_thread() is threading.main_thread():
-            for sig in self.SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.signal is not None:
-            raise KeyboardInterrupt
-        self.signal = signum
-        log.warning(
-            "%s received: stopping after this iteration (send it again to stop now)", signal.Signals(signum).name
-        )
-
-    def uninstall(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
-
-
-def _check_ranks_agree(model: nn.Module) -> None:
-    """DDP keeps replicas bitwise identical; compare digests once at the end so a silent divergence cannot pass."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for value in model.state_dict().values():
-        digest.update(value.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
-    digests = D.gather_objects(digest.hexdigest())
-    if len(set(digests)) != 1:
-        raise RuntimeError(f"the {len(digests)} processes ended with different weights (digests {digests})")
-
-
-def _check_compatible(path: Path, saved: dict[str, Any], config: TrainConfig) -> None:
-    """Refuse to resume a checkpoint into a different model or data setup (the weights would not fit anyway)."""
-    for key in ("model", "dataset", "num_classes", "batch_size", "grad_accum", "seed"):
-        if key in saved and saved[key] != config.to_dict()[key]:
-            raise ValueError(
-                f"{path}: was written with {key}={saved[key]!r} but this run has {key}={config.to_dict()[key]!r}; "
-                "resume with the same settings (RUN_DIR/config.yaml) or start a new --out"
-            )
-    if saved.get("iters", config.iters) != config.iters:
-        log.warning(
-            "%s: iters changed from %s to %d: the poly schedule is recomputed", path, saved["iters"], config.iters
-        )
-
-
-def _append(path: Path, record: dict[str, Any]) -> None:
-    with path.open("a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-def _tensorboard(run_dir: Path) -> Any:
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise RuntimeError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
-    return SummaryWriter(str(run_dir / "tensorboard"))
-
-
-def plot_curves(history: list[dict[str, Any]], path: Path) -> Path | None:
-    """Training loss and validation mIoU against iterations as a PNG; skipped (one log line) without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log.info("matplotlib is not installed: no %s (pip install 'segformer[plot]')", path.name)
-        return None
-    train_pts = [(r["iter"], r["loss"]) for r in history if "loss" in r]
-    val_pts = [(r["iter"], r["mIoU"]) for r in history if "mIoU" in r]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    if train_pts:
-        axes[0].plot(*zip(*train_pts, strict=True), color="tab:blue")
-    axes[0].set(title="training loss", xlabel="iteration", ylabel="cross-entropy")
-    if val_pts:
-        axes[1].plot(*zip(*val_pts, strict=True), marker="o", color="tab:green")
-    axes[1].set(title="validation mIoU", xlabel="iteration", ylabel="mIoU")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+def _finish(run: Trainer, state: TrainState) -> TrainResult:
+    """Final evaluation, last.pt, final/ (and its metrics.json), curves.png; every process returns the result."""
+    if run.world > 1:
+        D.check_replicas_agree(run.model)
+    final_metrics = _validate(run, state)
+    result = TrainResult(run.run_dir, state.best_miou, final_metrics, run.records.history)
+    if final_metrics is not None:  # best_miou may have changed: keep last.pt's copy current
+        _save(run, state, keep_previous=False)
+    if run.main:
+        run.model.save_pretrained(run.run_dir / "final", card=training_card(run.config, state.iteration, final_metrics))
+        if final_metrics is not None:
+            write_json(run.run_dir / "final" / "metrics.json", final_metrics)
+        plot_curves(run.records.history, run.run_dir / "curves.png")
+        best = f", best mIoU {state.best_miou:.4f}" if state.best_miou else ""
+        log.info("done: %s (final/ and last.pt)%s", run.run_dir, best)
+    D.barrier()
+    return result

@@ -1,0 +1,47 @@
+"""Where and in what precision a model runs: one device resolver and one table of autocast modes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+import torch
+
+from .constants import AMP_DTYPES
+
+
+def check_amp(amp: str, what: str = "amp") -> str:
+    """`amp` itself when it names a mode of AMP_DTYPES, else a one-line ValueError listing them."""
+    if amp not in AMP_DTYPES:
+        raise ValueError(f"{what}={amp!r} is not one of {', '.join(AMP_DTYPES)}")
+    return amp
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device | str, amp: str) -> Iterator[None]:
+    """`torch.autocast` at the dtype of `amp`; a no-op for "none" (no autocast region is entered at all)."""
+    dtype = AMP_DTYPES[check_amp(amp)]
+    if dtype is None:
+        yield
+        return
+    with torch.autocast(torch.device(device).type, dtype=getattr(torch, dtype)):
+        yield
+
+
+def resolve_device(name: str | torch.device) -> torch.device:
+    """'auto' -> this process's GPU if there is one, else the CPU; a bare 'cuda' -> the GPU of LOCAL_RANK (torchrun).
+
+    A CUDA device asked for on a machine without one is a one-line error, not a crash deep inside the model.
+    """
+    name = str(name)
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device {name!r} asked for, but no CUDA GPU is available; use --device cpu")
+        if device.index is None:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    return device
