@@ -47,7 +47,10 @@ ABLATION: dict[str, tuple[str, QuantizeOptions]] = {
     "per-tensor": ("one weight scale per tensor", QuantizeOptions(per_channel=False)),
     "q-first-conv": ("+ first conv in INT8", QuantizeOptions(keep_float=_without("first_conv"))),
     "q-classifier": ("+ classifier in INT8", QuantizeOptions(keep_float=_without("classifier"))),
-    "q-attention": ("+ activation x activation MatMuls in INT8", QuantizeOptions(keep_float=_without("attention"))),
+    "f-attention": (
+        "activation x activation MatMuls kept float",
+        QuantizeOptions(keep_float=(*DEFAULT_KEEP_FLOAT, "attention")),
+    ),
     "q-elementwise": (
         "+ Add/Mul (residual, bias, GELU) in INT8",
         QuantizeOptions(keep_float=_without("elementwise", "gelu")),

@@ -79,7 +79,9 @@ def test_int8_cli_writes_a_checked_model(weights, scenes, tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["int8.onnx"]  # no temporary left behind
     proto = onnx.load(str(out))
     ops = {n.op_type for n in proto.graph.node}
-    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert {"QuantizeLinear", "DequantizeLinear", "Gelu"} <= ops and "Erf" not in ops  # GELUs fused, kept float
+    producers = {o: n.op_type for n in proto.graph.node for o in n.output}
+    assert all(producers.get(n.input[0]) != "DequantizeLinear" for n in proto.graph.node if n.op_type == "Shape")
     meta = {p.key: p.value for p in proto.metadata_props}
     info = json.loads(meta["segformer_int8"])
     assert info["agreement"] >= 0.95 and info["calibration_images"] == 6 and info["int8_miou"] is not None

@@ -48,8 +48,9 @@ FLOAT_GROUPS = {
     "first_conv": "the first convolution (stage 1 patch embedding, on the raw pixels)",
     "classifier": "the last convolution (the classifier, whose output is the logits)",
 }
-DEFAULT_KEEP_FLOAT = ("layernorm", "softmax", "gelu", "elementwise", "attention", "first_conv", "classifier")
+DEFAULT_KEEP_FLOAT = ("layernorm", "softmax", "gelu", "elementwise", "first_conv", "classifier")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+MS_DOMAIN = "com.microsoft"  # ONNX Runtime's contrib operators (the INT8 file is for ONNX Runtime)
 
 
 class QuantizationRejected(RuntimeError):
@@ -184,7 +185,7 @@ def node_groups(proto: Any) -> dict[str, list[str]]:
             groups["layernorm"].append(n.name)
         elif n.op_type == "Softmax":
             groups["softmax"].append(n.name)
-        elif n.name in gelu:
+        elif n.name in gelu or n.op_type == "Gelu":
             groups["gelu"].append(n.name)
         elif n.op_type in ("Add", "Mul", "Sub", "Div"):
             groups["elementwise"].append(n.name)
@@ -214,6 +215,104 @@ def quantization_plan(proto: Any, keep_float: Sequence[str]) -> tuple[list[str] 
     op_types = sorted({types[name] for name in quantized} | {"Conv", "MatMul"})
     exclude = [name for group in keep_float for name in groups[group]]
     return op_types, exclude, kept
+
+
+def _constant(proto: Any, name: str) -> np.ndarray | None:
+    from onnx import numpy_helper
+
+    for t in proto.graph.initializer:
+        if t.name == name:
+            return numpy_helper.to_array(t)
+    for n in proto.graph.node:
+        if n.op_type == "Constant" and n.output[0] == name and n.attribute and n.attribute[0].name == "value":
+            return numpy_helper.to_array(n.attribute[0].t)
+    return None
+
+
+def fuse_gelu(proto: Any) -> int:
+    """Replace each exact GELU as torch exports it, x * 0.5 * (1 + erf(x / sqrt 2)), by one com.microsoft Gelu node.
+
+    ONNX Runtime fuses this pattern itself in a float graph, but not once x is dequantised: it gives each consumer
+    of a DequantizeLinear its own copy, and x has two (the Div and the Mul), so the pattern breaks and x is
+    dequantised twice. Fused before quantisation, x has one consumer. Returns the number of GELUs fused."""
+    from onnx import helper
+
+    graph = proto.graph
+    producers = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list[Any]] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+
+    def only(tensor: str, op: str) -> Any:
+        found = consumers.get(tensor, [])
+        return found[0] if len(found) == 1 and found[0].op_type == op else None
+
+    def close(name: str, value: float) -> bool:
+        array = _constant(proto, name)
+        return array is not None and array.size == 1 and abs(float(array.reshape(-1)[0]) - value) < 1e-3
+
+    gelus: list[tuple[str, Any]] = []
+    remove: set[str] = set()
+    for erf in [n for n in graph.node if n.op_type == "Erf"]:
+        div = producers.get(erf.input[0])
+        if div is None or div.op_type != "Div" or not close(div.input[1], 2**0.5):
+            continue
+        x = div.input[0]
+        add = only(erf.output[0], "Add")
+        if add is None or not close(next((i for i in add.input if i != erf.output[0]), ""), 1.0):
+            continue
+        mul = only(add.output[0], "Mul")
+        if mul is None or x not in mul.input:
+            continue
+        half = only(mul.output[0], "Mul")
+        if half is None or not close(next((i for i in half.input if i != mul.output[0]), ""), 0.5):
+            continue
+        if len(consumers.get(div.output[0], [])) != 1:
+            continue
+        node = helper.make_node("Gelu", [x], [half.output[0]], name=erf.name.replace("Erf", "Gelu"), domain=MS_DOMAIN)
+        gelus.append((div.output[0], node))
+        remove |= {div.output[0], erf.output[0], add.output[0], mul.output[0], half.output[0]}
+    if gelus:
+        first = dict(gelus)
+        nodes = []
+        for n in graph.node:
+            if n.output[0] in first:
+                nodes.append(first[n.output[0]])  # where the Div was: x exists, the result is not read yet
+            if n.output[0] not in remove:
+                nodes.append(n)
+        _replace_nodes(graph, nodes)
+        if not any(o.domain == MS_DOMAIN for o in proto.opset_import):
+            proto.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    return len(gelus)
+
+
+def shapes_from_quantized(proto: Any) -> int:
+    """Shape nodes that read a (De)QuantizeLinear output read its input instead (same shape): otherwise ONNX Runtime
+    dequantises a whole tensor only to take its shape. Q/DQ nodes left without consumers are removed."""
+    graph = proto.graph
+    producers = {o: n for n in graph.node for o in n.output}
+    moved = 0
+    for n in graph.node:
+        source = producers.get(n.input[0]) if n.op_type == "Shape" else None
+        if source is not None and source.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            n.input[0] = source.input[0]
+            moved += 1
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    _replace_nodes(graph, [n for n in graph.node if n.op_type not in ("QuantizeLinear", "DequantizeLinear")
+                           or n.output[0] in used])  # fmt: skip
+    return moved
+
+
+def _replace_nodes(graph: Any, nodes: list[Any]) -> None:
+    """The graph's node list becomes `nodes` (copied first: they may be the list's own elements)."""
+    copies = []
+    for n in nodes:
+        copy = type(n)()
+        copy.CopyFrom(n)
+        copies.append(copy)
+    del graph.node[:]
+    graph.node.extend(copies)
 
 
 class _Reader:
@@ -261,6 +360,8 @@ def quantize_onnx(
         # ORT's basic optimisations and ONNX shape inference; symbolic inference adds nothing to this graph.
         quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
         proto = onnx.load(str(prepared))
+        if "gelu" in options.keep_float and fuse_gelu(proto):
+            onnx.save(proto, str(prepared))
         op_types, exclude, kept = quantization_plan(proto, options.keep_float)
         extra: dict[str, Any] = {
             "MatMulConstBOnly": "attention" in options.keep_float,
@@ -289,7 +390,10 @@ def quantize_onnx(
                 calibrate_method=method,
                 extra_options=extra,
             )
-    quantized = _count_quantized(onnx.load(str(out_path)), op_types, set(exclude))
+    out = onnx.load(str(out_path))
+    if shapes_from_quantized(out):
+        onnx.save(out, str(out_path))
+    quantized = _count_quantized(out, op_types, set(exclude))
     return {"quantized": quantized, "kept_float": kept, "reduce_range": reduce_range}
 
 
