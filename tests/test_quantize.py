@@ -61,7 +61,8 @@ def test_node_groups_find_the_segformer_structure(tmp_path):
     assert "classifier" in groups["classifier"][0]
     assert "stages.0/patch_embed" in groups["first_conv"][0]
     assert len(groups["gelu"]) == 5 * blocks  # Div, Erf, Add, Mul, Mul
-    assert all("/attn/" in n or "/head/" in n for n in groups["attention"])
+    assert len(groups["attention"]) == 2 * blocks and all("/attn/MatMul" in n for n in groups["attention"])
+    assert len(groups["upsampling"]) == stages and all("/head/" in n for n in groups["upsampling"])
     weights = [n for n in proto.graph.node if n.name in set(groups["weights"])]
     assert {n.op_type for n in weights} == {"Conv", "MatMul"}
     op_types, exclude, kept = quantization_plan(proto, DEFAULT_KEEP_FLOAT)

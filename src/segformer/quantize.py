@@ -3,10 +3,11 @@ measured against the float export on held-out images (and a labelled dataset whe
 agrees with the float model well enough.
 
 What stays in float is a list of named groups (`FLOAT_GROUPS`); `DEFAULT_KEEP_FLOAT` is what the measurements in
-BENCHMARKS.md ("INT8 ONNX") chose: the convolutions and all MatMuls run in INT8 (except the first conv and the
-classifier), everything whose accuracy or speed does not gain from 8 bits stays in float. Two rewrites make the
-INT8 graph run the way ONNX Runtime runs the float one: GELU is fused into one node before quantisation, and
-Shape nodes read the INT8 tensors (see `fuse_gelu`, `shapes_from_quantized`).
+BENCHMARKS.md ("INT8 ONNX") chose: the convolutions, the weight MatMuls and attention's two MatMuls run in INT8
+(not the first conv, the classifier or the decoder's upsampling); everything whose accuracy or speed does not gain
+from 8 bits stays in float. Three rewrites make the INT8 graph faster in ONNX Runtime: GELU is fused into one node
+before quantisation, Shape nodes read the INT8 tensors, and bias additions join their INT8 products (`fuse_gelu`,
+`shapes_from_quantized`, `fuse_bias`).
 
 onnx and onnxruntime are the optional `onnx` extra; they are imported inside functions.
 """
@@ -46,11 +47,12 @@ FLOAT_GROUPS = {
     "softmax": "attention Softmax",
     "gelu": "the GELU of the Mix-FFN (fused into one Gelu node; Div, Erf, Add, Mul, Mul before that)",
     "elementwise": "residual and bias Add, Mul (the attention scale), and the other element-wise ops",
-    "attention": "MatMuls of two activations: attention QK^T and AV, and the decoder's bilinear upsampling",
+    "attention": "MatMuls of two activations: attention QK^T and AV",
+    "upsampling": "the decoder's bilinear upsampling, MatMuls with interpolation matrices built from the input size",
     "first_conv": "the first convolution (stage 1 patch embedding, on the raw pixels)",
     "classifier": "the last convolution (the classifier, whose output is the logits)",
 }
-DEFAULT_KEEP_FLOAT = ("layernorm", "softmax", "gelu", "elementwise", "first_conv", "classifier")
+DEFAULT_KEEP_FLOAT = ("layernorm", "softmax", "gelu", "elementwise", "upsampling", "first_conv", "classifier")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 MS_DOMAIN = "com.microsoft"  # ONNX Runtime's contrib operators (the INT8 file is for ONNX Runtime)
 
@@ -160,7 +162,8 @@ def has_vnni() -> bool | None:
 # ---------------------------------------------------------------------------------------------------------------
 def node_groups(proto: Any) -> dict[str, list[str]]:
     """Names of the graph's nodes in each of `FLOAT_GROUPS`, plus "weights": Conv and MatMul nodes with a constant
-    weight (what INT8 is for). Found by structure, so it works on any SegFormer graph (and after optimisation)."""
+    weight (what INT8 is for). Found by structure (op types, constants, what depends on the pixels), not by names,
+    so it works on any SegFormer graph (and after optimisation)."""
     graph = proto.graph
     consts = {t.name for t in graph.initializer}
     consts |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
@@ -181,6 +184,11 @@ def node_groups(proto: Any) -> dict[str, list[str]]:
         gelu |= {n.name for n in graph.node if n.op_type in ("Add", "Mul") and set(n.input) & frontier}
         frontier = reached
 
+    # Tensors that depend on the pixel values (a Shape output does not: it only knows the size).
+    data = {i.name for i in graph.input}
+    for n in graph.node:
+        if n.op_type != "Shape" and any(i in data for i in n.input):
+            data.update(n.output)
     convs = [n for n in graph.node if n.op_type == "Conv"]
     for n in graph.node:
         if n.op_type == "LayerNormalization":
@@ -192,7 +200,12 @@ def node_groups(proto: Any) -> dict[str, list[str]]:
         elif n.op_type in ("Add", "Mul", "Sub", "Div"):
             groups["elementwise"].append(n.name)
         elif n.op_type in ("MatMul", "Gemm"):
-            groups["weights" if any(i in consts for i in n.input[:2]) else "attention"].append(n.name)
+            if not any(i in data for i in n.input[:2]):
+                continue  # a product of constants (folded by ONNX Runtime): nothing to quantise
+            if any(i in consts for i in n.input[:2]):
+                groups["weights"].append(n.name)
+            else:
+                groups["attention" if all(i in data for i in n.input[:2]) else "upsampling"].append(n.name)
         elif n.op_type == "Conv":
             if n is convs[0]:
                 groups["first_conv"].append(n.name)
@@ -310,6 +323,55 @@ def shapes_from_quantized(proto: Any) -> int:
     return moved
 
 
+def fuse_bias(proto: Any) -> int:
+    """DequantizeLinear x2 -> MatMul -> Add(bias) becomes one com.microsoft MatMulIntegerToFloat with the bias input:
+    ONNX Runtime makes the same INT8 product out of the first three but adds the bias in a separate pass over the
+    output. Only for constant weights whose scale is per tensor or per output column. Returns the number fused."""
+    from onnx import helper, numpy_helper
+
+    graph = proto.graph
+    weights = {t.name: t for t in graph.initializer}
+    producers = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list[Any]] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    outputs = {o.name for o in graph.output}
+    fused: dict[str, Any] = {}
+    absorbed: set[str] = set()
+    for n in graph.node:
+        if n.op_type != "MatMul" or n.output[0] in outputs:
+            continue
+        a, b = (producers.get(i) for i in n.input)
+        if a is None or b is None or a.op_type != "DequantizeLinear" or b.op_type != "DequantizeLinear":
+            continue
+        users = consumers.get(n.output[0], [])
+        if len(users) != 1 or users[0].op_type != "Add" or b.input[0] not in weights:
+            continue
+        add = users[0]
+        bias = next((i for i in add.input if i != n.output[0]), "")
+        w_shape = tuple(weights[b.input[0]].dims)
+        scale = weights.get(b.input[1])
+        if bias not in weights or len(w_shape) != 2 or tuple(weights[bias].dims) != (w_shape[1],) or scale is None:
+            continue
+        axis = next((att.i for att in b.attribute if att.name == "axis"), 1)
+        if numpy_helper.to_array(scale).size > 1 and axis not in (1, -1):
+            continue  # per-row scales: not what MatMulIntegerToFloat takes
+        inputs = [a.input[0], b.input[0], a.input[1], b.input[1]]
+        inputs += [a.input[2] if len(a.input) > 2 else "", b.input[2] if len(b.input) > 2 else "", bias]
+        fused[n.output[0]] = helper.make_node(
+            "MatMulIntegerToFloat", inputs, [add.output[0]], name=n.name, domain=MS_DOMAIN
+        )
+        absorbed.add(add.output[0])
+    if fused:
+        nodes = [fused.get(n.output[0], n) for n in graph.node if n.output[0] not in absorbed]
+        used = {i for n in nodes for i in n.input} | outputs
+        _replace_nodes(graph, [n for n in nodes if n.op_type != "DequantizeLinear" or n.output[0] in used])
+        if not any(o.domain == MS_DOMAIN for o in proto.opset_import):
+            proto.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    return len(fused)
+
+
 def _replace_nodes(graph: Any, nodes: list[Any]) -> None:
     """The graph's node list becomes `nodes` (copied first: they may be the list's own elements)."""
     copies = []
@@ -370,7 +432,7 @@ def quantize_onnx(
             onnx.save(proto, str(prepared))
         op_types, exclude, kept = quantization_plan(proto, options.keep_float)
         extra: dict[str, Any] = {
-            "MatMulConstBOnly": "attention" in options.keep_float,
+            "MatMulConstBOnly": {"attention", "upsampling"} <= set(options.keep_float),
             # Chunks of a few images: the histogram methods hold every activation of a chunk in memory.
             "CalibStridedMinMax": max(d for d in range(1, 9) if len(calibration) % d == 0),
         }
@@ -397,7 +459,10 @@ def quantize_onnx(
                 extra_options=extra,
             )
     out = onnx.load(str(out_path))
-    if shapes_from_quantized(out):
+    rewritten = shapes_from_quantized(out)
+    if not options.requantize_outputs:
+        rewritten += fuse_bias(out)
+    if rewritten:
         onnx.save(out, str(out_path))
     quantized = _count_quantized(out, op_types, set(exclude))
     return {"quantized": quantized, "kept_float": kept, "reduce_range": reduce_range}
@@ -421,10 +486,13 @@ def _count_quantized(proto: Any, op_types: Sequence[str] | None, exclude: set[st
     return sum(
         1
         for n in proto.graph.node
-        if n.op_type not in skip
-        and (op_types is None or n.op_type in op_types)
-        and n.name not in exclude
-        and set(n.input) & dq
+        if n.op_type == "MatMulIntegerToFloat"  # fused by fuse_bias: reads the INT8 tensors directly
+        or (
+            n.op_type not in skip
+            and (op_types is None or n.op_type in op_types)
+            and n.name not in exclude
+            and set(n.input) & dq
+        )
     )
 
 
