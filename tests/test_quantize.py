@@ -142,7 +142,7 @@ def test_gate_library_raises_with_the_report(weights, scenes, tmp_path):
         ("text-only", "calibration images: no images"),
         ("missing", "no such file or folder"),
         ("one-image", "at least 2 are needed"),
-        ("unreadable", "none of the 3 files could be read"),
+        ("unreadable", "none of the 3 calibration files could be read (first: "),
     ],
 )
 def test_bad_calibration_folders(weights, tmp_path, capsys, setup, message):

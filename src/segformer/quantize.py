@@ -670,13 +670,15 @@ def export_int8(
     else:
         calib_files, check_files = files[:calib_count], []
 
+    unreadable: list[str] = []
+
     def load(paths: Sequence[Path]) -> list[np.ndarray]:
         images = []
         for p in paths:
             try:
                 image = read_image(p)
             except (ImageReadError, OSError) as e:
-                log.warning("skipped %s", str(e).splitlines()[0])
+                unreadable.append(str(e).splitlines()[0])
                 continue
             h, w = fit_size(*image.shape[:2], size)
             if (h, w) != image.shape[:2]:
@@ -684,12 +686,15 @@ def export_int8(
             images.append(image)
         return images
 
-    calib_images = load(calib_files)
-    if not calib_images:
-        raise ValueError(f"calibration images: none of the {len(calib_files)} files could be read")
-    check_images = load(check_files)
-    if eval_dataset is None and not check_images:
-        raise ValueError("calibration images: none of the held-out files could be read")
+    calib_images, check_images = load(calib_files), load(check_files)
+    if not calib_images or (eval_dataset is None and not check_images):
+        which = "calibration" if not calib_images else "held-out"
+        raise ValueError(
+            f"calibration images: none of the {len(calib_files) if not calib_images else len(check_files)} "
+            f"{which} files could be read (first: {unreadable[0]})"
+        )
+    if unreadable:
+        log.warning("skipped %d unreadable calibration images (first: %s)", len(unreadable), unreadable[0])
 
     options = options or QuantizeOptions()
     path.parent.mkdir(parents=True, exist_ok=True)
