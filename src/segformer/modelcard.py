@@ -32,7 +32,13 @@ NVIDIA_LICENCE = (
 NVIDIA_LICENCE_LINK = "https://github.com/NVlabs/SegFormer/blob/master/LICENSE"
 # Hub dataset ids, as the official nvidia/segformer-* cards list them.
 HUB_DATASETS = {"ade20k": "scene_parse_150", "cityscapes": "cityscapes", "coco-stuff": "coco-stuff", "voc": "voc"}
-DATASET_TITLES = {"ade20k": "ADE20K", "cityscapes": "Cityscapes", "coco-stuff": "COCO-Stuff", "voc": "Pascal VOC"}
+DATASET_TITLES = {
+    "ade20k": "ADE20K",
+    "cityscapes": "Cityscapes",
+    "coco-stuff": "COCO-Stuff",
+    "voc": "Pascal VOC",
+    "folder": "folder dataset",
+}
 CITATION = """@inproceedings{xie2021segformer,
   title     = {SegFormer: Simple and Efficient Design for Semantic Segmentation with Transformers},
   author    = {Xie, Enze and Wang, Wenhai and Yu, Zhiding and Anandkumar, Anima and Alvarez, Jose M. and Luo, Ping},
@@ -219,7 +225,7 @@ def _cell(text: Any) -> str:
 
 def _training_section(train: Mapping[str, Any], iterations: Any) -> list[str]:
     dataset = train.get("dataset", "?")
-    data = DATASET_TITLES.get(dataset, "a folder dataset (`images/`, `masks/`)" if dataset == "folder" else dataset)
+    data = "a folder dataset (`images/`, `masks/`)" if dataset == "folder" else DATASET_TITLES.get(dataset, dataset)
     planned = train.get("iters")
     done = f"{iterations} of {planned}" if iterations is not None and iterations != planned else f"{planned}"
     crop, scale = train.get("crop"), train.get("scale")
