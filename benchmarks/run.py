@@ -155,6 +155,21 @@ def check_targets(name: str, result: dict | None) -> list[str]:
     return out
 
 
+def kept_sections(path: Path) -> list[str]:
+    """Sections of an existing BENCHMARKS.md written by other scripts (`## INT8 ONNX ...` from benchmarks/int8.py),
+    kept when this suite rewrites the file."""
+    if not path.exists():
+        return []
+    out: list[str] = []
+    keep = False
+    for line in path.read_text().splitlines():
+        if line.startswith("## "):
+            keep = line.startswith("## INT8 ONNX")
+        if keep:
+            out.append(line)
+    return [*out, ""] if out else []
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", default=None, help="group names to run (default: all that apply)")
@@ -208,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
             *[f"- {n}" for n in result["notes"]],
             "",
         ]
+    lines += kept_sections(Path(args.out))
     Path(args.out).write_text("\n".join(lines))
     print(f"wrote {args.out}")
     return 0

@@ -34,6 +34,9 @@ def test_run_demo_writes_everything(tmp_path):
 
     model = load_model(out / "model")
     assert model.config.class_names == CLASS_NAMES
+    card = (out / "model" / "README.md").read_text()  # the model card: recipe, classes in the demo's colours
+    assert "Trained with `segformer train`" in card and "| 1 | striped disk | `#" in card
+    assert f"{100 * summary['metrics']['mIoU']:.2f}" in card and "first 50" not in card
     # The saved model is the trained one: it reproduces the demo's own evaluation.
     from segformer.data import build_dataset
     from segformer.evaluation import evaluate

@@ -83,7 +83,8 @@ def run_demo(
     """
     from .evaluation import evaluate
     from .loading import create_model
-    from .synth import CLASS_NAMES, write_dataset
+    from .modelcard import training_card
+    from .synth import CLASS_NAMES, PALETTE, write_dataset
     from .training import TrainConfig, train
 
     config = config or DemoConfig()
@@ -139,7 +140,9 @@ def run_demo(
     timings["eval_s"] = time.perf_counter() - tick
 
     # 4. Save and draw.
-    paths: dict[str, Path] = {"data": data, "model": model.save_pretrained(out / "model")}
+    # The model card: the recipe, and the metrics above (every val image, not the training-time subset).
+    card = {**training_card(train_config.replace(eval_max_samples=None), config.iters, metrics), "palette": PALETTE}
+    paths: dict[str, Path] = {"data": data, "model": model.save_pretrained(out / "model", card=card)}
     paths["predictions"] = save_predictions(model, val_ds, out / "predictions.png", config.grid_images)
     from .visualize import plot_curves
 

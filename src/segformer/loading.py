@@ -18,6 +18,7 @@ from torch import Tensor
 from .config import SegFormerConfig, from_hf_config, variant_key
 from .convert import detect_format, infer_config_fields, normalize_keys, to_ours
 from .model import SegFormer
+from .modelcard import derives_from_nvidia
 
 log = logging.getLogger("segformer")
 
@@ -121,8 +122,11 @@ def resolve(source: str | Path) -> tuple[Path, dict[str, Any] | None]:
     return path, None
 
 
-def load_state(source: str | Path) -> tuple[dict[str, Tensor], dict[str, Any], Path]:
-    """Weights in our layout, config fields known from the source, and the file they came from."""
+def load_state(
+    source: str | Path, provenance: dict[str, Any] | None = None
+) -> tuple[dict[str, Tensor], dict[str, Any], Path]:
+    """Weights in our layout, config fields known from the source, and the file they came from; `provenance`, if
+    given, receives where they came from (for the model card)."""
     file, hf_config = resolve(source)
     raw, meta = read_state_dict(file)
     raw = normalize_keys(raw)
@@ -133,6 +137,8 @@ def load_state(source: str | Path) -> tuple[dict[str, Tensor], dict[str, Any], P
         raise CheckpointError(f"{file}: {e.args[0]}") from None
     if fmt in ("official", "smp"):
         _note_licence()
+    if provenance is not None:
+        provenance.update(source=str(source), nvidia_weights=derives_from_nvidia(source, file, fmt))
     fields: dict[str, Any] = from_hf_config(hf_config) if hf_config else {}
     classes = meta.get("meta", {}).get("CLASSES") if isinstance(meta.get("meta"), dict) else None
     if classes and "class_names" not in fields:
@@ -173,7 +179,8 @@ def load_model(
 
     With `num_classes` different from the checkpoint's, only the classifier is re-initialised (fine-tuning).
     """
-    sd, fields, file = load_state(source)
+    provenance: dict[str, Any] = {}
+    sd, fields, file = load_state(source, provenance)
     if "num_classes" not in fields:
         raise CheckpointError(
             f"{file}: holds an encoder only (no decoder); use create_model(name, pretrained={str(source)!r}) instead"
@@ -188,6 +195,7 @@ def load_model(
         model.reset_classifier(num_classes, class_names)
     elif class_names is not None:
         model.config = model.config.replace(class_names=tuple(class_names))
+    model.card = provenance  # where the weights came from, for the model card save_pretrained writes
     return model.eval()
 
 
@@ -218,7 +226,9 @@ def create_model(
     )
     model = SegFormer(config)
     if pretrained is not None:
-        sd, _, file = load_state(pretrained)
+        provenance: dict[str, Any] = {}
+        sd, _, file = load_state(pretrained, provenance)
+        model.card = {"base_model": str(pretrained), "nvidia_weights": provenance["nvidia_weights"]}
         encoder = {k.removeprefix("encoder."): v for k, v in sd.items() if k.startswith("encoder.")}
         key = "stages.0.patch_embed.proj.weight"
         if key in encoder:

@@ -14,6 +14,7 @@ from .fileio import atomic_write, write_text
 from .head import AllMLPHead
 from .layers import execution_path, init_classifier, init_weights
 from .mit import MixTransformer
+from .modelcard import model_card_for
 
 
 class SegFormer(nn.Module):
@@ -42,8 +43,9 @@ class SegFormer(nn.Module):
         init_classifier(self.head.classifier)
         self.config = self.config.replace(num_classes=num_classes, class_names=class_names)
 
-    def save_pretrained(self, folder: str | os.PathLike) -> Path:
-        """Write `config.json` + `model.safetensors` in the Hugging Face hub layout.
+    def save_pretrained(self, folder: str | os.PathLike, card: dict | None = None) -> Path:
+        """Write `config.json` + `model.safetensors` in the Hugging Face hub layout, and the `README.md` model card
+        (`segformer.modelcard`; `card` adds metadata such as the training recipe and metrics).
 
         `transformers.SegformerForSemanticSegmentation.from_pretrained(folder)` loads it, and so does `load_model`.
         Files are written to temporary names and renamed, so a crash never leaves a half-written model.
@@ -55,6 +57,7 @@ class SegFormer(nn.Module):
         state = {k: v.detach().cpu().contiguous() for k, v in from_ours(self.state_dict(), "hf").items()}
         atomic_write(folder / "model.safetensors", lambda p: save_file(state, p, metadata={"format": "pt"}))
         write_text(folder / "config.json", json.dumps(to_hf_config(self.config), indent=2) + "\n")
+        write_text(folder / "README.md", model_card_for(self, card))
         return folder
 
     def num_parameters(self) -> dict[str, int]:

@@ -1,4 +1,4 @@
-"""SegFormer semantic segmentation: inspect, convert, train, evaluate, predict, export, benchmark, demo, app.
+"""SegFormer semantic segmentation: inspect, convert, train, evaluate, predict, export, benchmark, demo, app, push.
 
 A thin command line over the library: each verb module has `add_arguments` and `run`, and imports heavy things
 inside `run` so that `segformer --help` stays fast.
@@ -18,6 +18,7 @@ from . import demo as demo_cmd
 from . import evaluate as eval_cmd
 from . import export as export_cmd
 from . import predict as predict_cmd
+from . import push as push_cmd
 from . import synth as synth_cmd
 from . import train as train_cmd
 
@@ -33,6 +34,7 @@ COMMANDS = {
     "export": export_cmd,
     "benchmark": benchmark_cmd,
     "app": app_cmd,
+    "push": push_cmd,
 }
 
 

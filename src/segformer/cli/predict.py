@@ -1,5 +1,8 @@
 """Predict label maps for images or folders: NAME.png (class ids, palette PNG) and NAME_overlay.jpg per image.
 
+Videos (.mp4, .mov, .mkv, ...; needs PyAV: pip install 'segformer[video]') give NAME_overlay.mp4 at the same frame
+rate and, with --labels, NAME_labels/NNNNNN.png per frame.
+
 Folders are searched recursively and their relative paths kept under --out. An unreadable file is reported
 ("NAME: reason") and skipped; the exit code is 1 at the end if any file failed.
 """
@@ -48,6 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the class colours (0..1)")
     p.add_argument("--no-legend", action="store_true", help="overlays without the legend of classes present")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--labels", action="store_true", help="videos: also write a label PNG per frame")
 
 
 def palette_and_names(
@@ -108,9 +112,20 @@ def run(args: argparse.Namespace) -> int:
     def report(name: str, reason: str) -> None:
         print(f"{name}: {reason}", file=sys.stderr)
 
+    from ..video import is_video, predict_videos, require_av
+
+    videos, video_failed = [i for i in args.inputs if is_video(i)], []
+    if videos:
+        require_av()
+        style = {"palette": palette, "class_names": names, "alpha": args.alpha, "legend": not args.no_legend}
+        style["progress"] = not args.no_progress
+        done, video_failed = predict_videos(segmenter, videos, args.out, report, labels=args.labels, **style)
+        print(f"wrote {len(done)} overlay videos ({sum(v.frames for v in done)} frames) to {args.out}")
+        if len(videos) == len(args.inputs):
+            return 1 if video_failed else 0
     summary = predict_files(
         segmenter,
-        args.inputs,
+        [i for i in args.inputs if not is_video(i)],
         args.out,
         palette=palette,
         class_names=names,
@@ -130,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {name}: {reason}")
         return 1
     print()
-    return 0
+    return 1 if video_failed else 0
 
 
 def _rewrite_raw(path: Path, labels: LabelConvention) -> None:

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from ..data.sampling import BatchPlan, SampleStream, next_batch, train_loader
 from ..fileio import write_json
 from ..model import SegFormer
+from ..modelcard import training_card
 from ..runtime import autocast, resolve_device
 from ..visualize import plot_curves
 from . import distributed as D
@@ -443,7 +444,7 @@ def _validate(run: Trainer, state: TrainState) -> dict[str, Any] | None:
         log.info("iteration %d: mIoU %.4f aAcc %.4f", state.iteration, metrics["mIoU"], metrics.get("aAcc", math.nan))
         if state.best_miou is None or metrics["mIoU"] > state.best_miou:
             state.best_miou = float(metrics["mIoU"])
-            run.model.save_pretrained(run.run_dir / "best")
+            run.model.save_pretrained(run.run_dir / "best", card=training_card(run.config, state.iteration, metrics))
     state.best_miou = D.broadcast_object(state.best_miou)
     return metrics
 
@@ -475,7 +476,7 @@ def _finish(run: Trainer, state: TrainState) -> TrainResult:
     if final_metrics is not None:  # best_miou may have changed: keep last.pt's copy current
         _save(run, state, keep_previous=False)
     if run.main:
-        run.model.save_pretrained(run.run_dir / "final")
+        run.model.save_pretrained(run.run_dir / "final", card=training_card(run.config, state.iteration, final_metrics))
         if final_metrics is not None:
             write_json(run.run_dir / "final" / "metrics.json", final_metrics)
         plot_curves(run.records.history, run.run_dir / "curves.png")
