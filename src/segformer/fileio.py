@@ -63,6 +63,7 @@ def atomic_folder(path: str | os.PathLike, files: Mapping[str, Callable[[Path], 
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    existed = path.is_dir()
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     name = ""
     try:
@@ -76,7 +77,8 @@ def atomic_folder(path: str | os.PathLike, files: Mapping[str, Callable[[Path], 
     except Exception as e:
         if disk_full(e, path.parent):
             what = path / name if name else path
-            raise OSError(errno.ENOSPC, f"{what}: no space left on device; the previous {path}/ is intact") from None
+            kept = f"the previous {path}/ is intact" if existed else f"{path}/ was not created"
+            raise OSError(errno.ENOSPC, f"{what}: no space left on device; {kept}") from None
         raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # after the swap it holds the old folder

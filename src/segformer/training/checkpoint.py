@@ -69,9 +69,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{path}: no such checkpoint")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
+    except pickle.UnpicklingError:
         raise RuntimeError(
-            f"{path}: refused to load: holds pickled Python objects, not a segformer training checkpoint ({e})"
+            f"{path}: refused to load: not a segformer training checkpoint (it holds pickled Python objects, or is "
+            "no torch file at all)"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         first = str(e).splitlines()[0].split(". ")[0] if str(e) else type(e).__name__

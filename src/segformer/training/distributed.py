@@ -141,6 +141,17 @@ def _attempt_namespace(store: Any, rank: int, world: int, deadline: float) -> st
             break
 
 
+# What a collective raises when another process of the group died (gloo raises plain RuntimeErrors).
+_PEER_GONE = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "gloo/transport", "NCCL")
+
+
+def is_peer_failure(error: BaseException) -> bool:
+    """Whether `error` came out of a collective because another process of the group failed or went away."""
+    if isinstance(error, dist.DistError) and not isinstance(error, dist.DistStoreError):
+        return True
+    return isinstance(error, RuntimeError) and any(s in str(error) for s in _PEER_GONE)
+
+
 def cleanup(failed: bool = False) -> None:
     """Tear the group down. After a failure it is aborted instead: destroying a group whose peer died can block
     (NCCL waits for the peer), and the process is about to exit anyway."""

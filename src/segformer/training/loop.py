@@ -132,15 +132,15 @@ def train(
     failed = False
     try:
         return _train(config, device, model, train_dataset, val_dataset)
-    except torch.distributed.DistError as e:
+    except RuntimeError as e:
         failed = True
-        if not own_group:
+        if not (own_group and D.is_peer_failure(e)):
             raise
         # Another process died (its own error, printed by it, names the cause); say so instead of a socket error.
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise RuntimeError(
-            f"process {D.rank()} of {D.world_size()} stopped: another process of the group failed (its error above "
-            f"names the cause): {first}"
+            f"process {D.rank()} of {D.world_size()} stopped: a collective failed, most likely because another "
+            f"process of the group failed first (its own error names the cause): {first}"
         ) from None
     except BaseException:
         failed = True
@@ -447,8 +447,11 @@ def _log_progress(run: Trainer, state: TrainState, lr: float, bar: Any) -> None:
 def _check_finite(run: Trainer, state: TrainState) -> None:
     """Stop (without saving) once any process met a non-finite loss; the last good checkpoint stays as it was."""
     bad = state.nonfinite_at.clone()
-    if run.world > 1:
-        torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+    if run.world > 1:  # the earliest over processes: NaN weights make the others' later losses non-finite too
+        never = torch.iinfo(bad.dtype).max
+        bad = torch.where(bad < 0, never, bad)
+        torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MIN)
+        bad = torch.where(bad == never, -1, bad)
     if int(bad) >= 0:
         checkpoint = run.run_dir / CHECKPOINT_NAME
         kept = f"the last good checkpoint {checkpoint} (iteration {state.last_saved}) is intact"
