@@ -363,7 +363,7 @@ def test_a_two_node_job_that_loses_a_node_finishes_on_one_with_the_same_global_b
                      "--global-batch", "4", "--batch-size", "2")  # fmt: skip
 
     def agent(name: str, host: bool) -> tuple[subprocess.Popen, Path]:
-        conf = f"is_host={str(host).lower()},last_call_timeout=2,keep_alive_interval=1,keep_alive_max_attempt=2"
+        conf = f"is_host={str(host).lower()},last_call_timeout=2,keep_alive_interval=1,keep_alive_max_attempt=3"
         cmd = [*TORCHRUN, "--nnodes", "1:2", "--nproc-per-node", "1", "--max-restarts", "3",
                "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "shrink",
                "--rdzv-conf", conf, "-m", "segformer", *args]  # fmt: skip
