@@ -58,9 +58,12 @@ HELP = {
     "crop": "training crop, 512 or HxW",
     "scale": "resize img_scale LONGxSHORT, e.g. 2048x512",
     "batch_size": "per process; global batch = batch size x processes x grad accumulation",
+    "global_batch": "keep this global batch for any number of processes: grad accumulation adapts (elastic runs)",
+    "num_workers": "DataLoader workers per process (default: the cores of this machine per process, less one, max 8)",
     "amp": "mixed precision: none, bf16, fp16 (with a grad scaler)",
     "eval_every": "evaluate (whole-image) every N iterations, keeping best/ by mIoU; 0 = only at the end",
-    "resume": "continue from RUN_DIR/last.pt (settings from RUN_DIR/config.yaml unless overridden)",
+    "resume": "continue from RUN_DIR/last.pt, or previous.pt when last.pt is unreadable (settings from "
+    "RUN_DIR/config.yaml unless overridden); a torchrun restart of the same run continues without it",
     "deterministic": "deterministic algorithms: a resumed run ends with the same weights as an uninterrupted one",
     "tensorboard": "also log to RUN_DIR/tensorboard (needs the tensorboard package)",
     "device": "auto, cpu, cuda, cuda:1",
@@ -91,6 +94,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         default_text = f"default: {f.default}" if f.default is not None else "default: from the dataset/preset"
         help_text = f"{HELP[f.name]} ({default_text})" if f.name in HELP else default_text
+        if f.name in ("num_workers", "global_batch"):
+            help_text = HELP[f.name]
         if hint is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
             continue

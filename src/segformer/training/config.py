@@ -7,6 +7,7 @@ Flat on purpose: every field is one CLI flag (`--field-name`) and one YAML key, 
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import Any
 import yaml
 
 from ..constants import AMP_DTYPES
+from ..fileio import write_text
 
 # The paper's recipe (section 4.1 and the released configs; segformer-facts.md 1.6). The shared part (AdamW 6e-5,
 # wd 0.01, head lr x10, warmup 1500 from 1e-6, poly 1.0 to 0) is the TrainConfig default; presets hold the rest.
@@ -27,6 +29,23 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Not in the paper: the usual mmseg VOC-aug schedule with the SegFormer optimiser.
     "voc": {"iters": 40_000, "batch_size": 16, "crop": (512, 512), "scale": (2048, 512)},
 }
+
+
+# Default DataLoader workers per training process: at most this many (see `default_num_workers`).
+MAX_DEFAULT_WORKERS = 8
+
+
+def default_num_workers() -> int:
+    """DataLoader workers for one training process: the cores this process may run on, shared by the training
+    processes of this machine (LOCAL_WORLD_SIZE under torchrun), less one for the process itself; at most 8.
+
+    `benchmarks/data_throughput.py` measures what one worker delivers (README: how many a GPU needs)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    per_process = cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1) or 1))
+    return max(0, min(MAX_DEFAULT_WORKERS, per_process - 1))
 
 
 @dataclass(frozen=True)
@@ -50,6 +69,7 @@ class TrainConfig:
     val_split: str = "val"
     iters: int = 160_000
     batch_size: int = 16  # per process; global batch = batch_size * world_size * grad_accum
+    global_batch: int | None = None  # keep this global batch for any number of processes (grad_accum adapts)
     crop: tuple[int, int] | None = None  # (H, W)
     scale: tuple[int, int] | None = None  # mmseg img_scale (long side, short side)
     ratio_range: tuple[float, float] = (0.5, 2.0)
@@ -65,7 +85,7 @@ class TrainConfig:
     warmup_ratio: float = 1e-6
     power: float = 1.0
     min_lr: float = 0.0
-    num_workers: int = 4
+    num_workers: int | None = None  # DataLoader workers per process; None = follow the cores (default_num_workers)
     amp: str = "none"
     grad_accum: int = 1
     clip_grad: float | None = None
@@ -132,7 +152,7 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"train config: {name}={getattr(self, name)} must be >= 1")
         for name in ("warmup_iters", "eval_every", "save_every", "num_workers", "seed"):
-            if getattr(self, name) < 0:
+            if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ValueError(f"train config: {name}={getattr(self, name)} must be >= 0")
         if self.amp not in AMP_DTYPES:
             raise ValueError(f"train config: amp={self.amp!r}; choose one of {', '.join(AMP_DTYPES)}")
@@ -150,6 +170,8 @@ class TrainConfig:
             raise ValueError(f"train config: ratio_range={self.ratio_range} must be (low, high) with 0 < low <= high")
         if self.num_classes is not None and self.num_classes < 1:
             raise ValueError(f"train config: num_classes={self.num_classes} must be >= 1")
+        if self.global_batch is not None and self.global_batch < 1:
+            raise ValueError(f"train config: global_batch={self.global_batch} must be >= 1")
         if self.eval_max_samples is not None and self.eval_max_samples < 1:
             raise ValueError(f"train config: eval_max_samples={self.eval_max_samples} must be >= 1")
         if not 0 <= self.ignore_index <= 255:
@@ -201,7 +223,7 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
     def save_yaml(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
