@@ -59,6 +59,7 @@ RECIPES: dict[str, dict[str, Any] | None] = {
     "paper": {},
     "short": {"schedule": "short"},
 }
+_T = {"warmup_iters": 100, "ratio_range": (1.0, 1.0), "photometric": False}
 ABLATION: dict[str, dict[str, Any]] = {
     # One part of the paper's recipe at a time, towards the plain loop.
     "paper, warmup 1500 -> 100": {"warmup_iters": 100},
@@ -79,6 +80,20 @@ ABLATION: dict[str, dict[str, Any]] = {
     "S, head lr x10": {"warmup_iters": 100, "ratio_range": (0.75, 1.5)},
     "S, warmup 0": {"warmup_iters": 0, "head_lr_mult": 1.0, "ratio_range": (0.75, 1.5)},
     "S, drop path 0": {"warmup_iters": 100, "head_lr_mult": 1.0, "ratio_range": (0.75, 1.5), "drop_path_rate": 0.0},
+    # T: no jitter, no photometric distortion, head lr x10, warmup 100; one part at a time.
+    "T = warmup 100, x10, no jitter, no photometric": _T,
+    "T, warmup 0": {**_T, "warmup_iters": 0},
+    "T, head lr x1": {**_T, "head_lr_mult": 1.0},
+    "T, photometric on": {**_T, "photometric": True},
+    "T, jitter 0.75-1.25": {**_T, "ratio_range": (0.75, 1.25)},
+    "T, short side = crop": {**_T, "fit": "short"},
+    "T, whole images": {**_T, "whole": True},
+    "T, short side = crop, jitter 1.0-1.4": {**_T, "fit": "short", "ratio_range": (1.0, 1.4)},
+    # The short schedule on other geometries.
+    "short, whole images": {"schedule": "short", "whole": True},
+    "short, short side = crop": {"schedule": "short", "fit": "short"},
+    "short, whole images at short side = crop": {"schedule": "short", "fit": "whole"},
+    "short, drop path 0": {"schedule": "short", "drop_path_rate": 0.0},
 }  # fmt: skip
 
 
@@ -202,6 +217,11 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     crop, scale = CROP, (max(spec.size), min(spec.size))  # crops at the images' own scale
     if recipe.pop("whole", False):
         crop, scale = spec.whole_crop, (max(spec.whole_crop), min(spec.whole_crop))
+    fit = recipe.pop("fit", None)
+    if fit is not None:  # rescaled so that the short side is the crop's, then cropped ("short") or whole ("whole")
+        scale = (round(max(spec.size) * min(CROP) / min(spec.size)), min(CROP))
+        if fit == "whole":
+            crop = tuple(round(side * min(CROP) / min(spec.size)) for side in spec.size)
     config = TrainConfig.from_preset(
         "folder",
         **recipe,
