@@ -155,6 +155,11 @@ def check_targets(name: str, result: dict | None) -> list[str]:
     return out
 
 
+# Everything from this line on in BENCHMARKS.md was measured by other scripts and is kept when the suite rewrites the
+# file above it.
+KEPT = "<!-- kept by benchmarks/run.py -->"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", default=None, help="group names to run (default: all that apply)")
@@ -208,7 +213,10 @@ def main(argv: list[str] | None = None) -> int:
             *[f"- {n}" for n in result["notes"]],
             "",
         ]
-    Path(args.out).write_text("\n".join(lines))
+    out = Path(args.out)
+    old = out.read_text() if out.is_file() else ""
+    kept = old[old.index(KEPT) :] if KEPT in old else ""  # sections other scripts measured (short runs, ...)
+    out.write_text("\n".join(lines) + ("\n" + kept if kept else ""))
     print(f"wrote {args.out}")
     return 0
 

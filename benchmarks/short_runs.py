@@ -18,6 +18,7 @@ the seeds) and seconds per training iteration (data loading included).
 
     python benchmarks/short_runs.py --iters 1000 --seeds 0 1 2 --jobs 2
     python benchmarks/short_runs.py --iters 1000 --seeds 0 1 2 --jobs 12 --device cuda --workers 1 --ablation
+    python benchmarks/short_runs.py --datasets street --recipes plain short "short, whole images at short side = crop"
 """
 
 from __future__ import annotations
@@ -52,8 +53,10 @@ DATASETS = {
 }
 CROP = (128, 128)
 
-# Recipes of ours: TrainConfig fields over the paper's recipe (the TrainConfig defaults); "whole": True trains on
-# whole images (rescaled to fit the crop, keeping aspect) instead of crops at the images' own scale.
+# Recipes of ours: TrainConfig fields over the paper's recipe (the TrainConfig defaults), and where they train:
+# 128x128 crops of the images at their own size, or "whole": True, whole images rescaled to fit in the crop (keeping
+# aspect), or "fit": rescaled so that the short side is 128, then cropped to 128x128 ("short") or taken whole
+# ("whole", e.g. 128x171 for 180x240 images).
 RECIPES: dict[str, dict[str, Any] | None] = {
     "plain": None,  # the plain loop
     "paper": {},
