@@ -218,19 +218,9 @@ def check_targets(name: str, result: dict | None) -> list[str]:
     return out
 
 
-def kept_sections(path: Path) -> list[str]:
-    """Sections of an existing BENCHMARKS.md written by other scripts (`## INT8 ONNX ...` from benchmarks/int8.py),
-    kept when this suite rewrites the file."""
-    if not path.exists():
-        return []
-    out: list[str] = []
-    keep = False
-    for line in path.read_text().splitlines():
-        if line.startswith("## "):
-            keep = line.startswith("## INT8 ONNX")
-        if keep:
-            out.append(line)
-    return [*out, ""] if out else []
+# Everything from this line on in BENCHMARKS.md was measured by other scripts and is kept when the suite rewrites the
+# file above it.
+KEPT = "<!-- kept by benchmarks/run.py -->"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -295,9 +285,11 @@ def main(argv: list[str] | None = None) -> int:
         ]
     out = Path(args.out)
     if args.merge and out.exists():
-        out.write_text(merge(out.read_text(), checks, body))  # other sections (e.g. INT8 from int8.py) stay
+        out.write_text(merge(out.read_text(), checks, body))
     else:
-        out.write_text("\n".join(lines + body + kept_sections(out)))
+        old = out.read_text() if out.is_file() else ""
+        kept = old[old.index(KEPT) :] if KEPT in old else ""  # sections other scripts measured (INT8, short runs)
+        out.write_text("\n".join(lines + body) + ("\n" + kept if kept else ""))
     print(f"wrote {args.out}")
     return 0
 

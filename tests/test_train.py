@@ -26,7 +26,7 @@ from segformer.cli import main
 from segformer.config import SegFormerConfig, TestProtocol
 from segformer.data import DATASETS
 from segformer.model import SegFormer
-from segformer.training import PRESETS, TrainConfig, lr_factor, param_groups, train
+from segformer.training import PRESETS, SCHEDULES, TrainConfig, lr_factor, param_groups, train
 from segformer.training import build as build_module
 from segformer.training.optim import build_optimizer, build_scheduler
 
@@ -208,6 +208,59 @@ def test_cli_layers_preset_config_file_and_flags(tmp_path):
     assert config.dataset == "cityscapes" and config.batch_size == 8  # from the preset
     assert config.iters == 100 and config.crop == (256, 256)  # from the file
     assert config.lr == 2e-4 and config.clip_grad is None  # flags win
+
+
+def test_short_schedule_sets_what_it_says_and_leaves_the_paper_presets_alone(tmp_path):
+    from segformer.cli import train as train_cli
+
+    # The paper's presets are exactly the paper's, with or without a schedule defined next to them.
+    assert PRESETS == {
+        "ade20k": {"iters": 160_000, "batch_size": 16, "crop": (512, 512), "scale": (2048, 512)},
+        "cityscapes": {"iters": 160_000, "batch_size": 8, "crop": (1024, 1024), "scale": (2048, 1024)},
+        "coco-stuff": {"iters": 80_000, "batch_size": 16, "crop": (512, 512), "scale": (2048, 512)},
+        "voc": {"iters": 40_000, "batch_size": 16, "crop": (512, 512), "scale": (2048, 512)},
+    }
+    paper = ((0.5, 2.0), True, 1500, 10.0, 6e-5, 1e-6, 1.0, 0.75, 0.5)
+    for name in (*PRESETS, "folder"):
+        config = TrainConfig.from_preset(name)
+        assert config.schedule is None
+        assert (
+            config.ratio_range, config.photometric, config.warmup_iters, config.head_lr_mult, config.lr,
+            config.warmup_ratio, config.power, config.cat_max_ratio, config.flip_prob,
+        ) == paper  # fmt: skip
+
+    # --schedule short sets its table's fields and nothing else.
+    settings = {"ratio_range": (1.0, 1.0), "photometric": False, "warmup_iters": 0, "head_lr_mult": 10.0}
+    assert SCHEDULES["short"] == settings
+    short, plain = TrainConfig.from_preset("folder", schedule="short"), TrainConfig.from_preset("folder")
+    changed = {k for k, v in short.to_dict().items() if v != plain.to_dict()[k]}
+    assert changed == {"schedule", "ratio_range", "photometric", "warmup_iters"}  # head x10 is the paper's already
+    assert {k: getattr(short, k) for k in settings} == settings
+    ade = TrainConfig.from_preset("ade20k", schedule="short")  # over a dataset preset: the preset's size stays
+    assert (ade.iters, ade.crop, ade.ratio_range, ade.warmup_iters) == (160_000, (512, 512), (1.0, 1.0), 0)
+
+    # What training builds from it: no rescale jitter, no colour distortion, the full lr from the first iteration.
+    transform = build_module.build_transform(short.replace(crop=(64, 64), scale=(80, 72)), None)
+    assert (transform.ratio_range, transform.photometric, transform.flip_prob) == ((1.0, 1.0), None, 0.5)
+    model = nn.Sequential(nn.Linear(2, 2))
+    optimizer = build_optimizer(model, 1e-3, short.weight_decay, short.head_lr_mult)
+    build_scheduler(optimizer, 100, short.warmup_iters, short.warmup_ratio, short.power, short.min_lr)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3)
+
+    # Layers: preset < schedule < config file < flags; YAML keeps the name and the values.
+    (tmp_path / "c.yaml").write_text("ratio_range: [0.75, 1.5]\n")
+    parser = argparse.ArgumentParser()
+    train_cli.add_arguments(parser)
+    args = parser.parse_args(
+        ["--dataset", "folder", "--schedule", "short", "--config", str(tmp_path / "c.yaml"), "--warmup-iters", "50"]
+    )
+    config = train_cli.resolve_config(args)
+    assert (config.ratio_range, config.warmup_iters, config.photometric) == ((0.75, 1.5), 50, False)
+    config.save_yaml(tmp_path / "run.yaml")
+    assert TrainConfig.from_dict(yaml.safe_load((tmp_path / "run.yaml").read_text())) == config
+    assert TrainConfig.from_dict({"schedule": "short"}) == short.replace(dataset=TrainConfig.dataset)
+    with pytest.raises(ValueError, match="schedule='long'; choose one of short"):
+        TrainConfig.from_preset("folder", schedule="long")
 
 
 # ---------------------------------------------------------------------------------------------------- engine
@@ -440,6 +493,7 @@ def test_bad_inputs_fail_with_one_clear_line(tmp_path, capsys, monkeypatch):
     fails(tiny_args(tmp_path / "nowhere", run, model, "--iters", "1"), "nowhere", "does not exist")
     fails(tiny_args(data, run, model, "--dataset", "imagenet"), "unknown dataset 'imagenet'")
     fails(tiny_args(data, run, model, "--amp", "fp8"), "amp='fp8'")
+    fails(tiny_args(data, run, model, "--schedule", "long"), "schedule='long'", "short")
     fails(tiny_args(data, run, tmp_path / "missing.json"), "missing.json")
     fails(tiny_args(data, run, model, "--iters", "1", "--eval-every", "1"), "--eval-every 0")
     (tmp_path / "bad.yaml").write_text("learning_rate: 0.1\n")

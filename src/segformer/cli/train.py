@@ -1,7 +1,8 @@
 """Train a SegFormer (the paper's recipe by default); every TrainConfig field is a flag.
 
-Settings are layered: the dataset's preset (ade20k, cityscapes, coco-stuff, voc), then RUN_DIR/config.yaml when
-resuming, then --config FILE (YAML), then flags. The resolved config is written to RUN_DIR/config.yaml.
+Settings are layered: the dataset's preset (ade20k, cityscapes, coco-stuff, voc), then the settings of --schedule
+(short), then RUN_DIR/config.yaml when resuming, then --config FILE (YAML), then flags. The resolved config is written
+to RUN_DIR/config.yaml.
 Multi-GPU: torchrun --nproc-per-node N -m segformer train ... (batch size is per process).
 """
 
@@ -77,6 +78,8 @@ HELP = {
     "std": "per-channel std of the raw pixel values, comma-separated (default: ImageNet for 3, else computed)",
     "freeze_encoder": "freeze the whole encoder: only the decoder head trains",
     "freeze_stages": "freeze the first K encoder stages (0..4)",
+    "schedule": "short: for a few thousand iterations or fewer on a small dataset (no scale jitter, no photometric "
+    "distortion, no warmup); its settings go over the dataset preset, under --config and flags",
 }
 
 
@@ -115,7 +118,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_config(args: argparse.Namespace) -> Any:
-    """The TrainConfig the layers (preset < run config.yaml on resume < --config < flags) add up to."""
+    """The TrainConfig the layers (preset < schedule < run config.yaml on resume < --config < flags) add up to."""
     from ..training.config import TrainConfig, read_yaml
 
     flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}

@@ -409,6 +409,14 @@ def _log_start(run: Trainer, images: int) -> None:
         run.device,
         run.run_dir,
     )
+    if c.warmup_iters >= c.iters:
+        log.warning(
+            "warmup_iters=%d is not shorter than the run (iters=%d): the learning rate never reaches lr=%g; "
+            "for short runs pass --schedule short (no warmup) or a smaller --warmup-iters",
+            c.warmup_iters,
+            c.iters,
+            c.lr,
+        )
 
 
 # ----------------------------------------------------------------------------------------------------- loop
