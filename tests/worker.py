@@ -24,7 +24,7 @@ def sgd(model, lr, weight_decay, head_lr_mult=10.0):
 
 
 def apply(spec: str) -> None:
-    from segformer.training import loop
+    from segformer.training import build, loop
 
     if spec == "sgd":
         loop.build_optimizer = sgd
@@ -32,14 +32,19 @@ def apply(spec: str) -> None:
         _, rank, start = spec.split(":")
         if os.environ.get("RANK") != rank:
             return
-        original, calls = loop.segmentation_loss, []
+        original, calls = build.build_loss, []
 
-        def poisoned(logits, target, *args, **kwargs):
-            calls.append(1)
-            loss = original(logits, target, *args, **kwargs)
-            return loss * math.nan if len(calls) >= int(start) else loss
+        def poisoned_loss(spec, options):
+            loss = original(spec, options)
 
-        loop.segmentation_loss = poisoned
+            def poisoned(logits, target):
+                calls.append(1)
+                value = loss(logits, target)
+                return value * math.nan if len(calls) >= int(start) else value
+
+            return poisoned
+
+        build.build_loss = poisoned_loss  # the run's criterion (Trainer.criterion) is built through it
     elif spec:
         raise SystemExit(f"unknown SEGFORMER_TEST_PATCH {spec!r}")
 
