@@ -120,19 +120,19 @@ def _slab(
     with torch.enable_grad():
         leaf = slab.detach().requires_grad_(want_grad)
         full = F.interpolate(leaf, scale_factor=scale, mode="bilinear", align_corners=False)  # (1, K, s*r, W)
-    up = full.detach()[:, :, rows[0] : rows[1]]  # the exact rows, (1, K, r, W)
-    valid = (target != ignore_index)[:, None]  # (1, 1, r, W)
-    label = torch.where(valid, target[:, None], 0)
-    logp = torch.log_softmax(up, dim=1)
-    loss = -torch.where(valid, logp.gather(1, label), 0.0).sum()
+    # (1, r, W, K) views of channels-last maps: classes innermost and contiguous, the fastest softmax there is.
+    up = full.detach()[:, :, rows[0] : rows[1]].permute(0, 2, 3, 1)  # the exact rows
+    valid = (target != ignore_index)[..., None]  # (1, r, W, 1)
+    label = torch.where(valid, target[..., None], 0)
+    logp = torch.log_softmax(up, dim=-1)
+    loss = -torch.where(valid, logp.gather(-1, label), 0.0).sum()
     if not want_grad:
         return loss, None
-    # Few, large operations: each is one parallel region (a busy machine stalls every one of them).
     grad_full = torch.empty_like(full)  # channels-last like `full`; the border rows are not this slab's: no gradient
     grad_full[:, :, : rows[0]].zero_()
     grad_full[:, :, rows[1] :].zero_()
-    prob = torch.exp(logp, out=grad_full[:, :, rows[0] : rows[1]])  # softmax over classes
-    prob.scatter_add_(1, label, -valid.to(prob.dtype))  # minus the one-hot of the label
+    prob = torch.exp(logp, out=grad_full[:, :, rows[0] : rows[1]].permute(0, 2, 3, 1))  # softmax over classes
+    prob.scatter_add_(-1, label, -valid.to(prob.dtype))  # minus the one-hot of the label
     prob.mul_(valid)  # ignored pixels give no gradient
     (slab_grad,) = torch.autograd.grad(full, leaf, grad_full)
     return loss, slab_grad
