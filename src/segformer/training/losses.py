@@ -45,7 +45,7 @@ def _upsampled(logits: Tensor, target: Tensor) -> Tensor:
 
 
 # Floats of label size one slab may hold (its upsampled logits; the softmax and gradient are the same size).
-SLAB_ELEMENTS = 1 << 21
+SLAB_ELEMENTS = 1 << 22
 
 
 def segmentation_loss(logits: Tensor, target: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
@@ -147,23 +147,19 @@ def _slab(
     with torch.enable_grad():
         leaf = slab.detach().requires_grad_(want_grad)
         full = F.interpolate(leaf, scale_factor=scale, mode="bilinear", align_corners=False)  # (1, K, s*r, W)
-    up = full.detach()[:, :, rows[0] : rows[1]]  # the exact rows, (1, K, r, W)
-    valid = (target != ignore_index)[:, None]  # (1, 1, r, W)
-    label = torch.where(valid, target[:, None], 0)
-    # log-sum-exp and softmax from one exp pass: exp(up - max), its sum over classes, then log and divide.
-    grad_full = None
-    if want_grad:  # channels-last like `full`; the border rows are not this slab's and keep no gradient
-        grad_full = torch.empty_like(full)
-        grad_full[:, :, : rows[0]].zero_()
-        grad_full[:, :, rows[1] :].zero_()
-    top = up.amax(dim=1, keepdim=True)
-    prob = torch.sub(up, top, out=grad_full[:, :, rows[0] : rows[1]] if want_grad else None).exp_()
-    total = prob.sum(dim=1, keepdim=True)
-    loss = torch.where(valid, total.log() + top - up.gather(1, label), 0.0).sum()
+    # (1, r, W, K) views of channels-last maps: classes innermost and contiguous, the fastest softmax there is.
+    up = full.detach()[:, :, rows[0] : rows[1]].permute(0, 2, 3, 1)  # the exact rows
+    valid = (target != ignore_index)[..., None]  # (1, r, W, 1)
+    label = torch.where(valid, target[..., None], 0)
+    logp = torch.log_softmax(up, dim=-1)
+    loss = -torch.where(valid, logp.gather(-1, label), 0.0).sum()
     if not want_grad:
         return loss, None
-    prob.div_(total)  # softmax over classes
-    prob.scatter_add_(1, label, -valid.to(prob.dtype))  # minus the one-hot of the label
+    grad_full = torch.empty_like(full)  # channels-last like `full`; the border rows are not this slab's: no gradient
+    grad_full[:, :, : rows[0]].zero_()
+    grad_full[:, :, rows[1] :].zero_()
+    prob = torch.exp(logp, out=grad_full[:, :, rows[0] : rows[1]].permute(0, 2, 3, 1))  # softmax over classes
+    prob.scatter_add_(-1, label, -valid.to(prob.dtype))  # minus the one-hot of the label
     prob.mul_(valid)  # ignored pixels give no gradient
     (slab_grad,) = torch.autograd.grad(full, leaf, grad_full)
     return loss, slab_grad
