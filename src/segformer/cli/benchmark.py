@@ -50,42 +50,23 @@ def run(args: argparse.Namespace) -> int:
     if args.repeats < 1 or args.batch < 1:
         raise ValueError("--repeats and --batch must be at least 1")
     say = lambda s: print(f"... {s}", file=sys.stderr)  # noqa: E731
+    common = {
+        "size": args.size,
+        "batch": args.batch,
+        "threads": args.threads,
+        "device": args.device,
+        "dtype": args.dtype,
+        "memory": not args.no_memory,
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "num_classes": args.num_classes,
+        "progress": say,
+    }
     if args.train:
-        result = run_train_benchmark(
-            args.model,
-            size=args.size,
-            batch=args.batch,
-            threads=args.threads,
-            device=args.device,
-            dtype=args.dtype,
-            memory=not args.no_memory,
-            repeats=args.repeats,
-            warmup=args.warmup,
-            num_classes=args.num_classes,
-            progress=say,
-        )
-        print(result.table())
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(result.to_dict(), f, indent=2)
-        return 0
-    result = run_benchmark(
-        args.model,
-        size=args.size,
-        batch=args.batch,
-        threads=args.threads,
-        device=args.device,
-        dtype=args.dtype,
-        compile=args.compile,
-        compare=args.compare,
-        unfolded=args.unfolded,
-        onnx=not args.no_onnx,
-        memory=not args.no_memory,
-        repeats=args.repeats,
-        warmup=args.warmup,
-        num_classes=args.num_classes,
-        progress=say,
-    )
+        result = run_train_benchmark(args.model, **common)
+    else:
+        extra = {"compile": args.compile, "compare": args.compare, "unfolded": args.unfolded, "onnx": not args.no_onnx}
+        result = run_benchmark(args.model, **extra, **common)
     print(result.table())
     if args.json:
         with open(args.json, "w") as f:
