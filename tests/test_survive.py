@@ -295,6 +295,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.elastic
 def test_elastic_restarts_after_five_sigkills_end_bitwise_equal_to_an_uninterrupted_run(tmp_path):
     data = make_folder(tmp_path / "data", n_train=8, n_val=0)
     model = tiny_model_file(tmp_path / "tiny.json", dropout=0.1)  # DropPath + dropout: every rank's RNG matters
@@ -354,6 +355,7 @@ def test_elastic_restarts_after_five_sigkills_end_bitwise_equal_to_an_uninterrup
 
 
 @pytest.mark.slow
+@pytest.mark.elastic
 def test_a_two_node_job_that_loses_a_node_finishes_on_one_with_the_same_global_batch(tmp_path):
     data = make_folder(tmp_path / "data", n_train=8, n_val=0)
     model = tiny_model_file(tmp_path / "tiny.json")
