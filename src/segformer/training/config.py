@@ -212,14 +212,14 @@ class TrainConfig:
         settings of `overrides["schedule"]` (a name in SCHEDULES) over it and the other `overrides` over both.
 
         `overrides` may also name `dataset` (the same one) when they come from a merged config dict."""
-        schedule = SCHEDULES.get(overrides.get("schedule") or "", {})
+        schedule = _schedule_settings(overrides.get("schedule"))
         return cls.from_dict({**PRESETS.get(dataset, {}), **schedule, "dataset": dataset, **overrides})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "train config") -> TrainConfig:
         """Build from plain values (YAML/JSON), converting lists to tuples and checking names and types; the
         settings of a `schedule` named in `data` fill in the fields `data` leaves out."""
-        data = {**SCHEDULES.get(data.get("schedule") or "", {}), **data}
+        data = {**_schedule_settings(data.get("schedule")), **data}
         hints = typing.get_type_hints(cls)
         known = {f.name for f in dataclasses.fields(cls)}
         values = {}
@@ -241,6 +241,11 @@ class TrainConfig:
 
     def save_yaml(self, path: str | Path) -> None:
         write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def _schedule_settings(name: Any) -> dict[str, Any]:
+    """The fields `--schedule name` sets ({} for None; an unknown name is refused by TrainConfig itself)."""
+    return SCHEDULES.get(name, {}) if isinstance(name, str) else {}
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
