@@ -3,11 +3,10 @@ measured against the float export on held-out images (and a labelled dataset whe
 agrees with the float model well enough.
 
 What stays in float is a list of named groups (`FLOAT_GROUPS`); `DEFAULT_KEEP_FLOAT` is what the measurements in
-BENCHMARKS.md ("INT8 ONNX") chose: the convolutions, the weight MatMuls and attention's two MatMuls run in INT8
-(not the first conv, the classifier or the decoder's upsampling); everything whose accuracy or speed does not gain
-from 8 bits stays in float. Three rewrites make the INT8 graph faster in ONNX Runtime: GELU is fused into one node
-before quantisation, Shape nodes read the INT8 tensors, and bias additions join their INT8 products (`fuse_gelu`,
-`shapes_from_quantized`, `fuse_bias`).
+BENCHMARKS.md ("INT8 ONNX") chose: the convolutions and every MatMul run in INT8, except the first conv and the
+classifier; everything whose accuracy or speed does not gain from 8 bits stays in float. Three rewrites make the
+INT8 graph faster in ONNX Runtime: GELU is fused into one node before quantisation, Shape nodes read the INT8
+tensors, and bias additions join their INT8 products (`fuse_gelu`, `shapes_from_quantized`, `fuse_bias`).
 
 onnx and onnxruntime are the optional `onnx` extra; they are imported inside functions.
 """
@@ -52,7 +51,7 @@ FLOAT_GROUPS = {
     "first_conv": "the first convolution (stage 1 patch embedding, on the raw pixels)",
     "classifier": "the last convolution (the classifier, whose output is the logits)",
 }
-DEFAULT_KEEP_FLOAT = ("layernorm", "softmax", "gelu", "elementwise", "upsampling", "first_conv", "classifier")
+DEFAULT_KEEP_FLOAT = ("layernorm", "softmax", "gelu", "elementwise", "first_conv", "classifier")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 MS_DOMAIN = "com.microsoft"  # ONNX Runtime's contrib operators (the INT8 file is for ONNX Runtime)
 
