@@ -3,6 +3,7 @@
     python benchmarks/run.py                  # CPU rows (and GPU rows when torch sees a CUDA device)
     python benchmarks/run.py --quick          # fewer repeats, for a smoke test
     python benchmarks/run.py --only b0-512    # one group
+    python benchmarks/run.py --only train-b0-256-b8 train-b0-512-b2 --merge   # update those sections in place
 
 Each group runs in a fresh process, so one peer's memory or threads never leak into another group. Within a group
 the implementations are measured side by side (interleaved rounds, medians). The targets of issue 3 are checked
@@ -25,6 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 HF, OURS, BF16 = "transformers eager", "ours eager fp32", "ours eager bf16"
+TRAIN_HF, TRAIN_OURS = "transformers", "ours"  # rows of `segformer benchmark --train`
 ORT_OURS, ORT_HF = "ONNX Runtime, our export", "ONNX Runtime, transformers' export"
 
 # name -> (benchmark arguments, targets: list of (description, row, baseline row, field, limit))
@@ -48,6 +50,45 @@ GROUPS: dict[str, tuple[list[str], list[tuple[str, str, str, str, float]]]] = {
             ("B0 1024x2048: latency <= 0.4x transformers", OURS, HF, "latency_ms", 0.4),
         ],
     ),
+    # Training steps (issue 14): forward, loss, backward, AdamW step; ours against transformers'.
+    "train-b0-256-b8": (
+        ["--train", "--model", "b0", "--batch", "8", "--size", "256x256", "--repeats", "9"],
+        [
+            (
+                "B0 train step, batch 8 256x256: >= 2.0x transformers (<= 0.5x time)",
+                TRAIN_OURS,
+                TRAIN_HF,
+                "latency_ms",
+                0.5,
+            ),
+            (
+                "B0 train step, batch 8 256x256: peak memory <= 0.6x transformers",
+                TRAIN_OURS,
+                TRAIN_HF,
+                "peak_mem_mb",
+                0.6,
+            ),
+        ],
+    ),  # fmt: skip
+    "train-b0-512-b2": (
+        ["--train", "--model", "b0", "--batch", "2", "--size", "512x512", "--repeats", "9"],
+        [
+            (
+                "B0 train step, batch 2 512x512: >= 1.8x transformers (<= 0.556x time)",
+                TRAIN_OURS,
+                TRAIN_HF,
+                "latency_ms",
+                1 / 1.8,
+            ),
+            (
+                "B0 train step, batch 2 512x512: peak memory <= 0.6x transformers",
+                TRAIN_OURS,
+                TRAIN_HF,
+                "peak_mem_mb",
+                0.6,
+            ),
+        ],
+    ),  # fmt: skip
     "b0-512-compile": (["--model", "b0", "--size", "512x512", "--compile", "--no-onnx", "--repeats", "10"], []),
     "b0-512-trained-bf16": (["--model", "runs/demo/model", "--size", "512x512", "--dtype", "bf16", "--no-onnx"], []),
     "gpu-b0-512": (
@@ -124,6 +165,8 @@ def run_group(name: str, extra: list[str], quick: bool) -> tuple[str, dict | Non
 
 
 def table(result: dict) -> str:
+    if result.get("kind") == "train":
+        return train_table(result)
     lines = [
         f"| implementation | median ms (IQR) | x {result['baseline']} | peak mem MB | mem x | max abs diff "
         "| argmax agree |",
@@ -142,6 +185,26 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def train_table(result: dict) -> str:
+    lines = [
+        f"| implementation | median ms/step (IQR) | x {result['baseline']} | speed-up | peak mem MB | mem x | loss "
+        "| grad error vs float64 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+
+    def f(v, spec):
+        return "-" if v is None else format(v, spec)
+
+    for r in result["rows"]:
+        speedup = 1 / r["ratio"] if r["ratio"] else None
+        lines.append(
+            f"| {r['name']} | {r['latency_ms']:.0f} ({r['q25_ms']:.0f}-{r['q75_ms']:.0f}) | {f(r['ratio'], '.3f')} "
+            f"| {f(speedup, '.2f')}x | {f(r['peak_mem_mb'], '.0f')} | {f(r['mem_ratio'], '.2f')} "
+            f"| {f(r['loss'], '.6f')} | {f(r['grad_diff'], '.1e')} |"
+        )
+    return "\n".join(lines)
+
+
 def check_targets(name: str, result: dict | None) -> list[str]:
     out = []
     for text, row, base, field, limit in GROUPS[name][1]:
@@ -155,19 +218,9 @@ def check_targets(name: str, result: dict | None) -> list[str]:
     return out
 
 
-def kept_sections(path: Path) -> list[str]:
-    """Sections of an existing BENCHMARKS.md written by other scripts (`## INT8 ONNX ...` from benchmarks/int8.py),
-    kept when this suite rewrites the file."""
-    if not path.exists():
-        return []
-    out: list[str] = []
-    keep = False
-    for line in path.read_text().splitlines():
-        if line.startswith("## "):
-            keep = line.startswith("## INT8 ONNX")
-        if keep:
-            out.append(line)
-    return [*out, ""] if out else []
+# Everything from this line on in BENCHMARKS.md was measured by other scripts and is kept when the suite rewrites the
+# file above it.
+KEPT = "<!-- kept by benchmarks/run.py -->"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,10 +229,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="3 repeats per group (smoke test)")
     parser.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"), help="Markdown file to write")
     parser.add_argument("--threads", default="2", help="comma-separated thread counts for the CPU groups (e.g. 2,1)")
+    parser.add_argument(
+        "--merge", action="store_true", help="replace only these groups' sections and target lines in --out"
+    )
     args = parser.parse_args(argv)
 
     cuda = _cuda_available()
     names = args.only or [n for n in GROUPS if cuda or not n.startswith("gpu-")]
+    if not cuda and any(n.startswith("gpu-") for n in names):
+        print("no CUDA device: the gpu-* groups are left out", flush=True)
+        names = [n for n in names if not n.startswith("gpu-")]
     thread_counts = [t.strip() for t in args.threads.split(",") if t.strip()]
     sections, checks = [], []
     for name in names:
@@ -201,19 +260,20 @@ def main(argv: list[str] | None = None) -> int:
         f"Written by `python benchmarks/run.py` on {now}. Machine: {platform.node() or 'unknown'}, "
         f"{os.cpu_count()} CPUs visible; CPU features: {_cpu_flags()}; CUDA: {'yes' if cuda else 'no'}.",
         "",
-        "## Targets (issue 3)",
+        "## Targets",
         "",
         *checks,
         "",
         NOTES,
         "",
     ]
+    body = []
     for name, shown, result, error in sections:
-        lines += [f"## {name}", "", f"`{shown}`", ""]
+        body += [f"## {name}", "", f"`{shown}`", ""]
         if result is None:
-            lines += [error, ""]
+            body += [error, ""]
             continue
-        lines += [
+        body += [
             f"{result['model']}, batch {result['batch']}, {result['size'][0]}x{result['size'][1]}, "
             f"{result['device_name']}, {result['threads']} threads, median of {result['repeats']} interleaved rounds; "
             f"load average before the run {result['load_before']:.1f}; versions {result['versions']}.",
@@ -223,10 +283,52 @@ def main(argv: list[str] | None = None) -> int:
             *[f"- {n}" for n in result["notes"]],
             "",
         ]
-    lines += kept_sections(Path(args.out))
-    Path(args.out).write_text("\n".join(lines))
+    out = Path(args.out)
+    if args.merge and out.exists():
+        out.write_text(merge(out.read_text(), checks, body))
+    else:
+        old = out.read_text() if out.is_file() else ""
+        kept = old[old.index(KEPT) :] if KEPT in old else ""  # sections other scripts measured (INT8, short runs)
+        out.write_text("\n".join(lines + body) + ("\n" + kept if kept else ""))
     print(f"wrote {args.out}")
     return 0
+
+
+def merge(old: str, checks: list[str], body: list[str]) -> str:
+    """`old` (a BENCHMARKS.md) with the sections of `body` replacing those of the same title (new ones appended) and
+    the target lines of `checks` replacing those of the same description (new ones appended to the list)."""
+
+    def sections(lines: list[str]) -> list[tuple[str, list[str]]]:
+        out: list[tuple[str, list[str]]] = [("", [])]
+        for line in lines:
+            if line.startswith("## "):
+                out.append((line, []))
+            out[-1][1].append(line)
+        return out
+
+    new = dict(sections(body)[1:])
+    merged, seen = [], set()
+    for title, lines in sections(old.splitlines()):
+        if title.startswith("## Targets"):
+            lines = _merge_checks(lines, checks)
+        if title in new:
+            lines, _ = new[title], seen.add(title)
+        merged += lines
+    for title, lines in new.items():
+        if title not in seen:
+            merged += ([""] if merged and merged[-1].strip() else []) + lines
+    return "\n".join(merged) + "\n"
+
+
+def _merge_checks(lines: list[str], checks: list[str]) -> list[str]:
+    def key(line: str) -> str:
+        return line.split("]", 1)[-1].split(":**", 1)[0].rsplit(": **", 1)[0].strip()
+
+    replaced = {key(c): c for c in checks}
+    out = [replaced.pop(key(line), line) if line.startswith("- [") else line for line in lines]
+    first = next((i for i, line in enumerate(out) if line.startswith("- [")), len(out))
+    end = next((i for i in range(first, len(out)) if not out[i].strip()), len(out))  # the blank line after the list
+    return out[:end] + list(replaced.values()) + out[end:]
 
 
 if __name__ == "__main__":

@@ -26,8 +26,8 @@ from segformer.cli import main
 from segformer.config import SegFormerConfig, TestProtocol
 from segformer.data import DATASETS
 from segformer.model import SegFormer
-from segformer.training import PRESETS, TrainConfig, lr_factor, param_groups, train
-from segformer.training import loop as loop_module
+from segformer.training import PRESETS, SCHEDULES, TrainConfig, lr_factor, param_groups, train
+from segformer.training import build as build_module
 from segformer.training.optim import build_optimizer, build_scheduler
 
 TINY = {"embed_dims": [8, 16, 24, 32], "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 2], "decoder_dim": 16}
@@ -117,6 +117,38 @@ def test_param_groups_follow_official_paramwise_cfg():
     assert groups["encoder"]["lr"] == pytest.approx(6e-5) and groups["encoder_no_decay"]["weight_decay"] == 0.0
 
 
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_slab_wise_loss_equals_the_full_size_loss_and_its_gradient(monkeypatch, scale):
+    from segformer.training import losses
+
+    def full_size(logits, target):  # the paper's (and transformers') loss, literally
+        up = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
+        return F.cross_entropy(up, target, ignore_index=255, reduction="sum") / (target != 255).sum().clamp(min=1)
+
+    for slab in (losses.SLAB_ELEMENTS, 1):  # one slab per image, and the smallest slabs: every border is exercised
+        monkeypatch.setattr(losses, "SLAB_ELEMENTS", slab)
+        logits = torch.randn(2, 5, 7, 9, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+        target = torch.randint(0, 5, (2, 7 * scale, 9 * scale))
+        target[torch.rand(target.shape) < 0.2] = 255
+        ours, ref = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+        (3 * losses.segmentation_loss(ours, target)).backward()
+        (3 * full_size(ref, target)).backward()
+        torch.testing.assert_close(ours.grad, ref.grad, rtol=0, atol=1e-12)
+        want = float(full_size(ref.detach(), target))
+        assert float(losses.segmentation_loss(ours.detach(), target)) == pytest.approx(want, rel=1e-12)
+    ignored = torch.full((1, 8, 12), 255)  # nothing labelled: 0, not NaN, and no gradient
+    logits = torch.randn(1, 3, 4, 6, requires_grad=True)
+    loss = losses.segmentation_loss(logits, ignored)
+    loss.backward()
+    assert float(loss) == 0.0 and not logits.grad.any()
+    bf16 = torch.randn(1, 3, 4, 6).bfloat16().requires_grad_()  # autocast logits: float32 loss, bf16 gradient
+    losses.segmentation_loss(bf16, torch.randint(0, 3, (1, 16, 24))).backward()
+    assert bf16.grad.dtype == torch.bfloat16
+    odd = torch.randn(1, 3, 4, 6)  # 17 x 23 is no multiple of 4 x 6: the literal full-size path
+    target = torch.randint(0, 3, (1, 17, 23))
+    torch.testing.assert_close(losses.segmentation_loss(odd, target), full_size(odd, target))
+
+
 def test_schedule_is_mmcv_warmup_then_poly():
     model = tiny_segformer()
     opt = build_optimizer(model, lr=6e-5, weight_decay=0.01)
@@ -176,6 +208,59 @@ def test_cli_layers_preset_config_file_and_flags(tmp_path):
     assert config.dataset == "cityscapes" and config.batch_size == 8  # from the preset
     assert config.iters == 100 and config.crop == (256, 256)  # from the file
     assert config.lr == 2e-4 and config.clip_grad is None  # flags win
+
+
+def test_short_schedule_sets_what_it_says_and_leaves_the_paper_presets_alone(tmp_path):
+    from segformer.cli import train as train_cli
+
+    # The paper's presets are exactly the paper's, with or without a schedule defined next to them.
+    assert PRESETS == {
+        "ade20k": {"iters": 160_000, "batch_size": 16, "crop": (512, 512), "scale": (2048, 512)},
+        "cityscapes": {"iters": 160_000, "batch_size": 8, "crop": (1024, 1024), "scale": (2048, 1024)},
+        "coco-stuff": {"iters": 80_000, "batch_size": 16, "crop": (512, 512), "scale": (2048, 512)},
+        "voc": {"iters": 40_000, "batch_size": 16, "crop": (512, 512), "scale": (2048, 512)},
+    }
+    paper = ((0.5, 2.0), True, 1500, 10.0, 6e-5, 1e-6, 1.0, 0.75, 0.5)
+    for name in (*PRESETS, "folder"):
+        config = TrainConfig.from_preset(name)
+        assert config.schedule is None
+        assert (
+            config.ratio_range, config.photometric, config.warmup_iters, config.head_lr_mult, config.lr,
+            config.warmup_ratio, config.power, config.cat_max_ratio, config.flip_prob,
+        ) == paper  # fmt: skip
+
+    # --schedule short sets its table's fields and nothing else.
+    settings = {"ratio_range": (1.0, 1.0), "photometric": False, "warmup_iters": 0, "head_lr_mult": 10.0}
+    assert SCHEDULES["short"] == settings
+    short, plain = TrainConfig.from_preset("folder", schedule="short"), TrainConfig.from_preset("folder")
+    changed = {k for k, v in short.to_dict().items() if v != plain.to_dict()[k]}
+    assert changed == {"schedule", "ratio_range", "photometric", "warmup_iters"}  # head x10 is the paper's already
+    assert {k: getattr(short, k) for k in settings} == settings
+    ade = TrainConfig.from_preset("ade20k", schedule="short")  # over a dataset preset: the preset's size stays
+    assert (ade.iters, ade.crop, ade.ratio_range, ade.warmup_iters) == (160_000, (512, 512), (1.0, 1.0), 0)
+
+    # What training builds from it: no rescale jitter, no colour distortion, the full lr from the first iteration.
+    transform = build_module.build_transform(short.replace(crop=(64, 64), scale=(80, 72)), None)
+    assert (transform.ratio_range, transform.photometric, transform.flip_prob) == ((1.0, 1.0), None, 0.5)
+    model = nn.Sequential(nn.Linear(2, 2))
+    optimizer = build_optimizer(model, 1e-3, short.weight_decay, short.head_lr_mult)
+    build_scheduler(optimizer, 100, short.warmup_iters, short.warmup_ratio, short.power, short.min_lr)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3)
+
+    # Layers: preset < schedule < config file < flags; YAML keeps the name and the values.
+    (tmp_path / "c.yaml").write_text("ratio_range: [0.75, 1.5]\n")
+    parser = argparse.ArgumentParser()
+    train_cli.add_arguments(parser)
+    args = parser.parse_args(
+        ["--dataset", "folder", "--schedule", "short", "--config", str(tmp_path / "c.yaml"), "--warmup-iters", "50"]
+    )
+    config = train_cli.resolve_config(args)
+    assert (config.ratio_range, config.warmup_iters, config.photometric) == ((0.75, 1.5), 50, False)
+    config.save_yaml(tmp_path / "run.yaml")
+    assert TrainConfig.from_dict(yaml.safe_load((tmp_path / "run.yaml").read_text())) == config
+    assert TrainConfig.from_dict({"schedule": "short"}) == short.replace(dataset=TrainConfig.dataset)
+    with pytest.raises(ValueError, match="schedule='long'; choose one of short"):
+        TrainConfig.from_preset("folder", schedule="long")
 
 
 # ---------------------------------------------------------------------------------------------------- engine
@@ -370,12 +455,12 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypat
     model = tiny_model_file(tmp_path / "tiny.json")
     calls = []
 
-    def poisoned(logits, target, ignore_index=255):
+    def poisoned(logits, target):
         calls.append(1)
         loss = F.cross_entropy(F.interpolate(logits, size=target.shape[-2:], mode="bilinear"), target, ignore_index=255)
         return loss * math.nan if len(calls) >= 5 else loss
 
-    monkeypatch.setattr(loop_module, "segmentation_loss", poisoned)
+    monkeypatch.setattr(build_module, "build_loss", lambda spec, options: poisoned)
     args = tiny_args(data, tmp_path / "run", model, "--iters", "20", "--save-every", "2", "--log-every", "1")
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
@@ -408,6 +493,7 @@ def test_bad_inputs_fail_with_one_clear_line(tmp_path, capsys, monkeypatch):
     fails(tiny_args(tmp_path / "nowhere", run, model, "--iters", "1"), "nowhere", "does not exist")
     fails(tiny_args(data, run, model, "--dataset", "imagenet"), "unknown dataset 'imagenet'")
     fails(tiny_args(data, run, model, "--amp", "fp8"), "amp='fp8'")
+    fails(tiny_args(data, run, model, "--schedule", "long"), "schedule='long'", "short")
     fails(tiny_args(data, run, tmp_path / "missing.json"), "missing.json")
     fails(tiny_args(data, run, model, "--iters", "1", "--eval-every", "1"), "--eval-every 0")
     (tmp_path / "bad.yaml").write_text("learning_rate: 0.1\n")
@@ -421,8 +507,9 @@ def test_bad_inputs_fail_with_one_clear_line(tmp_path, capsys, monkeypatch):
     assert main(tiny_args(data, run, model, "--iters", "2", "--save-every", "1")) == 0
     fails(tiny_args(data, run, model, "--iters", "2"), str(run), "--resume")  # never overwrite a run silently
     fails(tiny_args(data, run, model, "--iters", "4", "--resume", "--batch-size", "1"), "batch_size=2")
-    (run / "last.pt").write_bytes((run / "last.pt").read_bytes()[:1000])  # a checkpoint cut short
-    fails(tiny_args(data, run, model, "--iters", "4", "--resume"), "last.pt", "truncated")
+    for name in ("last.pt", "previous.pt"):  # checkpoints cut short (one alone: tests/test_survive.py)
+        (run / name).write_bytes((run / name).read_bytes()[:1000])
+    fails(tiny_args(data, run, model, "--iters", "4", "--resume"), "last.pt", "previous.pt", "truncated")
 
     bad = tmp_path / "data" / "masks" / "train" / "001.png"
     Image.fromarray(np.full((72, 80), 7, np.uint8)).save(bad)  # class 7 of 3

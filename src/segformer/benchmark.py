@@ -48,6 +48,8 @@ class Row:
     max_abs_diff: float | None = None  # logits vs our fp32 eager
     agreement: float | None = None  # argmax agreement with our fp32 eager
     note: str = ""
+    loss: float | None = None  # training: the loss of the checked step (same weights, same batch)
+    grad_diff: float | None = None  # training: gradient error against transformers' float64 step (GRAD_TOLERANCE)
 
 
 @dataclass
@@ -60,6 +62,7 @@ class BenchmarkResult:
     device_name: str
     repeats: int
     baseline: str
+    kind: str = "inference"  # or "train": one optimiser step per call
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=dict)
@@ -69,6 +72,8 @@ class BenchmarkResult:
 
     def table(self) -> str:
         """A Markdown table, ratios against `baseline`."""
+        if self.kind == "train":
+            return self._train_table()
         lines = [
             f"{self.model}, batch {self.batch}, {self.size[0]}x{self.size[1]}, {self.device_name}, "
             f"{self.threads} threads, median of {self.repeats} interleaved runs",
@@ -81,6 +86,26 @@ class BenchmarkResult:
                 f"| {r.name} | {r.latency_ms:.1f} ({r.q25_ms:.1f}-{r.q75_ms:.1f}) | {_fmt(r.ratio, '.3f')} "
                 f"| {_fmt(r.peak_mem_mb, '.0f')} | {_fmt(r.mem_ratio, '.2f')} | {_fmt(r.max_abs_diff, '.1e')} "
                 f"| {_fmt(r.agreement, '.2%')} |"
+            )
+        lines += [f"- {n}" for n in self.notes]
+        return "\n".join(lines)
+
+    def _train_table(self) -> str:
+        lines = [
+            f"{self.model}, training step (forward, loss, backward, AdamW step), batch {self.batch}, "
+            f"{self.size[0]}x{self.size[1]}, {self.device_name}, {self.threads} threads, median of {self.repeats} "
+            "interleaved rounds",
+            "",
+            f"| implementation | ms/step (IQR) | x {self.baseline} | speed-up | peak mem MB | mem x | loss "
+            "| grad error vs float64 |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in self.rows:
+            speedup = 1 / r.ratio if r.ratio else None
+            lines.append(
+                f"| {r.name} | {r.latency_ms:.1f} ({r.q25_ms:.1f}-{r.q75_ms:.1f}) | {_fmt(r.ratio, '.3f')} "
+                f"| {_fmt(speedup, '.2f')}x | {_fmt(r.peak_mem_mb, '.0f')} | {_fmt(r.mem_ratio, '.2f')} "
+                f"| {_fmt(r.loss, '.6f')} | {_fmt(r.grad_diff, '.1e')} |"
             )
         lines += [f"- {n}" for n in self.notes]
         return "\n".join(lines)
@@ -400,6 +425,246 @@ def _onnx_peers(ours, hf, x, x_np, folder, threads, device, result, say) -> dict
     session2 = ort_session(path, threads, providers, spinning=False)
     fns["ONNX Runtime, our export"] = lambda: session2.run(None, {"pixel_values": x_np})[0]
     return fns
+
+
+# Training-step agreement. The same step from the same weights (dropout and drop-path off) must give the same loss
+# and gradients up to float order: the folded decoder and the slab-wise loss sum in another order than transformers'
+# concat + 1x1 conv and full-size cross-entropy. The arbiter is transformers' own step in float64: per tensor,
+# max |g - g_float64| relative to the tensor's largest gradient, floored at GRAD_FLOOR of the model's largest (some
+# exact gradients are zero, e.g. the decoder projections' biases that BatchNorm subtracts again, and hold float noise
+# only). Ours must be within GRAD_TOLERANCE, or as close as transformers' float32 step is (times 2).
+GRAD_TOLERANCE = 1e-3
+GRAD_FLOOR = 1e-4
+LOSS_TOLERANCE = 1e-5
+
+
+def sample_labels(size: tuple[int, int], batch: int, num_classes: int, seed: int = 0) -> Tensor:
+    """A (B, H, W) label batch of blobs of classes over a background, with some ignored (255) pixels."""
+    g = torch.Generator().manual_seed(seed)
+    h, w = size
+    coarse = torch.randint(0, num_classes, (batch, 1, max(h // 32, 1), max(w // 32, 1)), generator=g).float()
+    labels = torch.nn.functional.interpolate(coarse, size=(h, w), mode="nearest")[:, 0].long()
+    labels[torch.rand((batch, h, w), generator=g) < 0.05] = 255
+    return labels
+
+
+def train_step_fn(model: torch.nn.Module, x: Tensor, y: Tensor, lr: float = 6e-5) -> Callable[[], Tensor]:
+    """`fn()` runs one training step of our model the way `segformer.training` does: forward, the paper's loss
+    (`segmentation_loss`), backward, AdamW step; returns the loss."""
+    from .training.losses import segmentation_loss
+
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+
+    def fn() -> Tensor:
+        loss = segmentation_loss(model(x), y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    return fn
+
+
+def _hf_train_step_fn(hf: torch.nn.Module, x: Tensor, y: Tensor, lr: float = 6e-5) -> Callable[[], Tensor]:
+    hf.train()
+    optimizer = torch.optim.AdamW(hf.parameters(), lr=lr)
+
+    def fn() -> Tensor:
+        loss = hf(pixel_values=x, labels=y).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    return fn
+
+
+def _without_dropout(*models: torch.nn.Module) -> list[tuple[Any, str, float]]:
+    """Zero every dropout/drop-path rate (for a deterministic comparison); returns what to restore."""
+    saved = []
+    for model in models:
+        for module in model.modules():
+            for attr in ("p", "drop_prob"):
+                value = getattr(module, attr, None)
+                if isinstance(value, float) and value > 0 and "drop" in type(module).__name__.lower():
+                    saved.append((module, attr, value))
+                    setattr(module, attr, 0.0)
+    return saved
+
+
+@dataclass
+class StepCheck:
+    """One training step of ours and transformers' from the same weights, against transformers' in float64."""
+
+    loss: float
+    hf_loss: float
+    exact_loss: float  # float64
+    grad_error: float  # ours vs float64 (see GRAD_TOLERANCE)
+    hf_grad_error: float  # transformers' float32 vs float64
+    grad_diff: float  # ours vs transformers' float32
+
+    @property
+    def agrees(self) -> bool:
+        loss_ok = abs(self.loss - self.exact_loss) <= LOSS_TOLERANCE * max(1.0, abs(self.exact_loss))
+        return loss_ok and self.grad_error <= max(GRAD_TOLERANCE, 2 * self.hf_grad_error)
+
+
+def compare_training_step(ours: SegFormer, hf: torch.nn.Module, x: Tensor, y: Tensor) -> StepCheck:
+    """Loss and gradients of one step (dropout and drop-path off) of ours, of transformers' and of transformers' in
+    float64 (the arbiter), all from the same weights; gradients compared per parameter (see GRAD_TOLERANCE)."""
+    import copy
+
+    from .convert import to_ours
+    from .training.losses import segmentation_loss
+
+    exact = copy.deepcopy(hf).double()
+    saved = _without_dropout(ours, hf, exact)
+    try:
+        grads, losses = [], []
+        for model, fn in (
+            (ours, lambda: segmentation_loss(ours(x), y)),
+            (hf, lambda: hf(pixel_values=x, labels=y).loss),
+            (exact, lambda: exact(pixel_values=x.double(), labels=y).loss),
+        ):
+            model.train()
+            model.zero_grad(set_to_none=True)
+            loss = fn()
+            loss.backward()
+            losses.append(float(loss))
+            named = {name: p.grad.double() for name, p in model.named_parameters() if p.grad is not None}
+            grads.append(named if model is ours else to_ours(named))
+            model.zero_grad(set_to_none=True)
+    finally:
+        for module, attr, value in saved:
+            setattr(module, attr, value)
+    ref = grads[2]
+    floor = GRAD_FLOOR * max(float(g.abs().max()) for g in ref.values())
+
+    def error(got: dict[str, Tensor], want: dict[str, Tensor]) -> float:
+        return max(float((got[k] - g).abs().max()) / max(float(g.abs().max()), floor) for k, g in want.items())
+
+    return StepCheck(
+        losses[0], losses[1], losses[2], error(grads[0], ref), error(grads[1], ref), error(grads[0], grads[1])
+    )
+
+
+def run_train_benchmark(
+    model: str = "b0",
+    *,
+    size: tuple[int, int] = (512, 512),
+    batch: int = 2,
+    threads: int | None = 2,
+    device: str = "cpu",
+    dtype: str = "fp32",
+    memory: bool = True,
+    repeats: int = 10,
+    warmup: int = 2,
+    num_classes: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> BenchmarkResult:
+    """One training step (forward, loss, backward, AdamW step) of ours against transformers'
+    SegformerForSemanticSegmentation: same weights, same batch, interleaved rounds, medians, peak memory, and a
+    check that both give the same loss and gradients (`compare_training_step`) before timing."""
+    say = progress or (lambda s: None)
+    if threads:
+        torch.set_num_threads(threads)
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda: no CUDA device is visible to PyTorch")
+    amp = _amp(dtype, device)
+    try:
+        import transformers
+    except ImportError:
+        raise RuntimeError("--train compares with transformers (a dev dependency): pip install transformers") from None
+    from .config import SegFormerConfig
+
+    # LayerNorm eps 1e-5 as transformers uses everywhere, so that the gradient check is tight (timing is the same).
+    config = SegFormerConfig.from_name(
+        model, layer_norm_eps=1e-5, **({"num_classes": num_classes} if num_classes else {})
+    )
+    ours = SegFormer(config).to(device)
+    x = sample_image(size, batch).to(device)
+    y = sample_labels(size, batch, config.num_classes).to(device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    result = BenchmarkResult(
+        model=f"{model} ({config.num_classes} classes, random weights)",
+        size=tuple(size),
+        batch=batch,
+        threads=torch.get_num_threads(),
+        device=device,
+        device_name=device_name(device),
+        repeats=repeats,
+        baseline="transformers",
+        kind="train",
+        versions={"torch": torch.__version__, "transformers": transformers.__version__},
+    )
+    with tempfile.TemporaryDirectory(prefix="segformer-bench-") as tmp:
+        folder = ours.save_pretrained(Path(tmp) / "hf")
+        hf = transformers.SegformerForSemanticSegmentation.from_pretrained(folder).to(device)
+    attn = getattr(hf.config, "_attn_implementation", None)
+    result.notes.append(f"transformers {transformers.__version__} (attention implementation: {attn}), fp32")
+
+    say("checking the loss and gradients of one step against transformers' (float32 and float64)")
+    check = compare_training_step(ours, hf, x, y)
+    result.notes.append(
+        f"same weights and batch, dropout and drop-path off: loss {check.loss:.6f} (ours), {check.hf_loss:.6f} "
+        f"(transformers), {check.exact_loss:.6f} (transformers in float64); gradients within {check.grad_error:.1e} "
+        f"(ours) and {check.hf_grad_error:.1e} (transformers' float32) of the float64 ones, {check.grad_diff:.1e} "
+        f"between ours and transformers' (max over tensors of the largest difference relative to the tensor's "
+        f"largest gradient, floored at {GRAD_FLOOR:g} of the model's largest): "
+        f"{'AGREE' if check.agrees else 'DISAGREE'} (ours within {GRAD_TOLERANCE:g}, or 2x transformers' own float32 "
+        f"error, and the loss within {LOSS_TOLERANCE:g} relative); the timed steps run with the recipe's drop-path "
+        "and dropout (0.1)"
+    )
+    if not check.agrees:
+        result.notes.append(
+            "WARNING: the training steps disagree beyond float order: the timing compares different things"
+        )
+
+    fns: dict[str, Callable[[], Any]] = {
+        "transformers": _hf_train_step_fn(hf, x, y),
+        "ours": train_step_fn(ours, x, y),
+    }
+    if amp != "none":
+        import copy
+
+        ours_amp = copy.deepcopy(ours)
+        step = train_step_fn(ours_amp, x, y)
+
+        def amp_step() -> Tensor:
+            with autocast(device, amp):
+                return step()
+
+        fns[f"ours {dtype} autocast"] = amp_step
+    say("warming up (optimiser state)")
+    for fn in fns.values():
+        fn()
+    mem: dict[str, float] = {}
+    if memory:
+        say("measuring peak memory")
+        mem = {name: max(peak_memory_mb(fn, device) or 0.0 for _ in range(2)) for name, fn in fns.items()}
+        if device == "cpu" and any(v == 0.0 for v in mem.values()):
+            mem = {}
+    say(f"timing {len(fns)} implementations x {repeats} rounds")
+    times = time_interleaved(fns, repeats, warmup, sync)
+    base = statistics.median(times["transformers"])
+    for name, t in times.items():
+        q = np.percentile(np.array(t) * 1000, [25, 75])
+        row = Row(name, statistics.median(t) * 1000, float(q[0]), float(q[1]), ratio=statistics.median(t) / base)
+        if name in mem:
+            row.peak_mem_mb = mem[name]
+            row.mem_ratio = mem[name] / mem["transformers"] if mem.get("transformers") else None
+        if name == "ours":
+            row.loss, row.grad_diff = check.loss, check.grad_error
+        elif name == "transformers":
+            row.loss, row.grad_diff = check.hf_loss, check.hf_grad_error
+        result.rows.append(row)
+    if memory and device == "cpu" and mem:
+        result.notes.append(
+            "peak memory: resident-set growth during one step after warm-up (optimiser state already allocated): "
+            "activations, gradients and temporaries"
+        )
+    return result
 
 
 def environment_note() -> str:

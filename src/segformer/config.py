@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .constants import IGNORE_INDEX
+from .constants import IGNORE_INDEX, MEAN, STD
 from .fileio import write_text
 
 # name -> (embed_dims, depths, decoder_dim). Heads (1, 2, 5, 8), sr ratios (8, 4, 2, 1), mlp ratio 4 are shared.
@@ -86,6 +86,8 @@ class TestProtocol:
     `mode` "slide" runs `crop`-sized windows every `stride` pixels (H, W). `size_divisor` rounds resized sides up.
     """
 
+    __test__ = False  # not a pytest test class, despite its name
+
     mode: str = "whole"
     scale: tuple[int, int] | None = None
     crop: tuple[int, int] | None = None
@@ -135,8 +137,14 @@ class SegFormerConfig:
     # Block norms and stage-final norms; patch-embed and reduction norms use torch's default 1e-5 as the original.
     layer_norm_eps: float = 1e-6
     class_names: tuple[str, ...] | None = None
+    # Per-channel mean/std of the raw input values the model was trained with; None = ImageNet's (3 channels).
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
     # Test-time protocol (scale, mode, window) written by training and known for official checkpoints; None = unknown.
     test_protocol: TestProtocol | None = None
+    # How the training masks' values became class ids: `segformer.data.LabelConvention.to_dict()` (label map, reduce
+    # zero label, ignore index, palette), so eval/predict of the saved model apply the same; None = ids as stored.
+    labels: dict[str, Any] | None = field(default=None, hash=False)
     variant: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -144,6 +152,8 @@ class SegFormerConfig:
             if isinstance(getattr(self, f.name), list):
                 object.__setattr__(self, f.name, tuple(getattr(self, f.name)))
         object.__setattr__(self, "test_protocol", TestProtocol.from_dict(self.test_protocol))
+        if self.labels is not None and not isinstance(self.labels, dict):
+            raise ValueError(f"config.labels must be a mapping (LabelConvention.to_dict()), got {type(self.labels)}")
         n = len(self.embed_dims)
         for name in ("depths", "num_heads", "sr_ratios"):
             value = getattr(self, name)
@@ -161,6 +171,12 @@ class SegFormerConfig:
             )
         if not 0.0 <= self.drop_path_rate < 1.0 or not 0.0 <= self.classifier_dropout < 1.0:
             raise ValueError("config.drop_path_rate and classifier_dropout must be in [0, 1)")
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if value is not None and len(value) != self.in_channels:
+                raise ValueError(f"config.{name} has {len(value)} values for {self.in_channels} input channels")
+        if self.std is not None and min(self.std) <= 0:
+            raise ValueError(f"config.std {self.std} must be > 0 for every channel")
         if self.class_names is not None and len(self.class_names) != self.num_classes:
             raise ValueError(
                 f"config.class_names has {len(self.class_names)} names but num_classes is {self.num_classes}"
@@ -208,6 +224,15 @@ class SegFormerConfig:
         write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
 
+def channel_stats(config: SegFormerConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) per input channel on raw pixel values: the config's own (recorded by training), else ImageNet's
+    for 3 channels, else ImageNet's channel averages for every channel."""
+    n = config.in_channels
+    mean = config.mean or (MEAN if n == 3 else (sum(MEAN) / 3,) * n)
+    std = config.std or (STD if n == 3 else (sum(STD) / 3,) * n)
+    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+
 # Hugging Face hub serialisation (transformers' SegformerConfig JSON).
 def to_hf_config(config: SegFormerConfig) -> dict[str, Any]:
     """Our config as a transformers `SegformerConfig` JSON (hub field names)."""
@@ -238,6 +263,9 @@ def to_hf_config(config: SegFormerConfig) -> dict[str, Any]:
         "label2id": {name: i for i, name in enumerate(names)},
         "segformer_class_names": config.class_names is not None,
         "segformer_test_protocol": config.test_protocol.to_dict() if config.test_protocol else None,
+        "segformer_labels": config.labels,
+        **({"segformer_mean": list(config.mean)} if config.mean is not None else {}),
+        **({"segformer_std": list(config.std)} if config.std is not None else {}),
     }
 
 
@@ -249,6 +277,9 @@ def from_hf_config(data: dict[str, Any]) -> dict[str, Any]:
     for ours, theirs in (("drop_path_rate", "drop_path_rate"), ("classifier_dropout", "classifier_dropout_prob")):
         if theirs in data:
             out[ours] = data[theirs]
+    for ours, theirs in (("mean", "segformer_mean"), ("std", "segformer_std")):
+        if data.get(theirs) is not None:
+            out[ours] = tuple(float(v) for v in data[theirs])
     id2label = data.get("id2label")
     if id2label and data.get("segformer_class_names", True):
         names = [id2label[str(i)] if str(i) in id2label else id2label.get(i) for i in range(len(id2label))]
@@ -256,4 +287,6 @@ def from_hf_config(data: dict[str, Any]) -> dict[str, Any]:
             out["class_names"] = tuple(names)
     if data.get("segformer_test_protocol"):
         out["test_protocol"] = TestProtocol.from_dict(data["segformer_test_protocol"])
+    if isinstance(data.get("segformer_labels"), dict):  # the label convention our training stored
+        out["labels"] = data["segformer_labels"]
     return out

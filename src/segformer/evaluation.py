@@ -15,8 +15,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from .config import channel_stats
 from .fileio import write_json
-from .inference import InferenceOptions, _model_device, iter_same_size, normalize_batch, predict_labels
+from .inference import InferenceOptions, _model_device, iter_same_size, normalize_batch, predict_labels, stack_images
 from .metrics import ConfusionMatrix
 
 log = logging.getLogger("segformer")
@@ -79,8 +80,9 @@ def evaluate_confusion(
     max_samples: int | None = None,
     num_workers: int = 0,
 ) -> ConfusionMatrix:
-    """The all-reduced confusion matrix of `model` over `dataset` (anything with `len`, `load(i)` -> (uint8
-    image (H, W, 3), mask (H, W), name), and optionally `class_names`, `ignore_index`, `samples`).
+    """The all-reduced confusion matrix of `model` over `dataset` (anything with `len`, `load(i)` -> (image
+    (H, W, C): uint8 RGB, or the bands of a multi-band model; mask (H, W), name), and optionally `class_names`,
+    `ignore_index`, `samples`). Images are normalised with the statistics in the model's config.
 
     The model is put in eval mode and given back in the mode it had (training calls this periodically).
     """
@@ -114,8 +116,8 @@ def evaluate_confusion(
         for group in iter_same_size(loader, lambda s: s[1].shape, limit):
             for i, _, mask, name in group:
                 check_labels(np.asarray(mask), num_classes, ignore_index, _sample_path(dataset, i, name))
-            images = torch.from_numpy(np.stack([s[1] for s in group])).to(device)  # (B, H, W, 3) uint8
-            preds = predict_labels(model, normalize_batch(images), options)  # (B, H, W)
+            images = stack_images([s[1] for s in group]).to(device)  # (B, H, W, C), uint8 for RGB
+            preds = predict_labels(model, normalize_batch(images, *channel_stats(model.config)), options)  # (B, H, W)
             for k, (_, _, mask, _) in enumerate(group):
                 cm.update(preds[k], torch.from_numpy(np.array(mask)).to(device))  # copy: read-only arrays warn
             bar.update(len(group))

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .constants import MEAN, STD
+from .config import channel_stats
 from .fileio import atomic_write
 from .model import SegFormer
 
@@ -30,9 +30,11 @@ MIN_OPSET = 17
 class ExportWrapper(nn.Module):
     """What the exported graph computes.
 
-    Input: float (B, C, H, W) normalised pixels, or with `with_preprocess` uint8 (B, H, W, C) RGB as images are
-    stored (normalisation inside). Output: logits (B, K, ceil(H/4), ceil(W/4)), or with `with_postprocess` the label
-    map (B, H, W) after bilinear upsampling to the input size and argmax (int64, or uint8 when `label_dtype` says).
+    Input: float (B, C, H, W) normalised pixels, or with `with_preprocess` the pixels as stored, normalised inside
+    with the statistics in the model's config: uint8 (B, H, W, 3) RGB, or for other channel counts float32
+    (B, H, W, C) raw band values (uint16 and float bands fit float32). Output: logits (B, K, ceil(H/4),
+    ceil(W/4)), or with `with_postprocess` the label map (B, H, W) after bilinear upsampling to the input size and
+    argmax (int64, or uint8 when `label_dtype` says).
     """
 
     def __init__(
@@ -47,9 +49,8 @@ class ExportWrapper(nn.Module):
         self.with_preprocess = with_preprocess
         self.with_postprocess = with_postprocess
         self.label_dtype = label_dtype
-        channels = model.config.in_channels
-        mean = torch.tensor(MEAN if channels == 3 else (sum(MEAN) / 3,) * channels)
-        std = torch.tensor(STD if channels == 3 else (sum(STD) / 3,) * channels)
+        mean_values, std_values = channel_stats(model.config)
+        mean, std = torch.tensor(mean_values), torch.tensor(std_values)
         self.register_buffer("mean", mean.view(1, -1, 1, 1), persistent=False)
         self.register_buffer("inv_std", (1.0 / std).view(1, -1, 1, 1), persistent=False)
 
@@ -156,12 +157,14 @@ def export_onnx(
     # Batch 2: torch.export specialises dimensions that are 1 in the sample.
     sample = _sample_input(wrapper, 2, sample_size, seed=0).to(device)
     out_name, in_name = wrapper.output_name, wrapper.input_name
+    channels = model.config.in_channels
     if with_preprocess:
         axes_in = {0: "batch", 1: "height", 2: "width"}
-        in_spec = f"uint8 [batch, height, width, {model.config.in_channels}] RGB 0..255"
+        kind = "uint8" if channels == 3 else "float32"
+        in_spec = f"{kind} [batch, height, width, {channels}] {'RGB 0..255' if channels == 3 else 'raw band values'}"
     else:
         axes_in = {0: "batch", 2: "height", 3: "width"}
-        in_spec = f"float32 [batch, {model.config.in_channels}, height, width], normalised with segformer.MEAN/STD"
+        in_spec = f"float32 [batch, {channels}, height, width], normalised with the 'mean'/'std' metadata"
     if with_postprocess:
         axes_out = {0: "batch", 1: "height", 2: "width"}
         out_spec = f"{label_dtype} [batch, height, width] class ids 0..{model.config.num_classes - 1}"
@@ -222,11 +225,12 @@ def _add_metadata(proto, model: SegFormer) -> None:
 
     config = model.config
     names = config.class_names or tuple(f"class_{i}" for i in range(config.num_classes))
+    mean, std = channel_stats(config)
     for key, value in (
         ("segformer_config", json.dumps(config.to_dict())),
         ("class_names", json.dumps(list(names))),
-        ("mean", json.dumps(MEAN)),
-        ("std", json.dumps(STD)),
+        ("mean", json.dumps(mean)),
+        ("std", json.dumps(std)),
     ):
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
@@ -235,8 +239,11 @@ def _add_metadata(proto, model: SegFormer) -> None:
 def _sample_input(wrapper: ExportWrapper, batch: int, size: tuple[int, int], seed: int) -> Tensor:
     g = torch.Generator().manual_seed(seed)
     channels = wrapper.model.config.in_channels
-    if wrapper.with_preprocess:
+    if wrapper.with_preprocess and channels == 3:
         return torch.randint(0, 256, (batch, *size, channels), generator=g, dtype=torch.uint8)
+    if wrapper.with_preprocess:  # raw band values around the model's statistics
+        noise = torch.randn(batch, *size, channels, generator=g)
+        return noise * wrapper.inv_std.reciprocal().view(-1) + wrapper.mean.view(-1)
     return torch.randn(batch, channels, *size, generator=g)
 
 

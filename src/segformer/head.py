@@ -101,7 +101,14 @@ class AllMLPHead(nn.Module):
             x = self.bn(x)
         x = F.relu(x, inplace=inplace)
         x = self.dropout(x)
-        # 1x1 conv on the channels-last map: oneDNN adds the bias inside the GEMM (F.linear copies it in first).
+        if not inplace:
+            # Training: the classifier as one GEMM on the tokens (a view of the channels-last map). A 1x1 conv whose
+            # weight is a channels-last copy runs oneDNN's GEMM forward but falls to a slow generic conv kernel in
+            # the backward pass, and leaves the weight's gradient channels-last (DDP then copies it per step).
+            logits = _linear(to_tokens(x), self.classifier.weight.flatten(1), self.classifier.bias)  # (B, N, K)
+            return to_map(logits, size)  # (B, K, H/4, W/4), channels-last
+        # Inference: a 1x1 conv on the channels-last map: oneDNN adds the bias inside the GEMM (F.linear copies it in
+        # first).
         classifier = self.classifier.weight.clone(memory_format=torch.channels_last)
         return F.conv2d(x, classifier, self.classifier.bias)  # (B, K, H/4, W/4), channels-last
 

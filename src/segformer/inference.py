@@ -32,10 +32,18 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from .config import SegFormerConfig, TestProtocol
+from .config import SegFormerConfig, TestProtocol, channel_stats
 from .constants import MEAN, STD
 from .data.catalog import protocol_for_classes
-from .imageio import IMAGE_SUFFIXES, ImageReadError, read_image, to_rgb, write_label_png
+from .imageio import (
+    IMAGE_SUFFIXES,
+    ChannelMismatchError,
+    ImageReadError,
+    display_rgb,
+    read_image,
+    to_rgb,
+    write_label_png,
+)
 from .runtime import autocast, check_amp
 
 ImageLike = str | Path | Image.Image | np.ndarray | Tensor
@@ -156,12 +164,35 @@ def to_rgb_array(image: ImageLike) -> np.ndarray:
     return to_rgb(image)
 
 
-def normalize_batch(images: Tensor) -> Tensor:
-    """uint8 (B, H, W, 3) on any device -> normalised float (B, 3, H, W); normalising on the GPU saves copies."""
-    x = images.permute(0, 3, 1, 2).float()  # (B, H, W, 3) -> (B, 3, H, W)
-    mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
-    return (x - mean) / std
+def to_model_array(image: ImageLike, channels: int = 3) -> np.ndarray:
+    """What a `channels`-input model reads: RGB uint8 (H, W, 3) as `to_rgb_array` for 3 channels; otherwise the
+    (H, W, channels) bands of a multi-band TIFF / .npy path or of an array (checked)."""
+    if channels == 3 and not (isinstance(image, (str, Path)) and Path(image).suffix.lower() == ".npy"):
+        return to_rgb_array(image)
+    if isinstance(image, (str, Path)):
+        return read_image(image, channels)
+    if isinstance(image, Tensor):
+        image = image.detach().cpu().numpy()
+    arr = np.asarray(image)
+    arr = arr[:, :, None] if arr.ndim == 2 else arr
+    if arr.ndim != 3 or arr.shape[2] != channels:
+        raise ChannelMismatchError(f"an array of shape {arr.shape} is not an (H, W, {channels}) image for this model")
+    return arr
+
+
+def stack_images(images: Sequence[np.ndarray]) -> Tensor:
+    """(B, H, W, C) tensor of same-sized images: uint8 stays uint8 (cheap to move), other types become float32."""
+    batch = np.stack(images)
+    return torch.from_numpy(batch if batch.dtype == np.uint8 else batch.astype(np.float32))
+
+
+def normalize_batch(images: Tensor, mean: Sequence[float] = MEAN, std: Sequence[float] = STD) -> Tensor:
+    """(B, H, W, C) raw pixels on any device -> normalised float (B, C, H, W); normalising on the GPU saves copies.
+    Default: uint8 RGB with the ImageNet mean/std; pass a model's `channel_stats(model.config)` otherwise."""
+    x = images.permute(0, 3, 1, 2).float()  # (B, H, W, C) -> (B, C, H, W)
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    return (x - mean_t) / std_t
 
 
 def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
@@ -289,8 +320,9 @@ def predict_logits(
 ) -> Tensor:
     """Softmax probabilities (K, H, W) at the original image size, on the model's device.
 
-    `image` is a path, PIL image, uint8 (H, W, 3) array, or an already normalised float tensor (C, H, W). The
-    model is put in eval mode. `options`/`overrides` as `InferenceOptions.build`; the argmax over K is the label map.
+    `image` is a path, PIL image, uint8 (H, W, 3) array (a multi-band model: (H, W, C) array or TIFF / .npy
+    path), or an already normalised float tensor (C, H, W). The model is put in eval mode. `options`/`overrides`
+    as `InferenceOptions.build`; the argmax over K is the label map.
     """
     options = InferenceOptions.build(options, **overrides)
     model.eval()
@@ -298,7 +330,9 @@ def predict_logits(
     if isinstance(image, Tensor) and image.is_floating_point() and image.ndim == 3:
         x = image.to(device).unsqueeze(0)
     else:
-        x = normalize_batch(torch.from_numpy(to_rgb_array(image)).to(device).unsqueeze(0))
+        config = model.config
+        array = to_model_array(image, config.in_channels)
+        x = normalize_batch(stack_images([array]).to(device), *channel_stats(config))
     return predict_batch(model, x, options)[0].clone()  # a normal tensor: inference-mode ones refuse in-place ops
 
 
@@ -315,7 +349,9 @@ def iter_same_size(items: Iterable[Any], size_of: Any, limit: int) -> Iterable[l
 
 
 class Segmenter:
-    """`segmenter(image)` -> (H, W) int64 class ids at the original size, for a path, PIL image or uint8 array.
+    """`segmenter(image)` -> (H, W) int64 class ids at the original size, for a path, PIL image or uint8 array
+    (multi-band models: a TIFF / .npy path or an (H, W, C) array, normalised with the statistics in the model's
+    config).
 
     >>> seg = Segmenter(load_model("nvidia/segformer-b0-finetuned-ade-512-512"), device="cuda")
     >>> labels = seg("room.jpg")
@@ -339,23 +375,29 @@ class Segmenter:
         self.options = InferenceOptions.build(options, **overrides)
         self.model = model.eval() if device is None else model.to(device).eval()
         self.device = _model_device(self.model)
+        self.channels = config.in_channels if isinstance(config, SegFormerConfig) else 3
+        self.mean, self.std = channel_stats(config) if isinstance(config, SegFormerConfig) else (MEAN, STD)
+
+    def read(self, image: ImageLike) -> np.ndarray:
+        """The array this segmenter's model reads from a path, PIL image or array."""
+        return to_model_array(image, self.channels)
 
     def probabilities(self, image: ImageLike) -> Tensor:
         """Softmax probabilities (K, H, W) on the CPU at the original size."""
-        x = normalize_batch(torch.from_numpy(to_rgb_array(image)).to(self.device).unsqueeze(0))
+        x = normalize_batch(stack_images([self.read(image)]).to(self.device), self.mean, self.std)
         return predict_batch(self.model, x, self.options)[0].cpu().clone()  # clone: not an inference-mode tensor
 
     def __call__(self, image: ImageLike) -> np.ndarray:
-        return self.predict_arrays([to_rgb_array(image)])[0]
+        return self.predict_arrays([self.read(image)])[0]
 
     def predict_arrays(self, images: Sequence[np.ndarray], softmax: bool = False) -> list[Any]:
-        """Label maps (or, with `softmax`, (labels, probabilities) pairs) for RGB uint8 arrays; images of
-        the same size go through the model together."""
+        """Label maps (or, with `softmax`, (labels, probabilities) pairs) for RGB uint8 arrays (multi-band
+        models: (H, W, C) arrays); images of the same size go through the model together."""
         out: list[Any] = [None] * len(images)
         groups = iter_same_size(range(len(images)), lambda i: images[i].shape, self.options.batch_size)
         for group in groups:
-            batch = torch.from_numpy(np.stack([images[i] for i in group])).to(self.device)  # (B, H, W, 3)
-            x = normalize_batch(batch)
+            batch = stack_images([images[i] for i in group]).to(self.device)  # (B, H, W, C)
+            x = normalize_batch(batch, self.mean, self.std)
             scores = predict_batch(self.model, x, self.options) if softmax else None
             labels = scores.argmax(dim=1) if scores is not None else predict_labels(self.model, x, self.options)
             labels = labels.cpu().numpy().astype(np.int64)
@@ -376,17 +418,17 @@ class PredictSummary:
 
 
 def collect_images(
-    inputs: Sequence[str | Path], exclude: str | Path | None = None
+    inputs: Sequence[str | Path], exclude: str | Path | None = None, suffixes: Sequence[str] = IMAGE_SUFFIXES
 ) -> tuple[list[tuple[Path, Path]], list[tuple[str, str]]]:
     """(image path, output stem relative to the output folder) for files and folders (searched recursively,
-    image suffixes only, sorted), skipping anything under `exclude`; plus (input, reason) for missing inputs."""
+    `suffixes` only, sorted), skipping anything under `exclude`; plus (input, reason) for missing inputs."""
     skip = Path(exclude).resolve() if exclude is not None else None
     found: list[tuple[Path, Path]] = []
     missing: list[tuple[str, str]] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
             for f in files:
                 if skip is not None and skip != path.resolve() and f.resolve().is_relative_to(skip):
                     continue  # earlier outputs in an --out inside this folder are not inputs
@@ -424,7 +466,9 @@ def predict_files(
 
     log = logging.getLogger("segformer")
     out = Path(out)
-    files, missing = collect_images(inputs, exclude=out)
+    # Folders of an RGB model: .npy files there are more likely earlier NAME_prob.npy outputs than images.
+    suffixes = IMAGE_SUFFIXES if segmenter.channels != 3 else tuple(x for x in IMAGE_SUFFIXES if x != ".npy")
+    files, missing = collect_images(inputs, exclude=out, suffixes=suffixes)
     if not files and not missing:
         raise FileNotFoundError(f"no images ({' '.join(IMAGE_SUFFIXES)}) found in {', '.join(map(str, inputs))}")
     failed: list[tuple[str, str]] = []
@@ -468,7 +512,7 @@ def predict_files(
                 try:
                     stem.parent.mkdir(parents=True, exist_ok=True)
                     write_label_png(_named(stem, ".png"), labels, palette)
-                    picture = overlay(image, labels, palette, class_names, alpha=alpha, legend=legend)
+                    picture = overlay(display_rgb(image), labels, palette, class_names, alpha=alpha, legend=legend)
                     Image.fromarray(picture).save(_named(stem, "_overlay.jpg"), quality=90)
                     if probs is not None:
                         np.save(_named(stem, "_prob.npy"), probs.to(torch.float16).numpy())
@@ -482,7 +526,7 @@ def predict_files(
     try:
         for path, stem in plan:
             try:
-                image = read_image(path)
+                image = segmenter.read(path)
             except (ImageReadError, OSError) as e:
                 fail(str(path), str(e).removeprefix(f"{path}: "))
                 bar.update(1)

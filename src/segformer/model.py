@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from .config import SegFormerConfig, to_hf_config
 from .convert import from_ours
-from .fileio import atomic_write, write_text
+from .fileio import atomic_folder
 from .head import AllMLPHead
 from .layers import execution_path, init_classifier, init_weights
 from .mit import MixTransformer
@@ -48,17 +48,22 @@ class SegFormer(nn.Module):
         (`segformer.modelcard`; `card` adds metadata such as the training recipe and metrics).
 
         `transformers.SegformerForSemanticSegmentation.from_pretrained(folder)` loads it, and so does `load_model`.
-        Files are written to temporary names and renamed, so a crash never leaves a half-written model.
+        The folder is written all-or-nothing (`fileio.atomic_folder`: a temporary folder swapped into place), so a
+        crash or a full disk leaves the previous model there, whole; other files already in the folder are kept.
         """
         from safetensors.torch import save_file
 
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in from_ours(self.state_dict(), "hf").items()}
-        atomic_write(folder / "model.safetensors", lambda p: save_file(state, p, metadata={"format": "pt"}))
-        write_text(folder / "config.json", json.dumps(to_hf_config(self.config), indent=2) + "\n")
-        write_text(folder / "README.md", model_card_for(self, card))
-        return folder
+        config = json.dumps(to_hf_config(self.config), indent=2) + "\n"
+        card_text = model_card_for(self, card)
+        return atomic_folder(
+            folder,
+            {
+                "model.safetensors": lambda p: save_file(state, str(p), metadata={"format": "pt"}),
+                "config.json": lambda p: p.write_text(config, encoding="utf-8"),
+                "README.md": lambda p: p.write_text(card_text, encoding="utf-8"),
+            },
+        )
 
     def num_parameters(self) -> dict[str, int]:
         enc = sum(p.numel() for p in self.encoder.parameters())

@@ -196,13 +196,10 @@ def _model_section(config: SegFormerConfig, parameters: Mapping[str, int] | None
 
 
 def _palette(config: SegFormerConfig, palette: Any) -> list[tuple[int, int, int]]:
+    # The caller's colours (the demo passes its dataset's), else generated ones: this module sits below the data
+    # package, so it does not guess a dataset from the class count.
     if palette is not None:
         return [tuple(int(c) for c in colour) for colour in palette]
-    from .data import DATASETS
-
-    for info in DATASETS.values():
-        if info.num_classes == config.num_classes:
-            return [tuple(colour) for colour in info.palette]
     from .imageio import default_palette
 
     return [tuple(int(c) for c in colour) for colour in default_palette(config.num_classes)]

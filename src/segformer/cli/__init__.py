@@ -13,6 +13,7 @@ import sys
 from . import app as app_cmd
 from . import benchmark as benchmark_cmd
 from . import convert, info
+from . import data as data_cmd
 from . import demo as demo_cmd
 from . import evaluate as eval_cmd
 from . import export as export_cmd
@@ -26,6 +27,7 @@ COMMANDS = {
     "convert": convert,
     "train": train_cmd,
     "eval": eval_cmd,
+    "data": data_cmd,
     "predict": predict_cmd,
     "synth": synth_cmd,
     "demo": demo_cmd,
@@ -47,7 +49,17 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         return int(COMMANDS[args.verb].run(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
-        message = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"segformer {args.verb}: error: {message}", file=sys.stderr)
+    except (ValueError, OSError, KeyError, RuntimeError) as e:
+        print(f"segformer {args.verb}: error: {one_line(e)}", file=sys.stderr)
         return 2
+
+
+def one_line(error: BaseException) -> str:
+    """The message of an error as the last line of a command: a KeyError without quotes, an OSError with its file
+    (`[Errno 28] No space left on device: 'x'` -> `x: No space left on device`)."""
+    if isinstance(error, KeyError) and error.args:
+        return str(error.args[0])
+    if isinstance(error, OSError) and error.strerror:
+        where = error.filename if error.filename is not None else None
+        return f"{where}: {error.strerror}" if where is not None else error.strerror
+    return str(error)

@@ -1,7 +1,9 @@
-"""Measure inference latency and peak memory; with --compare, beside transformers and ONNX Runtime.
+"""Measure inference latency and peak memory; with --compare, beside transformers and ONNX Runtime; with --train, a
+training step beside transformers'.
 
 Examples:
   segformer benchmark --model b0 --size 512x512 --threads 2 --compare
+  segformer benchmark --train --model b0 --batch 8 --size 256x256 --threads 2
   segformer benchmark --model b0 --dtype bf16 --compile
   segformer benchmark --model nvidia/segformer-b2-finetuned-ade-512-512 --device cuda --dtype fp16 --compare
 """
@@ -31,33 +33,40 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=2, help="untimed rounds first (default 2)")
     p.add_argument("--num-classes", type=int, default=None, help="classes for a random b0..b5 model (default 150)")
     p.add_argument("--json", default=None, help="also write the result as JSON to this file")
+    p.add_argument(
+        "--train",
+        action="store_true",
+        help="time a training step (forward, loss, backward, AdamW step) against transformers' instead; "
+        "checks that losses and gradients agree first (--model b0..b5, --batch, --size, --dtype)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     import json
     import sys
 
-    from ..benchmark import run_benchmark
+    from ..benchmark import run_benchmark, run_train_benchmark
 
     if args.repeats < 1 or args.batch < 1:
         raise ValueError("--repeats and --batch must be at least 1")
-    result = run_benchmark(
-        args.model,
-        size=args.size,
-        batch=args.batch,
-        threads=args.threads,
-        device=args.device,
-        dtype=args.dtype,
-        compile=args.compile,
-        compare=args.compare,
-        unfolded=args.unfolded,
-        onnx=not args.no_onnx,
-        memory=not args.no_memory,
-        repeats=args.repeats,
-        warmup=args.warmup,
-        num_classes=args.num_classes,
-        progress=lambda s: print(f"... {s}", file=sys.stderr),
-    )
+    say = lambda s: print(f"... {s}", file=sys.stderr)  # noqa: E731
+    common = {
+        "size": args.size,
+        "batch": args.batch,
+        "threads": args.threads,
+        "device": args.device,
+        "dtype": args.dtype,
+        "memory": not args.no_memory,
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "num_classes": args.num_classes,
+        "progress": say,
+    }
+    if args.train:
+        result = run_train_benchmark(args.model, **common)
+    else:
+        extra = {"compile": args.compile, "compare": args.compare, "unfolded": args.unfolded, "onnx": not args.no_onnx}
+        result = run_benchmark(args.model, **extra, **common)
     print(result.table())
     if args.json:
         with open(args.json, "w") as f:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..data.labels import LabelConvention
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -16,3 +20,42 @@ def parse_size(text: str) -> tuple[int, int]:
     if len(parts) != 2 or min(parts) < 1:
         raise argparse.ArgumentTypeError(f"size {text!r} must look like 512 or 512x1024 (HxW)")
     return parts[0], parts[1]
+
+
+def add_label_arguments(p: argparse.ArgumentParser, palette_help: str | None = None) -> None:
+    """--ignore-index, --reduce-zero-label, --label-map, --palette (segformer.data.labels.LabelConvention)."""
+    g = p.add_argument_group("labels", "how mask values become class ids (default: the model's, else as stored)")
+    g.add_argument("--ignore-index", type=int, default=None, metavar="N", help="mask value of unlabelled pixels")
+    g.add_argument(
+        "--reduce-zero-label",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="ADE-style masks: 0 = other (ignored), 1..K become classes 0..K-1",
+    )
+    g.add_argument("--label-map", default=None, metavar="A:B,...", help="remap mask values first, e.g. 255:1")
+    g.add_argument(
+        "--palette",
+        default=None,
+        metavar="FILE",
+        help=palette_help or "colour masks: CSV with one 'name,r,g,b' line per class (row i = class i)",
+    )
+
+
+def label_convention(args: argparse.Namespace, base: dict[str, Any] | None = None) -> LabelConvention:
+    """The LabelConvention of the label flags, each given flag replacing that part of `base` (a model's stored
+    `config.labels`)."""
+    from ..data.labels import LabelConvention
+
+    return LabelConvention.from_options(
+        ignore_index=args.ignore_index,
+        reduce_zero_label=args.reduce_zero_label,
+        label_map=args.label_map,
+        palette=args.palette,
+        base=base,
+    )
+
+
+def add_column_arguments(p: argparse.ArgumentParser) -> None:
+    """--image-column / --mask-column for --dataset hf."""
+    p.add_argument("--image-column", default=None, help="--dataset hf: the image column (default: detected)")
+    p.add_argument("--mask-column", default=None, help="--dataset hf: the mask column (default: detected)")

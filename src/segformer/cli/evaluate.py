@@ -10,7 +10,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 from ..constants import AMP_DTYPES
-from .common import parse_size
+from .common import add_column_arguments, add_label_arguments, label_convention, parse_size
 
 if TYPE_CHECKING:
     from ..config import SegFormerConfig
@@ -109,8 +109,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..data.catalog import DATASET_NAMES
 
     p.add_argument("--dataset", required=True, choices=DATASET_NAMES, help="dataset layout and test preset")
-    p.add_argument("--data-root", required=True, help="dataset root folder")
+    p.add_argument("--data-root", required=True, help="dataset root folder (--dataset hf: hub id or local folder)")
     p.add_argument("--split", default="val", help="split to evaluate (default: val)")
+    add_label_arguments(p)
+    add_column_arguments(p)
     add_inference_arguments(p)
     p.add_argument("--out", default=None, help="folder for metrics.json, confusion.png (default: eval-DATASET-SPLIT)")
     p.add_argument("--max-samples", type=int, default=None, help="evaluate only the first N samples")
@@ -127,15 +129,29 @@ def run(args: argparse.Namespace) -> int:
     from ..runtime import resolve_device
 
     model = load_model(args.weights)
+    labels = label_convention(args, base=model.config.labels)  # the model's convention unless flags change it
     num_classes = None
-    if args.dataset == "folder" and not (Path(args.data_root) / "classes.txt").is_file():
-        num_classes = model.config.num_classes  # no classes.txt: the model's classes
-    dataset = build_dataset(args.dataset, args.data_root, args.split, num_classes=num_classes)
+    if args.dataset == "hf" or (
+        args.dataset == "folder" and labels.palette is None and not (Path(args.data_root) / "classes.txt").is_file()
+    ):
+        num_classes = model.config.num_classes  # no class names with the data: the model's classes
+    dataset = build_dataset(
+        args.dataset,
+        args.data_root,
+        args.split,
+        num_classes=num_classes,
+        labels=labels,
+        image_column=args.image_column,
+        mask_column=args.mask_column,
+        channels=model.config.in_channels,
+    )
     if len(dataset) == 0:
         raise ValueError(f"{args.data_root}: no samples in split {args.split!r}")
     known = args.dataset in DATASETS
     options = inference_options(args, dataset.info if known else None, model.config)
     print(f"evaluating {args.weights} on {args.dataset}/{args.split} ({len(dataset)} images): {describe(options)}")
+    if not labels.is_default:
+        print(f"labels: {labels.describe()}")
     cm = evaluate_confusion(
         model,
         dataset,

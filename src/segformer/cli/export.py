@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..data.catalog import DATASET_NAMES
 from .common import parse_size
 
 
@@ -45,7 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     q.add_argument("--force", action="store_true", help="write the INT8 model even below --min-agreement")
     q.add_argument(
         "--eval-dataset",
-        choices=("ade20k", "cityscapes", "voc", "coco-stuff", "folder"),
+        choices=DATASET_NAMES,
         default=None,
         help="check on this labelled dataset instead of held-out images, and report the mIoU change",
     )

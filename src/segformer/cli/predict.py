@@ -10,12 +10,16 @@ Folders are searched recursively and their relative paths kept under --out. An u
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .common import add_label_arguments
 from .evaluate import add_inference_arguments
 
 if TYPE_CHECKING:
     import numpy as np
+
+    from ..data.labels import LabelConvention
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,11 +36,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="a dataset's test protocol (scale, mode, window, TTA); default: the model's own (see --native-size)",
     )
     add_inference_arguments(p)
+    add_label_arguments(
+        p,
+        palette_help="class colours: a dataset (ade20k, cityscapes, voc, coco-stuff) or a CSV file 'name,r,g,b' per "
+        "class (default: the model's palette file, else the dataset whose class count matches, else generated)",
+    )
     p.add_argument(
-        "--palette",
-        choices=presets,
-        default=None,
-        help="class colours of a dataset (default: the dataset whose class count matches the model, else generated)",
+        "--raw-labels",
+        action="store_true",
+        help="write NAME.png in the masks' own values (undoing --label-map/--reduce-zero-label/--ignore-index; "
+        "RGB colours with a palette file) instead of class ids",
     )
     p.add_argument("--probabilities", action="store_true", help="also write NAME_prob.npy (float16 K x H x W)")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the class colours (0..1)")
@@ -45,13 +54,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--labels", action="store_true", help="videos: also write a label PNG per frame")
 
 
-def palette_and_names(model: Any, palette_name: str | None, verb: str) -> tuple[np.ndarray, tuple[str, ...] | None]:
-    """The colours and class names predict uses for a model: a named dataset's palette, else the dataset whose class
-    count matches the model, else generated colours (a short palette is completed with generated ones)."""
-    from ..data import DATASETS
+def palette_and_names(
+    model: Any, palette_name: str | None, verb: str, labels: LabelConvention | None = None
+) -> tuple[np.ndarray, tuple[str, ...] | None]:
+    """The colours and class names predict uses for a model: a named dataset's palette, else the palette file of the
+    label convention (`labels`, default: the one stored with the model), else the dataset whose class count matches
+    the model, else generated colours (a short palette is completed with generated ones)."""
+    from ..data import DATASETS, LabelConvention
     from ..imageio import default_palette
 
     k = model.config.num_classes
+    labels = labels if labels is not None else LabelConvention.from_dict(model.config.labels)
+    colours = labels.class_colours(k) if not palette_name else None
+    if colours is not None:
+        from_palette = labels.class_names_from_palette()
+        names = model.config.class_names or (from_palette if from_palette and len(from_palette) == k else None)
+        return colours, names
     if palette_name:
         info = DATASETS[palette_name]
         if info.num_classes < k:
@@ -73,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
     from ..inference import Segmenter, predict_files
     from ..loading import load_model
     from ..runtime import resolve_device
+    from .common import label_convention
     from .evaluate import describe, inference_options
 
     if not 0.0 <= args.alpha <= 1.0:
@@ -80,9 +99,15 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.weights)
     k = model.config.num_classes
     options = inference_options(args, DATASETS[args.preset] if args.preset else None, model.config)
-    palette, names = palette_and_names(model, args.palette, "predict")
+    preset = args.palette if args.palette in DATASETS else None  # --palette: a dataset's colours or a CSV file
+    if preset:
+        args.palette = None
+    labels = label_convention(args, base=model.config.labels)  # the model's convention unless flags change it
+    palette, names = palette_and_names(model, preset, "predict", labels)
     segmenter = Segmenter(model, options, device=resolve_device(args.device))
     print(f"predicting with {args.weights} ({k} classes): {describe(options)}")
+    if not labels.is_default:
+        print(f"labels: {labels.describe()}{' (NAME.png in these raw values)' if args.raw_labels else ''}")
 
     def report(name: str, reason: str) -> None:
         print(f"{name}: {reason}", file=sys.stderr)
@@ -110,6 +135,9 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         report=report,
     )
+    if args.raw_labels:
+        for path in summary.written:
+            _rewrite_raw(path, labels)
     print(f"wrote {len(summary.written)} label maps and overlays to {args.out}", end="")
     if summary.failed:
         print(f"; {len(summary.failed)} failed:")
@@ -118,3 +146,16 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print()
     return 1 if video_failed else 0
+
+
+def _rewrite_raw(path: Path, labels: LabelConvention) -> None:
+    """NAME.png (class ids) rewritten in the masks' own values, through a temporary file."""
+    import numpy as np
+    from PIL import Image
+
+    from ..fileio import atomic_write
+
+    with Image.open(path) as img:
+        ids = np.asarray(img)
+    raw = Image.fromarray(labels.encode(ids))
+    atomic_write(path, lambda tmp: raw.save(tmp, format="PNG"))

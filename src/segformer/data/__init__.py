@@ -6,10 +6,15 @@ ds = build_dataset("ade20k", "data/ADEChallengeData2016", "training")
 stream = SampleStream(ds, TrainTransform(info.scale, crop=info.crop), seed=0)
 image, mask = stream[g]       # global stream position g, exactly what training step g // global_batch sees
 raw_image, raw_mask, name = ds.load(0)
+
+Own data: build_dataset("folder", root, "train", labels=LabelConvention(label_map=((255, 1),))) for 0/255 masks;
+check_dataset("folder", root) reports every split and what to fix; build_dataset("hf", ...) reads HF datasets.
 """
 
 from .catalog import DATASET_NAMES, DATASETS, IGNORE_INDEX, DatasetInfo, folder_info
+from .check import DataReport, check_dataset, class_pixel_counts, class_weights
 from .datasets import SegmentationDataset, build_dataset, read_class_names
+from .labels import LabelConvention, LabelError, parse_label_map, read_palette
 from .sampling import BatchPlan, SampleStream, next_batch, train_loader
 from .transforms import PhotoMetricDistortion, TrainTransform, choose_crop, rescale_size
 
@@ -18,16 +23,24 @@ __all__ = [
     "DATASET_NAMES",
     "IGNORE_INDEX",
     "BatchPlan",
+    "DataReport",
     "DatasetInfo",
+    "LabelConvention",
+    "LabelError",
     "PhotoMetricDistortion",
     "SampleStream",
     "SegmentationDataset",
     "TrainTransform",
     "build_dataset",
+    "check_dataset",
     "choose_crop",
+    "class_pixel_counts",
+    "class_weights",
     "folder_info",
     "next_batch",
+    "parse_label_map",
     "read_class_names",
+    "read_palette",
     "rescale_size",
     "train_loader",
 ]

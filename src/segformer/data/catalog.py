@@ -271,9 +271,10 @@ DATASETS: dict[str, DatasetInfo] = {
 }
 
 
-# Every name `build_dataset` and the CLI's --dataset accept: the datasets above, plus the generic layout "folder"
-# (ROOT/images/SPLIT + ROOT/masks/SPLIT, classes.txt). The one list of dataset names; builders live in datasets.py.
-DATASET_NAMES: tuple[str, ...] = (*DATASETS, "folder")
+# Every name `build_dataset` and the CLI's --dataset accept: the datasets above, plus the generic layouts "folder"
+# (ROOT/images/SPLIT + ROOT/masks/SPLIT, classes.txt) and "hf" (Hugging Face datasets: hub id, save_to_disk or
+# parquet folder). The one list of dataset names; builders live in datasets.py.
+DATASET_NAMES: tuple[str, ...] = (*DATASETS, "folder", "hf")
 
 
 def protocol_for_classes(class_names: tuple[str, ...] | None) -> TestProtocol | None:
@@ -282,10 +283,13 @@ def protocol_for_classes(class_names: tuple[str, ...] | None) -> TestProtocol | 
     return info.test_protocol if info is not None else None
 
 
-def folder_info(class_names: tuple[str, ...] | list[str], name: str = "folder") -> DatasetInfo:
-    """A DatasetInfo for a custom image/mask folder: generated colours and the ADE-like 512 recipe."""
+def folder_info(
+    class_names: tuple[str, ...] | list[str], name: str = "folder", colours: np.ndarray | None = None
+) -> DatasetInfo:
+    """A DatasetInfo for a custom image/mask folder: `colours` (K, 3) or generated ones, the ADE-like 512 recipe."""
     from ..imageio import default_palette
 
     names = tuple(class_names)
-    palette = tuple(tuple(int(v) for v in c) for c in default_palette(len(names)))
+    colours = default_palette(len(names)) if colours is None else colours
+    palette = tuple(tuple(int(v) for v in c) for c in colours)
     return DatasetInfo(name=name, class_names=names, palette=palette)  # type: ignore[arg-type]

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..imageio import IMAGE_SUFFIXES, ImageReadError, read_image, read_mask
+from ..imageio import IMAGE_SUFFIXES, ImageReadError, read_image
 from .catalog import (
     ADE20K_REDUCE_ZERO_LABEL,
     CITYSCAPES_LABEL_TO_TRAIN_LUT,
@@ -30,6 +30,7 @@ from .catalog import (
     DatasetInfo,
     folder_info,
 )
+from .labels import LabelConvention, LabelError, read_raw_mask
 
 log = logging.getLogger("segformer")
 
@@ -50,10 +51,13 @@ class SegmentationDataset(torch.utils.data.Dataset):
         info: DatasetInfo,
         *,
         label_maps: Sequence[np.ndarray | None] | None = None,
+        labels: LabelConvention | None = None,
         transform: Transform | None = None,
         skip_bad: bool = False,
         where: str = "",
         dropped: int = 0,
+        missing: Sequence[tuple[Path, Path | None]] = (),
+        channels: int = 3,
     ) -> None:
         self.samples = [(Path(img), Path(msk)) for img, msk in samples]
         if not self.samples:
@@ -62,10 +66,16 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.label_maps = list(label_maps) if label_maps is not None else [None] * len(self.samples)
         if len(self.label_maps) != len(self.samples):
             raise ValueError(f"{len(self.label_maps)} label maps for {len(self.samples)} samples")
+        # The user's convention (--label-map, --reduce-zero-label, --ignore-index, --palette) after the layout's own
+        # mapping: one composed 256-entry table per distinct layout table.
+        self.labels = labels if labels is not None else LabelConvention()
+        self._tables = _compose(self.label_maps, self.labels)
         self.transform = transform
         self.skip_bad = skip_bad
         self.where = where
-        self.dropped = dropped  # samples left out while building (skip_bad and no mask)
+        self.missing = list(missing)  # (image, expected mask) left out while building (skip_bad and no mask)
+        self.dropped = dropped or len(self.missing)
+        self.channels = channels  # image bands: 3 = RGB uint8; others from multi-band TIFF / .npy (imageio.read_image)
 
     # -- metadata ---------------------------------------------------------------------------------------------
     @property
@@ -100,38 +110,45 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
     # -- reading ----------------------------------------------------------------------------------------------
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray, str]:
-        """(image uint8 (H, W, 3) RGB, mask uint8 (H, W) with ids 0..K-1 or 255, name); raises on a bad sample."""
+        """(image (H, W, C): uint8 RGB for C = 3, else the file's bands, mask uint8 (H, W) with ids 0..K-1 or 255,
+        name); raises on a bad sample."""
         image_path, mask_path = self.samples[index]
-        image = read_image(image_path)
-        raw = read_mask(mask_path)
-        if raw.shape != image.shape[:2]:
+        image = read_image(image_path, getattr(self, "channels", 3))
+        raw = read_raw_mask(mask_path, colour=self.labels.palette is not None)
+        if raw.shape[:2] != image.shape[:2]:
             hint = (
                 " (rotated: was the mask drawn on the image before EXIF rotation?)"
-                if raw.shape == image.shape[1::-1]
+                if raw.shape[:2] == image.shape[1::-1]
                 else ""
             )
             raise ImageReadError(
                 f"{mask_path}: mask is {raw.shape[1]}x{raw.shape[0]} but image {image_path.name} is "
                 f"{image.shape[1]}x{image.shape[0]} (WxH, after EXIF rotation); masks must match their image{hint}"
             )
-        if raw.dtype != np.uint8:
-            if raw.size and (raw.min() < 0 or raw.max() > 255):
-                bad = int(raw.max()) if raw.max() > 255 else int(raw.min())
-                raise ImageReadError(f"{mask_path}: mask value {bad} is not a class id (0..255 expected)")
-            raw = raw.astype(np.uint8)
-        lut = self.label_maps[index]
-        mask = lut[raw] if lut is not None else np.array(raw)  # a writable array either way
-        top = int(mask[mask != IGNORE_INDEX].max(initial=0))
-        if top >= self.num_classes:
-            raw_value = int(raw[mask == top].flat[0])
-            mapped = f" (class id {top} after the {self.info.name} label mapping)" if lut is not None else ""
-            raise ImageReadError(
-                f"{mask_path}: mask value {raw_value}{mapped} is >= num_classes {self.num_classes}; "
-                f"ids must be 0..{self.num_classes - 1} or {IGNORE_INDEX} (ignore)"
-            )
+        mask = self._ids(raw, self._tables[index], mask_path, layout_mapped=self.label_maps[index] is not None)
         if not image.flags.writeable:  # arrays backed by a PIL buffer are read-only; callers may edit theirs
             image = image.copy()
         return image, mask, image_path.stem
+
+    def _ids(self, raw: np.ndarray, table: np.ndarray, where: str | Path, layout_mapped: bool) -> np.ndarray:
+        """Raw mask values -> ids 0..K-1 or 255 through `table` (the layout's, then the user's), checked."""
+        try:
+            raw = self.labels.raw_ids(raw, where=str(where))
+        except LabelError as e:
+            raise ImageReadError(str(e)) from None
+        mask = table[raw]
+        top = int(mask[mask != IGNORE_INDEX].max(initial=0))
+        if top >= self.num_classes:
+            raw_value = int(raw[mask == top].flat[0])
+            mapping = [f"the {self.info.name} label mapping"] if layout_mapped else []
+            mapping += [self.labels.flags()] if not self.labels.is_default else []
+            mapped = f" (class id {top} after {' and '.join(mapping)})" if mapping and top != raw_value else ""
+            raise ImageReadError(
+                f"{where}: mask value {raw_value}{mapped} is >= num_classes {self.num_classes}; "
+                f"ids must be 0..{self.num_classes - 1} or {IGNORE_INDEX} (ignore); `segformer data check` "
+                "shows every value and the flag that fixes it"
+            )
+        return mask
 
     def __getitem__(self, index: int) -> Any:
         image, mask, name = self.load(index)
@@ -148,6 +165,18 @@ class SegmentationDataset(torch.utils.data.Dataset):
             except (ImageReadError, OSError, ValueError) as e:
                 errors.append(str(e))
         return errors
+
+
+def _compose(label_maps: Sequence[np.ndarray | None], labels: LabelConvention) -> list[np.ndarray]:
+    """Per sample, the layout's table followed by the convention's, as one 256-entry table (shared objects)."""
+    composed: dict[int, np.ndarray] = {}
+    tables = []
+    for table in label_maps:
+        key = id(table)
+        if key not in composed:
+            composed[key] = labels.lut if table is None else labels.lut[table]
+        tables.append(composed[key])
+    return tables
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -189,9 +218,11 @@ def _images_under(folder: Path) -> dict[str, Path]:
 
 def _pair(
     images: dict[str, Path], mask_for: Callable[[str, Path], Path | None], skip_bad: bool, where: str
-) -> tuple[list[tuple[Path, Path]], int]:
-    """Match each image with its mask; a missing mask is an error (or dropped and counted with skip_bad)."""
-    pairs, dropped = [], 0
+) -> tuple[list[tuple[Path, Path]], list[tuple[Path, Path | None]]]:
+    """Match each image with its mask; a missing mask is an error (or, with skip_bad, the pair is left out and
+    listed in the second return value as (image, expected mask))."""
+    pairs: list[tuple[Path, Path]] = []
+    missing: list[tuple[Path, Path | None]] = []
     for key, image in images.items():
         mask = mask_for(key, image)
         if mask is None or not mask.is_file():
@@ -200,12 +231,12 @@ def _pair(
                     f"{image}: no mask for this image (expected {mask}); add it or remove the image"
                 )
             log.warning("%s: no mask (expected %s), skipped", image, mask)
-            dropped += 1
+            missing.append((image, mask))
             continue
         pairs.append((image, mask))
     if not pairs:
         raise ValueError(f"{where}: no image/mask pairs (empty split); check the dataset root and split name")
-    return pairs, dropped
+    return pairs, missing
 
 
 def read_class_names(path: str | Path) -> tuple[str, ...]:
@@ -235,13 +266,13 @@ def ade20k(root: str | Path, split: str = "training", **kwargs: Any) -> Segmenta
     image_dir = _split_dir(base / "images", split, aliases, "ADE20K images")
     mask_dir = base / "annotations" / image_dir.name
     skip_bad = kwargs.get("skip_bad", False)
-    pairs, dropped = _pair(_images_under(image_dir), lambda k, _: mask_dir / f"{k}.png", skip_bad, str(image_dir))
+    pairs, missing = _pair(_images_under(image_dir), lambda k, _: mask_dir / f"{k}.png", skip_bad, str(image_dir))
     return SegmentationDataset(
         pairs,
         DATASETS["ade20k"],
         label_maps=[ADE20K_REDUCE_ZERO_LABEL] * len(pairs),
         where=str(image_dir),
-        dropped=dropped,
+        missing=missing,
         **kwargs,
     )
 
@@ -265,13 +296,13 @@ def cityscapes(root: str | Path, split: str = "train", **kwargs: Any) -> Segment
         luts[label_ids] = CITYSCAPES_LABEL_TO_TRAIN_LUT
         return label_ids
 
-    pairs, dropped = _pair(images, mask_for, kwargs.get("skip_bad", False), str(image_dir))
+    pairs, missing = _pair(images, mask_for, kwargs.get("skip_bad", False), str(image_dir))
     return SegmentationDataset(
         pairs,
         DATASETS["cityscapes"],
         label_maps=[luts[m] for _, m in pairs],
         where=str(image_dir),
-        dropped=dropped,
+        missing=missing,
         **kwargs,
     )
 
@@ -300,8 +331,8 @@ def voc(root: str | Path, split: str = "train", **kwargs: Any) -> SegmentationDa
         candidates = [d / f"{key}.png" for d in mask_dirs]
         return next((c for c in candidates if c.is_file()), candidates[0])
 
-    pairs, dropped = _pair(images, mask_for, kwargs.get("skip_bad", False), str(list_file))
-    return SegmentationDataset(pairs, DATASETS["voc"], where=str(list_file), dropped=dropped, **kwargs)
+    pairs, missing = _pair(images, mask_for, kwargs.get("skip_bad", False), str(list_file))
+    return SegmentationDataset(pairs, DATASETS["voc"], where=str(list_file), missing=missing, **kwargs)
 
 
 def coco_stuff(root: str | Path, split: str = "train2017", **kwargs: Any) -> SegmentationDataset:
@@ -322,46 +353,78 @@ def coco_stuff(root: str | Path, split: str = "train2017", **kwargs: Any) -> Seg
         luts[raw] = COCO_STUFF_TO_TRAIN_LUT
         return raw
 
-    pairs, dropped = _pair(_images_under(image_dir), mask_for, kwargs.get("skip_bad", False), str(image_dir))
+    pairs, missing = _pair(_images_under(image_dir), mask_for, kwargs.get("skip_bad", False), str(image_dir))
     return SegmentationDataset(
         pairs,
         DATASETS["coco-stuff"],
         label_maps=[luts[m] for _, m in pairs],
         where=str(image_dir),
-        dropped=dropped,
+        missing=missing,
         **kwargs,
     )
 
 
 def image_folder(
-    root: str | Path, split: str = "train", *, num_classes: int | None = None, **kwargs: Any
+    root: str | Path,
+    split: str = "train",
+    *,
+    num_classes: int | None = None,
+    labels: LabelConvention | None = None,
+    **kwargs: Any,
 ) -> SegmentationDataset:
     """ROOT/images/<split>/NAME.<jpg|png|...> with ROOT/masks/<split>/NAME.png (matched by path without suffix,
-    subfolders allowed); class names from ROOT/classes.txt or `num_classes` ("class_0", ...); 255 = ignore."""
+    subfolders allowed); class names from ROOT/classes.txt, the `labels` palette file or `num_classes`
+    ("class_0", ...); 255 = ignore, and `labels` says how the stored values become class ids."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: dataset root does not exist")
+    labels = labels or LabelConvention()
+    names = folder_class_names(root, num_classes, labels)
+    image_dir = _split_dir(root / "images", split, {}, "images")
+    mask_dir = root / "masks" / split
+    if not mask_dir.is_dir():
+        raise FileNotFoundError(f"{mask_dir}: no masks folder for split {split!r} (expected ROOT/masks/{split}/)")
+    pairs, missing = _pair(
+        _images_under(image_dir), lambda k, _: mask_dir / f"{k}.png", kwargs.get("skip_bad", False), str(image_dir)
+    )
+    info = folder_info(names, colours=labels.class_colours(len(names)))
+    return SegmentationDataset(pairs, info, labels=labels, where=str(image_dir), missing=missing, **kwargs)
+
+
+def folder_class_names(root: Path, num_classes: int | None, labels: LabelConvention) -> tuple[str, ...]:
+    """ROOT/classes.txt, else the names of the palette file (`--palette`), else class_0.. for `num_classes`."""
     classes_file = root / "classes.txt"
+    from_palette = labels.class_names_from_palette()
     if classes_file.is_file():
         names = read_class_names(classes_file)
         if num_classes is not None and num_classes != len(names):
             raise ValueError(
                 f"{classes_file}: lists {len(names)} classes but num_classes={num_classes}; make them agree"
             )
-    elif num_classes is not None:
+        if from_palette is not None and len(from_palette) != len(names):
+            raise ValueError(
+                f"{classes_file}: lists {len(names)} classes but the palette {labels.palette_file} gives "
+                f"{len(from_palette)} after the label mapping; make them agree (or remove classes.txt)"
+            )
+        return names
+    if from_palette is not None:
+        if num_classes is not None and num_classes != len(from_palette):
+            raise ValueError(
+                f"palette {labels.palette_file} gives {len(from_palette)} classes but num_classes={num_classes}"
+            )
+        return from_palette
+    if num_classes is not None:
         if not 1 <= num_classes <= 255:
             raise ValueError(f"num_classes must be 1..255 (255 = ignore in 8-bit masks), got {num_classes}")
-        names = tuple(f"class_{i}" for i in range(num_classes))
-    else:
-        raise FileNotFoundError(f"{classes_file}: missing; write one class name per line or pass num_classes")
-    image_dir = _split_dir(root / "images", split, {}, "images")
-    mask_dir = root / "masks" / split
-    if not mask_dir.is_dir():
-        raise FileNotFoundError(f"{mask_dir}: no masks folder for split {split!r} (expected ROOT/masks/{split}/)")
-    pairs, dropped = _pair(
-        _images_under(image_dir), lambda k, _: mask_dir / f"{k}.png", kwargs.get("skip_bad", False), str(image_dir)
-    )
-    return SegmentationDataset(pairs, folder_info(names), where=str(image_dir), dropped=dropped, **kwargs)
+        return tuple(f"class_{i}" for i in range(num_classes))
+    raise FileNotFoundError(f"{classes_file}: missing; write one class name per line or pass num_classes")
+
+
+def hugging_face(source: str, split: str = "train", **kwargs: Any) -> SegmentationDataset:
+    """A Hugging Face dataset (hub id, save_to_disk folder or parquet folder): see `segformer.data.hf`."""
+    from .hf import hf_dataset  # datasets is an optional extra, imported there
+
+    return hf_dataset(source, split, **kwargs)
 
 
 BUILDERS: dict[str, Callable[..., SegmentationDataset]] = {
@@ -370,6 +433,7 @@ BUILDERS: dict[str, Callable[..., SegmentationDataset]] = {
     "voc": voc,
     "coco-stuff": coco_stuff,
     "folder": image_folder,
+    "hf": hugging_face,
 }
 assert tuple(BUILDERS) == DATASET_NAMES, "a dataset name without a builder, or the reverse"
 
@@ -382,19 +446,36 @@ def build_dataset(
     num_classes: int | None = None,
     transform: Transform | None = None,
     skip_bad: bool = False,
+    labels: LabelConvention | None = None,
+    image_column: str | None = None,
+    mask_column: str | None = None,
+    channels: int = 3,
 ) -> SegmentationDataset:
     """The dataset `name` (one of `DATASET_NAMES`) read from `root`.
 
     Split names are the dataset's own ("training"/"validation" for ADE20K, "train2017"/"val2017" for COCO-Stuff)
-    or "train"/"val" for any of them.
+    or "train"/"val" for any of them. `labels` (a LabelConvention) maps the stored mask values to class ids, after
+    the layout's own mapping; "hf" reads a Hugging Face dataset (hub id, save_to_disk or parquet folder), with
+    `image_column`/`mask_column` when the names are not the usual ones. `channels` other than 3: images are
+    multi-band TIFF or .npy files (not for "hf", whose images are RGB).
     """
-    root = Path(root).expanduser()
-    options = {"transform": transform, "skip_bad": skip_bad}
+    options: dict[str, Any] = {"transform": transform, "skip_bad": skip_bad, "labels": labels}
     if name not in BUILDERS:
         raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(DATASET_NAMES)}")
+    if name == "hf":
+        if channels != 3:
+            raise ValueError(f"--dataset hf reads RGB images; {channels}-channel input needs TIFF or .npy files")
+        columns = {"image_column": image_column, "mask_column": mask_column}
+        return BUILDERS[name](str(root), split, num_classes=num_classes, **columns, **options)
+    if image_column is not None or mask_column is not None:
+        raise ValueError("--image-column/--mask-column are for --dataset hf (Hugging Face datasets)")
+    root = Path(root).expanduser()
+    options["channels"] = channels
     if name not in DATASETS:  # a generic layout: classes come from the folder or num_classes
         return BUILDERS[name](root, split, num_classes=num_classes, **options)
     info = DATASETS[name]
+    if name == "ade20k" and labels is not None and labels.reduce_zero_label:
+        raise ValueError("--dataset ade20k reduces the zero label already (0 -> ignore, k -> k-1); drop that flag")
     if num_classes is not None and num_classes != info.num_classes:
         raise ValueError(
             f"dataset {name!r} has {info.num_classes} classes, not num_classes={num_classes}; "

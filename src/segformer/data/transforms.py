@@ -25,9 +25,6 @@ from PIL import Image
 
 from ..constants import IGNORE_INDEX, MEAN, STD
 
-_MEAN = torch.tensor(MEAN, dtype=torch.float32).view(3, 1, 1)
-_STD = torch.tensor(STD, dtype=torch.float32).view(3, 1, 1)
-
 
 def rescale_size(height: int, width: int, scale: tuple[int, int]) -> tuple[int, int]:
     """(H, W) of an image rescaled keeping aspect to fit `scale` = (long, short) in any order, as mmcv's keep_ratio
@@ -114,12 +111,29 @@ class PhotoMetricDistortion:
         return np.array(img)
 
 
+def _resize_bands(image: np.ndarray, size: tuple[int, int], box: tuple[float, ...]) -> np.ndarray:
+    """Bilinear resize of the `box` region of an (H, W, C) array of any number type to `size` (W, H), band by band
+    in float32 with Pillow's filter (the one the RGB path uses)."""
+    bands = [
+        np.asarray(
+            Image.fromarray(np.ascontiguousarray(image[:, :, c], dtype=np.float32)).resize(size, _BILINEAR, box=box)
+        )
+        for c in range(image.shape[2])
+    ]
+    return np.stack(bands, axis=2)
+
+
+_BILINEAR = Image.Resampling.BILINEAR
+
+
 class TrainTransform:
-    """The training pipeline: `(image uint8 (H, W, 3) RGB, mask uint8 (H, W), rng)` -> (normalised float (3, h, w),
-    long (h, w)) with (h, w) = `crop`; areas outside the image are 0 in the image and 255 in the mask.
+    """The training pipeline: `(image (H, W, C), mask uint8 (H, W), rng)` -> (normalised float (C, h, w), long
+    (h, w)) with (h, w) = `crop`; areas outside the image are 0 in the image and 255 in the mask.
 
     `scale` is mmseg's img_scale (long, short), e.g. (2048, 512) for ADE20K; `None` keeps each image's own size
-    (the ratio still applies). `ratio_range=None` rescales to exactly `scale`.
+    (the ratio still applies). `ratio_range=None` rescales to exactly `scale`. Images are uint8 RGB, normalised
+    with `mean`/`std` (default ImageNet's), or any other number of bands of any number type (multi-band TIFF,
+    .npy), resized band by band in float32; the photometric distortion applies to uint8 RGB images only.
     """
 
     def __init__(
@@ -131,6 +145,8 @@ class TrainTransform:
         flip_prob: float = 0.5,
         photometric: bool = True,
         ignore_index: int = IGNORE_INDEX,
+        mean: tuple[float, ...] = MEAN,
+        std: tuple[float, ...] = STD,
     ) -> None:
         if scale is not None and (len(scale) != 2 or min(scale) < 1):
             raise ValueError(f"scale must be two positive ints (long, short), got {scale!r}")
@@ -147,6 +163,10 @@ class TrainTransform:
         self.flip_prob = flip_prob
         self.photometric = PhotoMetricDistortion() if photometric else None
         self.ignore_index = ignore_index
+        if len(mean) != len(std) or min(std) <= 0:
+            raise ValueError(f"mean {mean} and std {std} must have one value per channel, std > 0")
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
 
     def __repr__(self) -> str:
         return (
@@ -175,28 +195,36 @@ class TrainTransform:
         big_mask = np.asarray(mask_img)
         y0, x0, ch, cw = choose_crop(big_mask, self.crop, rng, self.cat_max_ratio, self.ignore_index)
         mask = big_mask[y0 : y0 + ch, x0 : x0 + cw]
+        rgb = image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
         if (new_h, new_w) != (height, width):
             sy, sx = height / new_h, width / new_w  # source pixels per output pixel
             box = (x0 * sx, y0 * sy, (x0 + cw) * sx, (y0 + ch) * sy)
-            image = np.asarray(Image.fromarray(image).resize((cw, ch), Image.Resampling.BILINEAR, box=box))
+            if rgb:
+                image = np.asarray(Image.fromarray(image).resize((cw, ch), _BILINEAR, box=box))
+            else:
+                image = _resize_bands(image, (cw, ch), box)
         else:
             image = image[y0 : y0 + ch, x0 : x0 + cw]
 
         if rng.random() < self.flip_prob:
             image, mask = image[:, ::-1], mask[:, ::-1]
-        if self.photometric is not None:
+        if self.photometric is not None and rgb:
             image = self.photometric(np.ascontiguousarray(image), rng)
         return np.array(image, order="C"), np.array(mask, order="C")  # writable copies, as torch expects
 
     def to_tensors(self, image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalise with the ImageNet mean/std and pad to `crop` (image 0 after normalising, mask 255)."""
+        """Normalise with `mean`/`std` and pad to `crop` (image 0 after normalising, mask 255)."""
         h, w = mask.shape
         ch, cw = self.crop
-        x = torch.from_numpy(image).permute(2, 0, 1)  # (H, W, 3) -> (3, H, W), a view
-        x = x.to(torch.float32, memory_format=torch.contiguous_format).sub_(_MEAN).div_(_STD)
+        if image.shape[2] != self.mean.shape[0]:
+            raise ValueError(f"image has {image.shape[2]} channels but the normalisation {self.mean.shape[0]}")
+        if image.dtype != np.uint8:  # uint16, uint32, float64 ...: torch handles float32 everywhere
+            image = image.astype(np.float32, copy=False)
+        x = torch.from_numpy(image).permute(2, 0, 1)  # (H, W, C) -> (C, H, W), a view
+        x = x.to(torch.float32, memory_format=torch.contiguous_format).sub_(self.mean).div_(self.std)
         y = torch.from_numpy(mask.astype(np.int64))
         if (h, w) != (ch, cw):
-            x_pad = torch.zeros(3, ch, cw)
+            x_pad = torch.zeros(x.shape[0], ch, cw)
             x_pad[:, :h, :w] = x
             y_pad = torch.full((ch, cw), self.ignore_index, dtype=torch.int64)
             y_pad[:h, :w] = y

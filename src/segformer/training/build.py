@@ -5,29 +5,34 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ..config import TestProtocol
+import numpy as np
+
+from ..config import SegFormerConfig, TestProtocol, channel_stats
+from ..constants import IGNORE_INDEX
 from ..data.catalog import DATASETS
 from ..model import SegFormer
+from . import distributed as D
 from .config import TrainConfig
+from .losses import LossOptions, build_loss, resolve_class_weights
 
 log = logging.getLogger("segformer")
 
 
-def build_data(config: TrainConfig, train_ds: Any = None, val_ds: Any = None) -> tuple[Any, Any, Any]:
-    """(train dataset, its transform, val dataset or None): the datasets given, else read as the config says.
-
-    A given train dataset's `transform` attribute, when set, wins over the TrainTransform the config describes.
-    """
+def build_data(config: TrainConfig, train_ds: Any = None, val_ds: Any = None) -> tuple[Any, Any]:
+    """(train dataset, val dataset or None): the datasets given, else read as the config says. The transform comes
+    after `complete_config` (`training_transform`): it needs the channel statistics."""
     if train_ds is None:
         train_ds = _read_split(config, config.train_split)
-        transform = build_transform(config, train_ds)
         if val_ds is None:
             val_ds = _read_val(config)
-    else:
-        transform = getattr(train_ds, "transform", None) or build_transform(config, train_ds)
     if len(train_ds) == 0:
         raise ValueError(f"training set is empty ({config.dataset} at {config.data_root}, split {config.train_split})")
-    return train_ds, transform, val_ds
+    return train_ds, val_ds
+
+
+def training_transform(config: TrainConfig, dataset: Any) -> Any:
+    """The dataset's own `transform` attribute when set, else the TrainTransform the config describes."""
+    return getattr(dataset, "transform", None) or build_transform(config, dataset)
 
 
 def _read_split(config: TrainConfig, split: str) -> Any:
@@ -36,7 +41,13 @@ def _read_split(config: TrainConfig, split: str) -> Any:
     if not config.data_root:
         raise ValueError("train config: data_root is not set; pass --data-root DIR")
     return build_dataset(
-        config.dataset, config.data_root, split, num_classes=config.num_classes, skip_bad=config.skip_bad_samples
+        config.dataset,
+        config.data_root,
+        split,
+        num_classes=config.num_classes,
+        skip_bad=config.skip_bad_samples,
+        channels=config.in_channels,
+        **config.data_options(),  # label convention (--label-map, ...) and --dataset hf columns
     )
 
 
@@ -60,6 +71,7 @@ def build_transform(config: TrainConfig, dataset: Any) -> Any:
     crop = config.crop or (info.crop if info is not None else None)
     if scale is None or crop is None:
         raise ValueError("train config: crop and scale are unset and the dataset has no defaults; pass --crop/--scale")
+    mean, std = channel_stats(SegFormerConfig(in_channels=config.in_channels, mean=config.mean, std=config.std))
     return TrainTransform(
         scale=tuple(scale),
         ratio_range=config.ratio_range,
@@ -67,7 +79,49 @@ def build_transform(config: TrainConfig, dataset: Any) -> Any:
         cat_max_ratio=config.cat_max_ratio,
         flip_prob=config.flip_prob,
         photometric=config.photometric,
+        mean=mean,
+        std=std,
     )
+
+
+def resolve_channels(config: TrainConfig, dataset: Any) -> TrainConfig:
+    """Check the training images have `in_channels` bands (the first one: the files of a set are alike) and fill in
+    mean/std: the config's, ImageNet's (None) for 3 channels, else computed over the training images on process 0."""
+    from ..imageio import ChannelMismatchError
+    from .channels import resolve_channel_stats
+
+    try:
+        image = np.asarray(dataset.load(0)[0])
+    except ChannelMismatchError as e:
+        raise ValueError(str(e)) from None
+    except (ValueError, OSError):
+        image = None  # a bad sample: reported (or skipped) by the training stream
+    bands = (image.shape[2] if image.ndim == 3 else 1) if image is not None else config.in_channels
+    if bands != config.in_channels:
+        raise ValueError(f"training images have {bands} channels but in_channels={config.in_channels}")
+    main = D.is_main()
+    if config.in_channels != 3 and main:
+        log.info("%d-channel images: the photometric distortion (RGB only) is off", config.in_channels)
+    stats = resolve_channel_stats(config.in_channels, config.mean, config.std, dataset) if main else None
+    mean, std = D.broadcast_object(stats)
+    if mean is not None and config.mean is None and main:
+        log.info("channel mean %s, std %s", [round(m, 4) for m in mean], [round(s, 4) for s in std])
+    return config.replace(mean=mean, std=std)
+
+
+def build_criterion(config: TrainConfig, dataset: Any) -> tuple[TrainConfig, Any]:
+    """(config with the class weights as numbers, the loss of `config.loss`). 'auto' weights are counted on
+    process 0 and shared; the numbers go into config.yaml, so a resumed run needs no recount."""
+    weights = None
+    if config.class_weights is not None:
+        main = D.is_main()
+        weights = resolve_class_weights(config.class_weights, dataset, int(dataset.num_classes)) if main else None
+        weights = D.broadcast_object(weights)
+        if main:
+            log.info("class weights (%s): %s", config.class_weights, ", ".join(f"{w:.4g}" for w in weights))
+        config = config.replace(class_weights=",".join(repr(w) for w in weights))
+    options = LossOptions(IGNORE_INDEX, weights, config.avg_non_ignore, config.ohem_thresh, config.ohem_min_kept)
+    return config, build_loss(config.loss, options)
 
 
 def complete_config(config: TrainConfig, dataset: Any) -> TrainConfig:
@@ -88,6 +142,31 @@ def class_names(dataset: Any) -> tuple[str, ...] | None:
     return tuple(str(n) for n in names) if names else None
 
 
+def warn_unseen_classes(dataset: Any, sample: int = 32) -> list[str]:
+    """Log (and return) the classes absent from up to `sample` evenly spaced training masks, when that is a sure
+    sign of a label mistake: every mask was read, or at most one class showed up at all (binary masks saved as
+    0/255 make the object 255 = ignore, so it would never be trained). `segformer data check` finds the cause."""
+    n, k = len(dataset), int(dataset.num_classes)
+    indices = sorted({i * n // min(n, sample) for i in range(min(n, sample))})
+    seen: set[int] = set()
+    for i in indices:
+        try:
+            mask = dataset.load(i)[1]
+        except (OSError, ValueError):
+            continue  # bad samples are reported where they are read for training
+        seen.update(int(v) for v in np.unique(mask) if v < k)
+    names = getattr(dataset, "class_names", None) or [str(c) for c in range(k)]
+    missing = [str(names[c]) for c in range(k) if c not in seen]
+    if missing and (len(indices) == n or len(seen) <= 1):
+        log.warning(
+            "training labels: %s never appear in %d training masks read, so they would never be trained; "
+            "run `segformer data check` with the same dataset flags for the flag that fixes the labels",
+            ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else ""),
+            len(indices),
+        )
+    return missing
+
+
 def test_protocol(config: TrainConfig, dataset: Any) -> TestProtocol | None:
     """How `predict` should run the trained model, saved with it: a standard dataset's paper protocol, else whole
     images rescaled to the training scale (the one periodic evaluation uses)."""
@@ -102,7 +181,9 @@ def build_model(config: TrainConfig, num_classes: int, class_names: tuple[str, .
     a checkpoint), encoder from `config.pretrained`, with the config's drop rates."""
     from ..loading import model_from_spec
 
-    overrides: dict[str, Any] = {}
+    overrides: dict[str, Any] = {"in_channels": config.in_channels}
+    if config.mean is not None:
+        overrides.update(mean=config.mean, std=config.std)
     if config.drop_path_rate is not None:
         overrides["drop_path_rate"] = config.drop_path_rate
     if config.classifier_dropout is not None:

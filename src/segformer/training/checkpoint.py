@@ -69,15 +69,14 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{path}: no such checkpoint")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
+    except pickle.UnpicklingError:
         raise RuntimeError(
-            f"{path}: refused to load: holds pickled Python objects, not a segformer training checkpoint ({e})"
+            f"{path}: refused to load: not a segformer training checkpoint (it holds pickled Python objects, or is "
+            "no torch file at all)"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise RuntimeError(
-            f"{path}: unreadable or truncated checkpoint ({first}); delete it to fall back to {PREVIOUS_NAME}"
-        ) from None
+        first = str(e).splitlines()[0].split(". ")[0] if str(e) else type(e).__name__
+        raise RuntimeError(f"{path}: unreadable or truncated checkpoint ({first})") from None
     required = ("model", "optimizer", "scheduler", "iteration", "rng", "train_config")
     if not isinstance(state, dict) or any(k not in state for k in required):
         raise RuntimeError(f"{path}: not a segformer training checkpoint (needs keys {', '.join(required)})")
@@ -85,7 +84,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def find_resume_checkpoint(run_dir: Path) -> Path | None:
-    """last.pt if it is readable, else previous.pt (a kill during the rename window), else None."""
+    """last.pt if present, else previous.pt (a kill during the rename window), else None (no look inside)."""
     for name in (CHECKPOINT_NAME, PREVIOUS_NAME):
         path = run_dir / name
         if path.is_file():
@@ -93,14 +92,58 @@ def find_resume_checkpoint(run_dir: Path) -> Path | None:
     return None
 
 
-def check_compatible(path: Path, saved: dict[str, Any], config: TrainConfig) -> None:
-    """Refuse to resume a checkpoint into a different model or data setup (the weights would not fit anyway)."""
-    for key in ("model", "dataset", "num_classes", "batch_size", "grad_accum", "seed"):
+def load_resume_checkpoint(run_dir: Path, warn: bool = True) -> tuple[Path, dict[str, Any]]:
+    """The newest readable checkpoint of a run: last.pt, or previous.pt (with a warning naming both) when last.pt
+    is missing, truncated or otherwise unreadable. Both broken (or absent): one RuntimeError line naming both."""
+    last, previous = run_dir / CHECKPOINT_NAME, run_dir / PREVIOUS_NAME
+    try:
+        return last, load_checkpoint(last)
+    except (RuntimeError, FileNotFoundError) as e:
+        first_error = e
+    try:
+        state = load_checkpoint(previous)
+    except (RuntimeError, FileNotFoundError) as e:
+        raise RuntimeError(
+            f"cannot resume {run_dir}: {_reason(first_error)}; and {_reason(e)}. Start a new --out, or drop --resume"
+        ) from None
+    if warn and last.exists():
+        log.warning(
+            "%s: %s; falling back to %s (iteration %d)", last, _reason(first_error, last), previous, state["iteration"]
+        )
+    return previous, state
+
+
+def _reason(error: Exception, path: Path | None = None) -> str:
+    """An error of load_checkpoint as a clause (without the path when `path` is given)."""
+    text = str(error.args[0] if error.args else error)
+    if path is not None and text.startswith(f"{path}: "):
+        text = text[len(f"{path}: ") :]
+    return text
+
+
+def global_batch(train_config: dict[str, Any], processes: int) -> int:
+    """The global batch a checkpoint was trained with (older checkpoints do not store it: their product)."""
+    return int(train_config["batch_size"]) * int(train_config["grad_accum"]) * processes
+
+
+def check_compatible(
+    path: Path, saved: dict[str, Any], config: TrainConfig, saved_global: int, new_global: int
+) -> None:
+    """Refuse to resume a checkpoint into a different model, data or batch setup (the weights would not fit, or the
+    run would silently become another one). The number of processes may change: the global batch may not."""
+    keys = ("model", "dataset", "num_classes", "batch_size", "seed", "in_channels")
+    for key in (*keys, "freeze_encoder", "freeze_stages"):  # the optimiser state only fits the same frozen set
         if key in saved and saved[key] != config.to_dict()[key]:
             raise ValueError(
                 f"{path}: was written with {key}={saved[key]!r} but this run has {key}={config.to_dict()[key]!r}; "
                 "resume with the same settings (RUN_DIR/config.yaml) or start a new --out"
             )
+    if saved_global != new_global:
+        raise ValueError(
+            f"{path}: was trained with a global batch of {saved_global} but this run asks for {new_global}; "
+            f"resume with --global-batch {saved_global} (gradient accumulation adapts to the number of processes) "
+            "or start a new --out"
+        )
     if saved.get("iters", config.iters) != config.iters:
         log.warning(
             "%s: iters changed from %s to %d: the poly schedule is recomputed", path, saved["iters"], config.iters

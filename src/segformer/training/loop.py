@@ -17,9 +17,10 @@ import contextlib
 import logging
 import math
 import os
+import shutil
 import time
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,19 +35,30 @@ from ..modelcard import training_card
 from ..runtime import autocast, resolve_device
 from ..visualize import plot_curves
 from . import distributed as D
-from .build import build_data, build_model, class_names, complete_config, test_protocol
+from .build import (
+    build_criterion,
+    build_data,
+    build_model,
+    class_names,
+    complete_config,
+    resolve_channels,
+    test_protocol,
+    training_transform,
+    warn_unseen_classes,
+)
 from .checkpoint import (
     CHECKPOINT_NAME,
     check_compatible,
     find_resume_checkpoint,
-    load_checkpoint,
+    global_batch,
+    load_resume_checkpoint,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
-from .config import TrainConfig
+from .config import TrainConfig, default_num_workers, read_yaml
 from .losses import segmentation_loss
-from .optim import build_optimizer, build_scheduler
+from .optim import build_optimizer, build_scheduler, freeze_encoder_stages
 from .records import RunRecords
 from .signals import StopRequest
 
@@ -78,6 +90,7 @@ class Trainer:
     val_ds: Any
     world: int = 1
     rank: int = 0
+    criterion: Callable[[Tensor, Tensor], Tensor] = segmentation_loss  # (logits, labels) -> loss
 
     @property
     def main(self) -> bool:
@@ -98,6 +111,7 @@ class TrainState:
     best_miou: float | None = None
     last_saved: int | None = None  # iteration of the newest checkpoint on disk, None before the first
     window: int = 0  # iterations summed in loss_sum
+    replace_last: bool = False  # resumed from previous.pt: the next save replaces the unreadable last.pt in place
     tick: float = field(default_factory=time.perf_counter)
 
     @classmethod
@@ -127,28 +141,49 @@ def train(
     device = resolve_device(config.device)
     own_group = D.init_distributed(device)
     flags = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+    failed = False
     try:
         return _train(config, device, model, train_dataset, val_dataset)
+    except RuntimeError as e:
+        failed = True
+        if not (own_group and D.is_peer_failure(e)):
+            raise
+        # Another process died (its own error, printed by it, names the cause); say so instead of a socket error.
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RuntimeError(
+            f"process {D.rank()} of {D.world_size()} stopped: a collective failed, most likely because another "
+            f"process of the group failed first (its own error names the cause): {first}"
+        ) from None
+    except BaseException:
+        failed = True
+        raise
     finally:
         torch.use_deterministic_algorithms(flags[0])  # leave the process as it was
         torch.backends.cudnn.benchmark = flags[1]
         if own_group:
-            D.cleanup()
+            D.cleanup(failed)
 
 
 def _train(config: TrainConfig, device: torch.device, model: Any, train_ds: Any, val_ds: Any) -> TrainResult:
     _set_determinism(config.deterministic, device)
     resume_from = _resume_checkpoint(config)
-    train_ds, transform, val_ds = build_data(config, train_ds, val_ds)
-    config = complete_config(config, train_ds)
+    train_ds, val_ds = build_data(config, train_ds, val_ds)
+    config = resolve_channels(complete_config(config, train_ds), train_ds)
+    if D.is_main():
+        warn_unseen_classes(train_ds)
+    config, criterion = build_criterion(config, train_ds)
+    transform = training_transform(config, train_ds)
     torch.manual_seed(config.seed)  # identical initialisation on every rank
-    model = _prepare_model(config, model, train_ds, device)
+    model = _prepare_model(config, model, train_ds, device, resume_from is None)
     run, state = _assemble(config, device, model, val_ds, resume_from)
+    run.criterion = criterion
+    config = run.config  # grad_accum fitted to the number of processes
     _log_start(run, len(train_ds))
 
     stream = SampleStream(train_ds, transform, config.seed, config.skip_bad_samples)
     plan = BatchPlan(state.iteration, config.iters, config.batch_size, config.grad_accum, run.world, run.rank)
-    loader = train_loader(stream, plan, config.num_workers, pin_memory=device.type == "cuda")
+    workers = config.num_workers if config.num_workers is not None else default_num_workers()
+    loader = train_loader(stream, plan, workers, pin_memory=device.type == "cuda")
     try:
         _run_iterations(run, state, iter(loader))
         return _finish(run, state)
@@ -170,7 +205,7 @@ def train_step(run: Trainer, micro_batches: Iterable[tuple[Tensor, Tensor]]) -> 
         with run.net.no_sync() if not sync else contextlib.nullcontext():
             with autocast(device, config.amp):
                 logits = run.net(images)
-            loss = segmentation_loss(logits, targets)
+            loss = run.criterion(logits, targets)
             run.scaler.scale(loss / config.grad_accum).backward()
         losses.append(loss.detach())
     if config.clip_grad is not None:
@@ -195,30 +230,76 @@ def _set_determinism(deterministic: bool, device: torch.device) -> None:
 
 
 def _resume_checkpoint(config: TrainConfig) -> Path | None:
-    """The checkpoint to continue from with --resume (None: start afresh); never overwrite a run without it."""
+    """The run folder to continue from (None: start afresh); never overwrite a run without being asked to.
+
+    With --resume, any checkpoint there. Without it, only under a torchrun restart (TORCHELASTIC_RESTART_COUNT > 0)
+    of this same run: RUN_DIR/config.yaml must hold this run's settings, so the agent re-running the command line
+    that started the run continues it instead of failing on every restart; anything else is refused.
+    """
     run_dir = Path(config.out)
     found = find_resume_checkpoint(run_dir)
-    if not config.resume:
-        if found is not None:
-            hint = "pass --resume to continue it or pick --out"
-            raise ValueError(f"{run_dir}: already holds a training checkpoint; {hint}")
+    if found is None:
+        if config.resume and D.is_main():
+            log.info("%s: no checkpoint to resume from; starting from scratch", run_dir)
         return None
-    if found is None and D.is_main():
-        log.info("%s: no checkpoint to resume from; starting from scratch", run_dir)
-    return found
+    if config.resume:
+        return run_dir
+    restarts = D.restart_count()
+    if restarts > 0:
+        differs = _differs_from_run(run_dir, config)
+        if not differs:
+            if D.is_main():
+                log.info("torchrun restart %d: continuing this run in %s (config.yaml matches)", restarts, run_dir)
+            return run_dir
+        hint = f"its config.yaml differs in {', '.join(differs)}; pass --resume to continue it or pick --out"
+    else:
+        hint = "pass --resume to continue it or pick --out"
+    raise ValueError(f"{run_dir}: already holds a training checkpoint; {hint}")
 
 
-def _prepare_model(config: TrainConfig, model: SegFormer | None, dataset: Any, device: torch.device) -> SegFormer:
-    """The given model (checked against the dataset) or a new one, on `device` in training mode."""
+# Fields that say how a run is executed, not what it computes: a restarted run may differ in them.
+_EXECUTION_FIELDS = frozenset({"resume", "num_workers", "device", "tensorboard", "grad_accum"})
+
+
+def _differs_from_run(run_dir: Path, config: TrainConfig) -> list[str]:
+    """The settings in which `config` differs from RUN_DIR/config.yaml (["config.yaml"] when it is unreadable).
+    Unset fields (None: filled in from the dataset) do not count."""
+    try:
+        saved = read_yaml(run_dir / "config.yaml")
+    except (OSError, ValueError):
+        return ["config.yaml"]
+    ours = config.to_dict()
+    return [k for k, v in ours.items() if k not in _EXECUTION_FIELDS and v is not None and saved.get(k, v) != v]
+
+
+def _prepare_model(
+    config: TrainConfig, model: SegFormer | None, dataset: Any, device: torch.device, fresh: bool = True
+) -> SegFormer:
+    """The given model (checked against the dataset) or a new one, on `device` in training mode, with the frozen
+    encoder stages the config asks for."""
     num_classes, names = int(dataset.num_classes), class_names(dataset)
     if model is None:
         model = build_model(config, num_classes, names)
     elif model.config.num_classes != num_classes:
         raise ValueError(f"model has {model.config.num_classes} classes but the dataset has {num_classes}")
+    elif model.config.in_channels != config.in_channels:
+        raise ValueError(f"model takes {model.config.in_channels} channels but in_channels={config.in_channels}")
     elif model.config.class_names is None and names is not None:
         model.config = model.config.replace(class_names=names)  # saved with the model
+    if model.config.mean is None and config.mean is not None:  # the channel statistics travel with the model
+        model.config = model.config.replace(mean=config.mean, std=config.std)
     model.config = model.config.replace(test_protocol=test_protocol(config, dataset))  # predict runs it by default
+    labels = getattr(dataset, "labels", None)
+    if labels is not None and not labels.is_default:
+        model.config = model.config.replace(labels=labels.to_dict())  # saved with the model: eval/predict apply it
     model = model.to(device).train()
+    if config.freeze_encoder or config.freeze_stages:
+        stages = len(model.encoder.stages) if config.freeze_encoder else config.freeze_stages
+        frozen = freeze_encoder_stages(model, stages)
+        if D.is_main():
+            log.info("froze %d of %d encoder stages (%d parameters)", stages, len(model.encoder.stages), frozen)
+            if config.pretrained is None and fresh:
+                log.warning("freezing an encoder that is not pretrained (no --pretrained): it stays random")
     if config.grad_checkpointing:
         model.encoder.set_grad_checkpointing(True)
     return model
@@ -227,8 +308,13 @@ def _prepare_model(config: TrainConfig, model: SegFormer | None, dataset: Any, d
 def _assemble(
     config: TrainConfig, device: torch.device, model: SegFormer, val_ds: Any, resume_from: Path | None
 ) -> tuple[Trainer, TrainState]:
-    """Optimiser, schedule, grad scaler (restored from `resume_from`), the run's records; DDP with > 1 process."""
+    """Optimiser, schedule, grad scaler (restored from the run folder `resume_from`), the run's records; DDP with
+    > 1 process; grad_accum fitted so that the global batch is what the run asked for."""
     world, rank = D.world_size(), D.rank()
+    saved, path = None, None
+    if resume_from is not None:
+        path, saved = load_resume_checkpoint(resume_from, warn=rank == 0)
+    config = _fit_global_batch(config, world, path, saved)
     net: nn.Module = model
     if world > 1:
         model = D.convert_batchnorm(model, device)
@@ -240,9 +326,7 @@ def _assemble(
     scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
     torch.manual_seed(config.seed * 1000 + rank)  # DropPath/dropout differ across ranks
     state = TrainState.new(device)
-    if resume_from is not None:
-        saved = load_checkpoint(resume_from)
-        check_compatible(resume_from, saved["train_config"], config)
+    if saved is not None:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
@@ -250,12 +334,43 @@ def _assemble(
             scaler.load_state_dict(saved["scaler"])
         state.iteration = state.last_saved = int(saved["iteration"])
         state.best_miou = saved.get("best_miou")
-        _restore_rng(resume_from, saved["rng"].get("states", []), device, world, rank)
+        state.replace_last = path.name != CHECKPOINT_NAME  # last.pt was unreadable: never rotate it to previous.pt
+        _restore_rng(path, saved["rng"].get("states", []), device, world, rank)
         if rank == 0:
-            log.info("resumed from %s at iteration %d", resume_from, state.iteration)
-    records = _open_records(config, rank == 0, state.iteration if resume_from is not None else None)
+            log.info("resumed from %s at iteration %d", path, state.iteration)
+    records = _open_records(config, rank == 0, state.iteration if saved is not None else None)
     run = Trainer(config, device, model, net, optimizer, scheduler, scaler, records, val_ds, world, rank)
     return run, state
+
+
+def _fit_global_batch(config: TrainConfig, world: int, path: Path | None, saved: dict[str, Any] | None) -> TrainConfig:
+    """`config` with grad_accum set so that batch_size x processes x grad_accum is the global batch the run asked
+    for: --global-batch, else the resumed checkpoint's, else this run's own product. Logged when it changes."""
+    asked = config.global_batch
+    if saved is not None:
+        trained = saved.get("global_batch") or global_batch(saved["train_config"], len(saved["rng"]["states"]))
+        check_compatible(path, saved["train_config"], config, int(trained), int(asked or trained))
+        asked = int(trained)
+    target = asked or config.batch_size * world * config.grad_accum
+    per_step = config.batch_size * world
+    if target % world:
+        raise ValueError(f"the global batch of {target} cannot be split over {world} processes")
+    if target % per_step:
+        raise ValueError(
+            f"the global batch of {target} cannot be made of {world} process(es) x batch {config.batch_size} x a "
+            f"whole number of accumulation steps; pick a --batch-size that divides {target // world}"
+        )
+    accum = target // per_step
+    if accum != config.grad_accum and D.is_main():
+        log.info(
+            "%d process(es) of batch %d: gradient accumulation %d -> %d keeps the global batch of %d",
+            world,
+            config.batch_size,
+            config.grad_accum,
+            accum,
+            target,
+        )
+    return config.replace(grad_accum=accum)
 
 
 def _restore_rng(path: Path, states: list[dict[str, Any]], device: torch.device, world: int, rank: int) -> None:
@@ -269,6 +384,8 @@ def _open_records(config: TrainConfig, main: bool, resumed_at: int | None) -> Ru
     run_dir = Path(config.out)
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        for leftover in run_dir.glob(".*.tmp"):  # a write cut short by a kill (atomic_write/atomic_folder temps)
+            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
         config.save_yaml(run_dir / "config.yaml")
     return RunRecords(run_dir, write=main, resumed_at=resumed_at, tensorboard=config.tensorboard)
 
@@ -292,6 +409,14 @@ def _log_start(run: Trainer, images: int) -> None:
         run.device,
         run.run_dir,
     )
+    if c.warmup_iters >= c.iters:
+        log.warning(
+            "warmup_iters=%d is not shorter than the run (iters=%d): the learning rate never reaches lr=%g; "
+            "for short runs pass --schedule short (no warmup) or a smaller --warmup-iters",
+            c.warmup_iters,
+            c.iters,
+            c.lr,
+        )
 
 
 # ----------------------------------------------------------------------------------------------------- loop
@@ -364,8 +489,11 @@ def _log_progress(run: Trainer, state: TrainState, lr: float, bar: Any) -> None:
 def _check_finite(run: Trainer, state: TrainState) -> None:
     """Stop (without saving) once any process met a non-finite loss; the last good checkpoint stays as it was."""
     bad = state.nonfinite_at.clone()
-    if run.world > 1:
-        torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+    if run.world > 1:  # the earliest over processes: NaN weights make the others' later losses non-finite too
+        never = torch.iinfo(bad.dtype).max
+        bad = torch.where(bad < 0, never, bad)
+        torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MIN)
+        bad = torch.where(bad == never, -1, bad)
     if int(bad) >= 0:
         checkpoint = run.run_dir / CHECKPOINT_NAME
         kept = f"the last good checkpoint {checkpoint} (iteration {state.last_saved}) is intact"
@@ -387,6 +515,7 @@ def _snapshot(run: Trainer, state: TrainState) -> dict[str, Any]:
         "iteration": state.iteration,
         "best_miou": state.best_miou,
         "rng": {"states": rngs},
+        "global_batch": run.config.batch_size * run.world * run.config.grad_accum,
         "config": run.model.config.to_dict(),
         "train_config": run.config.to_dict(),
     }
@@ -395,8 +524,9 @@ def _snapshot(run: Trainer, state: TrainState) -> dict[str, Any]:
 def _save(run: Trainer, state: TrainState, keep_previous: bool = True) -> None:
     snapshot = _snapshot(run, state)
     if run.main:
-        save_checkpoint(run.run_dir, snapshot, keep_previous=keep_previous)
+        save_checkpoint(run.run_dir, snapshot, keep_previous=keep_previous and not state.replace_last)
     state.last_saved = state.iteration
+    state.replace_last = False
 
 
 def _validate(run: Trainer, state: TrainState) -> dict[str, Any] | None:

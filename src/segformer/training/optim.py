@@ -37,6 +37,21 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, head_lr_mult:
     return groups
 
 
+def freeze_encoder_stages(model: nn.Module, stages: int) -> int:
+    """Freeze the first `stages` encoder stages (patch embedding, blocks and norm of each): their parameters stop
+    requiring gradients, so `param_groups` leaves them out of the optimiser and they keep their values exactly
+    (no update, no weight decay). Returns the number of frozen parameter values."""
+    total = len(model.encoder.stages)
+    if not 0 <= stages <= total:
+        raise ValueError(f"cannot freeze {stages} encoder stages: the model has {total} (freeze 0..{total})")
+    frozen = 0
+    for stage in model.encoder.stages[:stages]:
+        for p in stage.parameters():
+            p.requires_grad_(False)
+            frozen += p.numel()
+    return frozen
+
+
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float, head_lr_mult: float = 10.0) -> torch.optim.AdamW:
     """AdamW(betas 0.9/0.999) over `param_groups` (the released configs)."""
     return torch.optim.AdamW(param_groups(model, lr, weight_decay, head_lr_mult), lr=lr, betas=(0.9, 0.999))

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..fileio import write_text
+from ..fileio import disk_full, write_text
 
 HISTORY_NAME = "metrics.jsonl"
 
@@ -36,8 +36,13 @@ def write_history(path: Path, records: list[dict[str, Any]]) -> None:
 
 
 def append_record(path: Path, record: dict[str, Any]) -> None:
-    with path.open("a") as f:
-        f.write(json.dumps(record) + "\n")
+    """One line more; a failed write names the file (a line cut short is skipped by `read_history`)."""
+    try:
+        with path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+    except OSError as e:
+        reason = "no space left on device" if disk_full(e, path.parent) else (e.strerror or str(e))
+        raise OSError(e.errno, f"{path}: {reason}") from None
 
 
 def open_tensorboard(run_dir: Path) -> Any:

@@ -1,0 +1,469 @@
+"""Training that survives: torchrun elastic restarts (SIGKILL, 5 in a row, bitwise equal to an uninterrupted run), a
+job that shrinks from 2 nodes to 1, a failing rank stopping everyone quickly, a full disk, a corrupt checkpoint.
+
+The multi-process tests run torchrun with 2 gloo processes on CPU and tiny models; they are `slow`."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import namedtuple
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import segformer
+from segformer import fileio
+from segformer.cli import main
+from segformer.training import TrainConfig
+from segformer.training import checkpoint as checkpoint_module
+from segformer.training import distributed as D
+from segformer.training import loop as loop_module
+from test_train import make_folder, tiny_args, tiny_model_file, tiny_segformer
+
+WORKER = Path(__file__).with_name("worker.py")
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
+
+
+def _last_line(capsys) -> str:
+    lines = capsys.readouterr().err.strip().splitlines()
+    return lines[-1] if lines else ""
+
+
+def _no_temporaries(run: Path) -> None:
+    assert not [p.name for p in run.rglob(".*.tmp*")], "a write cut short left its temporary behind"
+
+
+# ------------------------------------------------------------------------------------------- corrupt checkpoint
+
+
+def test_truncated_last_falls_back_to_previous_and_both_broken_is_one_line(tmp_path, capsys, caplog):
+    data = make_folder(tmp_path / "data", n_train=4, n_val=0)
+    model = tiny_model_file(tmp_path / "tiny.json")
+    run = tmp_path / "run"
+    assert main(tiny_args(data, run, model, "--iters", "3", "--save-every", "1")) == 0
+    good = torch.load(run / "previous.pt", weights_only=True)
+    assert good["iteration"] == 2
+    (run / "last.pt").write_bytes((run / "last.pt").read_bytes()[:5000])  # a copy or a disk that cut it short
+
+    with caplog.at_level("INFO", logger="segformer"):
+        assert main(tiny_args(data, run, model, "--iters", "5", "--save-every", "1", "--resume")) == 0
+    warning = next(r.getMessage() for r in caplog.records if "falling back" in r.getMessage())
+    assert str(run / "last.pt") in warning and str(run / "previous.pt") in warning and "truncated" in warning
+    assert "resumed from" in caplog.text and "previous.pt at iteration 2" in caplog.text
+    state = torch.load(run / "last.pt", weights_only=True)
+    assert state["iteration"] == 5
+    # The unreadable last.pt was replaced in place, never rotated into previous.pt: that is now iteration 4.
+    assert torch.load(run / "previous.pt", weights_only=True)["iteration"] == 4
+
+    for name in ("last.pt", "previous.pt"):
+        (run / name).write_bytes(b"not a checkpoint")
+    capsys.readouterr()
+    assert main(tiny_args(data, run, model, "--iters", "6", "--resume")) == 2
+    err = _last_line(capsys)
+    assert err.startswith("segformer train: error: cannot resume"), err
+    assert "last.pt" in err and "previous.pt" in err and "\n" not in err
+
+
+# ------------------------------------------------------------------------------------------------- full disk
+
+
+def _fake_full_disk(monkeypatch) -> None:
+    """The disk reports no free space (what the writers below meet after their failed write)."""
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(fileio.shutil, "disk_usage", lambda _: usage(1 << 30, 1 << 30, 0))
+
+
+def test_full_disk_while_saving_a_checkpoint_keeps_the_last_one_and_says_so(tmp_path, capsys, monkeypatch):
+    data = make_folder(tmp_path / "data", n_train=4, n_val=0)
+    model = tiny_model_file(tmp_path / "tiny.json")
+    run = tmp_path / "run"
+    real_save, calls = checkpoint_module._save_synced, []
+
+    def fills_the_disk(obj, name):
+        calls.append(name)
+        if len(calls) == 1:
+            return real_save(obj, name)
+        _fake_full_disk(monkeypatch)
+        Path(name).write_bytes(b"PK\x03\x04" + bytes(1000))  # part of a zip, then torch's zip writer gives up:
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 27390208 vs 27390096")
+
+    monkeypatch.setattr(checkpoint_module, "_save_synced", fills_the_disk)
+    assert main(tiny_args(data, run, model, "--iters", "6", "--save-every", "2")) == 2
+    err = _last_line(capsys)
+    assert "no space left" in err and str(run / "last.pt") in err and "intact" in err, err
+    assert torch.load(run / "last.pt", weights_only=True)["iteration"] == 2  # the previous checkpoint, whole
+    assert not (run / "final").exists()
+    _no_temporaries(run)
+
+    monkeypatch.undo()  # space was freed: --resume continues from the intact checkpoint
+    assert main(tiny_args(data, run, model, "--iters", "6", "--save-every", "2", "--resume")) == 0
+    assert torch.load(run / "last.pt", weights_only=True)["iteration"] == 6
+
+
+def test_full_disk_while_saving_the_model_keeps_the_previous_folder(tmp_path, capsys, monkeypatch):
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    data = make_folder(tmp_path / "data", n_train=4, n_val=2)
+    model = tiny_model_file(tmp_path / "tiny.json")
+    run = tmp_path / "run"
+    real_save, calls, digests = safetensors.torch.save_file, [], {}
+
+    def fills_the_disk(tensors, filename, metadata=None):
+        calls.append(filename)
+        if len(calls) == 1:  # best/ at the first evaluation
+            return real_save(tensors, filename, metadata=metadata)
+        digests.update({p.name: _digest(p) for p in (run / "best").iterdir()})
+        _fake_full_disk(monkeypatch)
+        Path(filename).write_bytes(b"\x00" * 100)
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", fills_the_disk)
+    # The second model save (best/ again, or final/) meets the full disk.
+    args = tiny_args(data, run, model, "--iters", "4", "--eval-every", "2", "--save-every", "2")
+    assert main(args) == 2
+    err = _last_line(capsys)
+    assert "no space left" in err and "model.safetensors" in err, err
+    assert digests and {p.name: _digest(p) for p in (run / "best").iterdir()} == digests  # best/ untouched
+    assert segformer.load_model(run / "best").config.num_classes == 3
+    assert not (run / "final").exists()
+    _no_temporaries(run)
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_save_pretrained_swaps_the_whole_folder_and_keeps_other_files(tmp_path, monkeypatch):
+    folder = tmp_path / "model"
+    first = tiny_segformer()
+    first.save_pretrained(folder)
+    (folder / "notes.txt").write_text("mine")
+    before = {p.name: _digest(p) for p in folder.iterdir()}
+
+    def broken(p):
+        raise OSError(errno.EIO, "Input/output error")
+
+    with pytest.raises(OSError, match="Input/output error"):  # any failure: the folder is as it was
+        fileio.atomic_folder(folder, {"model.safetensors": lambda p: p.write_bytes(b"x"), "config.json": broken})
+    assert {p.name: _digest(p) for p in folder.iterdir()} == before
+
+    torch.manual_seed(1)
+    second = tiny_segformer()
+    second.save_pretrained(folder)
+    assert (folder / "notes.txt").read_text() == "mine"  # what the folder held besides the model stays
+    loaded = segformer.load_model(folder)
+    assert torch.equal(loaded.state_dict()["head.classifier.weight"], second.state_dict()["head.classifier.weight"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temporary folder left beside it
+
+
+def test_full_disk_is_recognised_in_each_writers_words(tmp_path, monkeypatch):
+    assert fileio.disk_full(OSError(errno.ENOSPC, "No space left on device"), tmp_path)
+    assert fileio.disk_full(RuntimeError("Error while serializing: I/O error: (os error 28)"), tmp_path)
+    assert not fileio.disk_full(RuntimeError("unexpected pos 704 vs 598"), tmp_path)  # plenty of space here
+    _fake_full_disk(monkeypatch)
+    assert fileio.disk_full(RuntimeError("unexpected pos 704 vs 598"), tmp_path)
+
+
+# ----------------------------------------------------------------------------------------- restarts, batches
+
+
+def test_a_torchrun_restart_continues_the_same_run_without_resume(tmp_path, monkeypatch, caplog):
+    data = make_folder(tmp_path / "data", n_train=4, n_val=0)
+    model = tiny_model_file(tmp_path / "tiny.json")
+    run = tmp_path / "run"
+    assert main(tiny_args(data, run, model, "--iters", "2", "--save-every", "1")) == 0
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")  # the agent re-runs the same command line
+    with caplog.at_level("INFO", logger="segformer"):
+        assert main(tiny_args(data, run, model, "--iters", "2", "--save-every", "1")) == 0
+    assert "torchrun restart 1: continuing this run" in caplog.text
+    assert "resumed from" in caplog.text and "at iteration 2" in caplog.text
+    same = TrainConfig.from_dict(_config_yaml(run))
+    with pytest.raises(ValueError, match="config.yaml differs in lr"):  # another run's folder: refused
+        loop_module._resume_checkpoint(same.replace(lr=0.5))
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")  # a new launch never continues a run unasked
+    with pytest.raises(ValueError, match="--resume"):
+        loop_module._resume_checkpoint(same)
+
+
+def _config_yaml(run: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load((run / "config.yaml").read_text())
+
+
+def test_gradient_accumulation_keeps_the_global_batch_when_the_world_changes(caplog):
+    config = TrainConfig(dataset="memory", batch_size=2, grad_accum=1)
+    saved = {"global_batch": 4, "train_config": config.to_dict(), "rng": {"states": [{}, {}]}}
+    with caplog.at_level("INFO", logger="segformer"):
+        fitted = loop_module._fit_global_batch(config, 1, Path("last.pt"), saved)  # 2 processes -> 1
+    assert fitted.grad_accum == 2 and "gradient accumulation 1 -> 2 keeps the global batch of 4" in caplog.text
+    assert loop_module._fit_global_batch(fitted, 2, Path("last.pt"), saved).grad_accum == 1  # and back
+    old = {"train_config": config.to_dict(), "rng": {"states": [{}, {}]}}  # no global_batch: batch x accum x procs
+    assert loop_module._fit_global_batch(config, 1, Path("last.pt"), old).grad_accum == 2
+    assert loop_module._fit_global_batch(config.replace(global_batch=8), 2, None, None).grad_accum == 2
+    with pytest.raises(ValueError, match="cannot be split over 3 processes"):
+        loop_module._fit_global_batch(config, 3, Path("last.pt"), saved)
+    with pytest.raises(ValueError, match="global batch of 4 but this run asks for 8"):
+        loop_module._fit_global_batch(config.replace(global_batch=8), 1, Path("last.pt"), saved)
+
+
+def test_group_start_up_is_bounded_and_says_what_did_not_come_up(monkeypatch):
+    store = torch.distributed.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(store.port))
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
+    monkeypatch.setenv(D.INIT_TIMEOUT_ENV, "2")
+    store.set(D.ATTEMPT_KEY, "an-earlier-attempt")  # what a previous attempt left in the agent's store
+    store.set("segformer/an-earlier-attempt/members", json.dumps(["its-rank-1"]))
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"process group did not come up: rank 1 of 2 .* at most 2 s"):
+        D.init_distributed(torch.device("cpu"))  # rank 0 of this attempt never shows up
+    assert time.monotonic() - start < 10
+    assert not torch.distributed.is_initialized()
+
+
+# ------------------------------------------------------------------------------------- multi-process helpers
+
+
+def _env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", D.INIT_TIMEOUT_ENV: "60", **extra}
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def _workers(agent: int) -> dict[int, int]:
+    """{pid: RANK} of the worker processes a torchrun agent runs now."""
+    found = {}
+    for pid in _children(agent):
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        ranks = [e.split(b"=", 1)[1] for e in env if e.startswith(b"RANK=")]
+        if ranks:
+            found[pid] = int(ranks[0])
+    return found
+
+
+def _iteration(run: Path) -> int:
+    try:
+        return int(torch.load(run / "last.pt", weights_only=True)["iteration"])
+    except Exception:  # absent, or replaced while read
+        return -1
+
+
+def _wait(condition, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert proc is None or proc.poll() is None, f"the job ended while waiting for {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def _losses(run: Path) -> list[float]:
+    return [r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ------------------------------------------------------------------------------------------ elastic restarts
+
+
+@pytest.mark.slow
+@pytest.mark.elastic
+def test_elastic_restarts_after_five_sigkills_end_bitwise_equal_to_an_uninterrupted_run(tmp_path):
+    data = make_folder(tmp_path / "data", n_train=8, n_val=0)
+    model = tiny_model_file(tmp_path / "tiny.json", dropout=0.1)  # DropPath + dropout: every rank's RNG matters
+    common = ("--iters", "24", "--save-every", "1", "--log-every", "1", "--deterministic", "--seed", "5", "--resume")
+    launch = [*TORCHRUN, "--standalone", "--nproc-per-node", "2"]
+    ref = tmp_path / "ref"
+    proc = subprocess.run(
+        [*launch, "-m", "segformer", *tiny_args(data, ref, model, *common)],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    run = tmp_path / "run"
+    log = (tmp_path / "job.log").open("w")
+    job = subprocess.Popen(
+        [*launch, "--max-restarts", "5", "-m", "segformer", *tiny_args(data, run, model, *common)],
+        env=_env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    kills = []
+    try:
+        for _ in range(5):
+            _wait(lambda: len(_workers(job.pid)) == 2 and not set(_workers(job.pid)) & {k[0] for k in kills},
+                  120, "the restarted workers", job)  # fmt: skip
+            # A random point: in start-up or group init, or once the attempt has trained (and saved) a step or more.
+            if rng.random() < 0.7:
+                resumed_at = max(_iteration(run), 0)
+                _wait(lambda: _iteration(run) > resumed_at + rng.randrange(2), 120, "progress", job)  # noqa: B023
+            time.sleep(rng.uniform(0, 0.4))
+            pid, rank = rng.choice(sorted(_workers(job.pid).items()))
+            kills.append((pid, rank, _iteration(run)))
+            os.kill(pid, signal.SIGKILL)
+        assert job.wait(timeout=300) == 0, (tmp_path / "job.log").read_text()[-3000:]
+    finally:
+        if job.poll() is None:
+            job.kill()
+        log.close()
+    text = (tmp_path / "job.log").read_text()
+    assert len(kills) == 5, kills
+    assert "process group did not come up" not in text, text[-3000:]
+    assert all(k[2] < 24 for k in kills), f"the run ended before the 5th kill (seed {seed}, kills {kills})"
+    want = torch.load(ref / "last.pt", weights_only=True)
+    got = torch.load(run / "last.pt", weights_only=True)
+    assert got["iteration"] == want["iteration"] == 24
+    for key, value in want["model"].items():
+        assert torch.equal(value, got["model"][key]), f"{key} (seed {seed}, kills {kills})"
+    assert _losses(run) == _losses(ref)  # every attempt's log was cut back to its checkpoint
+
+
+# --------------------------------------------------------------------------------------------- a job shrinks
+
+
+@pytest.mark.slow
+@pytest.mark.elastic
+def test_a_two_node_job_that_loses_a_node_finishes_on_one_with_the_same_global_batch(tmp_path):
+    data = make_folder(tmp_path / "data", n_train=8, n_val=0)
+    model = tiny_model_file(tmp_path / "tiny.json")
+    run = tmp_path / "run"
+    port = _free_port()
+    args = tiny_args(data, run, model, "--iters", "60", "--save-every", "1", "--log-every", "1", "--resume",
+                     "--global-batch", "4", "--batch-size", "2")  # fmt: skip
+
+    def agent(name: str, host: bool) -> tuple[subprocess.Popen, Path]:
+        conf = f"is_host={str(host).lower()},last_call_timeout=2,keep_alive_interval=1,keep_alive_max_attempt=3"
+        cmd = [*TORCHRUN, "--nnodes", "1:2", "--nproc-per-node", "1", "--max-restarts", "3",
+               "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "shrink",
+               "--rdzv-conf", conf, "-m", "segformer", *args]  # fmt: skip
+        path = tmp_path / f"{name}.log"
+        with path.open("w") as out:
+            return subprocess.Popen(cmd, env=_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True), path
+
+    a, a_log = agent("a", host=True)  # hosts the rendezvous store; b is the node that goes away
+    b = None
+    try:
+        _wait(lambda: _port_open(port), 60, "the rendezvous store", a)
+        b, b_log = agent("b", host=False)
+        logs = lambda: a_log.read_text() + b_log.read_text()  # noqa: E731
+        _wait(lambda: "global batch 4 (2 x 2 processes x 1 accumulation)" in logs(), 120, "the 2-node group", a)
+        _wait(lambda: _iteration(run) >= 2, 120, "a checkpoint of the 2-node group", a)
+        for pid in [b.pid, *_workers(b.pid)]:  # the machine goes away: its agent and its worker (own session)
+            os.kill(pid, signal.SIGKILL)
+        killed_at = _iteration(run)
+        assert a.wait(timeout=240) == 0, a_log.read_text()[-3000:]
+    finally:
+        for p in (a, b):
+            if p is not None and p.poll() is None:
+                for pid in [*_workers(p.pid), p.pid]:
+                    os.kill(pid, signal.SIGKILL)
+    text = a_log.read_text()
+    assert "gradient accumulation 1 -> 2 keeps the global batch of 4" in text, text[-3000:]
+    assert "global batch 4 (2 x 1 processes x 2 accumulation)" in text
+    state = torch.load(run / "last.pt", weights_only=True)
+    assert state["iteration"] == 60 and state["global_batch"] == 4 and 0 < killed_at < 60
+    assert len(state["rng"]["states"]) == 1  # the last steps ran as one process
+    assert all(np.isfinite(_losses(run)))
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+# ------------------------------------------------------------------------------------- a failing rank stops all
+
+
+def _corrupt(path: Path) -> None:
+    Image.fromarray(np.full((72, 80), 7, np.uint8)).save(path)  # class 7 of 3: refused when read
+
+
+def _two_processes(tmp_path: Path, args: list[str], patch: str = "") -> tuple[int, str, float]:
+    start = time.monotonic()
+    proc = subprocess.run(
+        [*TORCHRUN, "--standalone", "--nproc-per-node", "2", str(WORKER), *args],
+        env=_env(SEGFORMER_TEST_PATCH=patch),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return proc.returncode, proc.stderr, time.monotonic() - start
+
+
+@pytest.mark.slow
+def test_a_bad_sample_on_rank_1_stops_the_job_naming_the_file(tmp_path):
+    data = make_folder(tmp_path / "data", n_train=8, n_val=0)
+    # Iteration 0 of 2 processes x batch 2: rank 0 reads stream positions 0-1, rank 1 positions 2-3.
+    first_of_rank_1 = int(np.random.default_rng([0, 0]).permutation(8)[2])
+    bad = sorted((data / "masks" / "train").iterdir())[first_of_rank_1]
+    _corrupt(bad)
+    run = tmp_path / "run"
+    code, err, seconds = _two_processes(tmp_path, tiny_args(data, run, tiny_model_file(tmp_path / "m.json"),
+                                                            "--iters", "4", "--save-every", "1"))  # fmt: skip
+    assert code != 0 and seconds < 60, err[-3000:]
+    assert str(bad) in err and "--skip-bad-samples" in err, err[-3000:]
+    assert not (run / "last.pt").exists()  # it failed in the first iteration: nothing to save yet
+    _no_temporaries(run)
+
+
+@pytest.mark.slow
+def test_an_error_in_the_periodic_evaluation_stops_the_job_and_keeps_the_checkpoint(tmp_path):
+    data = make_folder(tmp_path / "data", n_train=4, n_val=2)
+    bad = data / "masks" / "val" / "001.png"  # evaluation shards samples rank, rank + world: rank 1 reads this one
+    _corrupt(bad)
+    run = tmp_path / "run"
+    args = tiny_args(data, run, tiny_model_file(tmp_path / "m.json"), "--iters", "6", "--eval-every", "3",
+                     "--save-every", "1")  # fmt: skip
+    code, err, seconds = _two_processes(tmp_path, args)
+    assert code != 0 and seconds < 60, err[-3000:]
+    assert str(bad) in err, err[-3000:]
+    assert torch.load(run / "last.pt", weights_only=True)["iteration"] == 2  # iteration 3 evaluates before saving
+    assert not (run / "best").exists()
+    _no_temporaries(run)
+
+
+@pytest.mark.slow
+def test_a_nonfinite_loss_on_one_rank_stops_every_rank_naming_the_iteration(tmp_path):
+    data = make_folder(tmp_path / "data", n_train=8, n_val=0)
+    run = tmp_path / "run"
+    args = tiny_args(data, run, tiny_model_file(tmp_path / "m.json"), "--iters", "8", "--save-every", "2",
+                     "--log-every", "2")  # fmt: skip
+    code, err, seconds = _two_processes(tmp_path, args, patch="nan:1:3")  # rank 1 only, from iteration 3
+    assert code != 0 and seconds < 60, err[-3000:]
+    assert "non-finite loss at iteration 3" in err, err[-3000:]
+    state = torch.load(run / "last.pt", weights_only=True)
+    assert state["iteration"] == 2 and all(torch.isfinite(v).all() for v in state["model"].values())
+    _no_temporaries(run)
