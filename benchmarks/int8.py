@@ -37,25 +37,28 @@ TARGET_LATENCY, TARGET_AGREEMENT, TARGET_MIOU_PP = 0.5, 0.99, 1.0
 
 
 WHY_FLOAT = [
-    "What stays in float, and why (rows of the ablation, `--ablation`):",
+    "What stays in float, and why (rows of the ablation, `--ablation`; CPU-time ratios are the steadier guide):",
     "",
     "- **Residual and bias Add, the attention scale Mul, GELU** (`q-elementwise`): quantising them wrecks the model "
     "(about 73% agreement): the residual stream carries large, outlier-heavy values that one 8-bit scale per tensor "
     "cannot hold, and every block adds its rounding to it. Kept float in every recipe.",
-    "- **LayerNorm** (`q-layernorm`) and **Softmax** (`q-softmax`): accuracy barely moves on this model, but the "
-    "extra Quantize/Dequantize passes make INT8 slower, not faster (Softmax in INT8 costs most at 512x512). Kept "
-    "float, as ONNX Runtime's and Optimum's guidance for transformers says.",
+    "- **Softmax** (`q-softmax`): accuracy barely moves, but INT8 Softmax makes the model about as slow as float at "
+    "512x512 (the Quantize/Dequantize passes over the attention matrices cost more than they save). Kept float.",
+    "- **LayerNorm** (`q-layernorm`): no gain at 512x512, slower at 128x128, slightly lower agreement. Kept float, "
+    "as ONNX Runtime's and Optimum's guidance for transformers says.",
     "- **First conv** (`q-first-conv`): it reads raw pixels and has 3 input channels, so INT8 saves nothing "
     "measurable and lowers mIoU a little more than the other single groups (0.1-0.2 pp). Kept float.",
-    "- **Classifier** (`q-classifier`): its output is the logits; INT8 adds Quantize/Dequantize passes over the "
-    "largest tensor and is slower at 512x512. Kept float.",
-    "- **Attention's QK^T and AV** (`f-attention` keeps them float) and **the decoder's upsampling** "
-    "(`f-upsampling`; the separable bilinear upsampling is two MatMuls with interpolation matrices built from the "
-    "input size): in INT8 by default. No accuracy cost, and they are large products at 512x512, where INT8 does "
-    "less work (CPU time); at 128x128 it is about even.",
-    "- MatMul outputs stay float (`requantized-outputs` re-quantises them to 8 bits: QLinearMatMul, much slower "
-    "here) and weights are per channel (`per-tensor` is as fast and as accurate on this model; per channel is the "
-    "safer default for convolutions).",
+    "- **Classifier** (`q-classifier`): its output is the logits; INT8 gains nothing (a Quantize/Dequantize pass "
+    "over the largest tensor eats the saving). Kept float.",
+    "- **The decoder's upsampling** (`f-upsampling` keeps it float; the separable bilinear upsampling is two MatMuls "
+    "with interpolation matrices built from the input size): in INT8 by default: no accuracy cost, less work at "
+    "512x512, even at 128x128.",
+    "- **Attention's QK^T and AV** (`f-attention` keeps them float): in INT8 by default, a size trade-off within a "
+    "few percent: a little less work at 512x512, a little more at 128x128. Deployments run at 512 and more; the "
+    "accuracy is the same.",
+    "- MatMul outputs stay float (`requantized-outputs` re-quantises them to 8 bits: QLinearMatMul, as slow as "
+    "float here) and weights are per channel (`per-tensor` is as fast and as accurate on this model; per channel "
+    "is the safer default for convolutions).",
     "- Not a choice but three rewrites of the INT8 graph (`segformer.quantize`), each measured faster: GELU is fused "
     "into one node before quantising (ONNX Runtime gives each consumer of a DequantizeLinear its own copy, which "
     "broke its own GELU fusion and dequantised the tensor twice); Shape nodes read the INT8 tensors instead of "
