@@ -2,61 +2,104 @@
 
 Both models get the same weights and input; their logits must be bitwise equal. The other checkout's
 src/segformer is copied to a temporary folder as package `segformer_other` (it uses relative imports), so both
-run side by side under the same load: the ratio holds on a busy machine where absolute times do not.
+run side by side under the same load: the ratio holds on a busy machine where absolute times do not. With
+`--transformers`, transformers' SegformerForSemanticSegmentation (same weights) takes its turn in the same rounds,
+so "this / transformers" and "other / transformers" come from one run.
 
     git worktree add /tmp/pre pre-redesign
-    python benchmarks/ab_trees.py /tmp/pre        # prints other/this medians and this/other per variant
+    python benchmarks/ab_trees.py /tmp/pre --transformers    # medians, this/other, each/transformers
 """
 
 from __future__ import annotations
 
 import argparse
+import platform
 import shutil
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 import segformer
 
+CASES = {"b0-512": ("b0", (512, 512), 15), "b2-512": ("b2", (512, 512), 7), "b0-1024x2048": ("b0", (1024, 2048), 5)}
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else platform.processor()."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def interleaved(fns: dict[str, Callable[[], object]], rounds: int, warmup: int = 2) -> dict[str, float]:
+    """Median ms of each fn over `rounds`, taking turns in a rotating order after `warmup` rounds."""
+    names = list(fns)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds + warmup):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            start = time.perf_counter()
+            fns[name]()
+            if r >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return {n: statistics.median(t) * 1e3 for n, t in times.items()}
+
+
+def run_case(name: str, other_pkg: object, threads: int, with_hf: bool, tmp: Path) -> str:
+    variant, size, rounds = CASES[name]
+    torch.manual_seed(0)
+    this = segformer.create_model(variant, num_classes=150).eval()
+    other = other_pkg.create_model(variant, num_classes=150).eval()
+    other.load_state_dict(this.state_dict())
+    x = torch.randn(1, 3, *size)
+    models: dict[str, Callable[[], object]] = {"other": lambda: other(x), "this": lambda: this(x)}
+    if with_hf:
+        import transformers
+
+        hf = transformers.SegformerForSemanticSegmentation.from_pretrained(this.save_pretrained(tmp / name)).eval()
+        models["transformers"] = lambda: hf(pixel_values=x)
+    with torch.inference_mode():
+        if not torch.equal(other(x), this(x)):
+            raise SystemExit(f"{name}: the two trees compute different logits")
+        ms = interleaved(models, rounds)
+    line = (
+        f"{name} fp32 eager, {threads} threads, {rounds} interleaved rounds: other {ms['other']:.1f} ms, "
+        f"this {ms['this']:.1f} ms, this/other {ms['this'] / ms['other']:.3f}"
+    )
+    if with_hf:
+        hf_ms = ms["transformers"]
+        line += (
+            f"; transformers {hf_ms:.1f} ms, other/transformers {ms['other'] / hf_ms:.3f}, "
+            f"this/transformers {ms['this'] / hf_ms:.3f}"
+        )
+    return line + " (logits bitwise equal)"
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("other", type=Path, help="a checkout of another version (its src/segformer is used)")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--threads", default="2", help="comma-separated thread counts, e.g. 2,1")
+    parser.add_argument("--cases", nargs="*", default=["b0-512", "b2-512"], choices=list(CASES))
+    parser.add_argument("--transformers", action="store_true", help="also time transformers in the same rounds")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp())
     shutil.copytree(args.other / "src" / "segformer", folder / "segformer_other")
     sys.path.insert(0, str(folder))
     import segformer_other
 
-    torch.set_num_threads(args.threads)
-    for variant, rounds in (("b0", 15), ("b2", 7)):
-        torch.manual_seed(0)
-        this = segformer.create_model(variant, num_classes=150).eval()
-        other = segformer_other.create_model(variant, num_classes=150).eval()
-        other.load_state_dict(this.state_dict())
-        x = torch.randn(1, 3, args.size, args.size)
-        times: dict[str, list[float]] = {"other": [], "this": []}
-        with torch.inference_mode():
-            if not torch.equal(other(x), this(x)):
-                raise SystemExit(f"{variant}: the two trees compute different logits")
-            for r in range(rounds + 2):
-                pair = (("other", other), ("this", this)) if r % 2 else (("this", this), ("other", other))
-                for name, model in pair:
-                    start = time.perf_counter()
-                    model(x)
-                    if r >= 2:  # two warm-up rounds
-                        times[name].append(time.perf_counter() - start)
-        a, b = statistics.median(times["other"]) * 1e3, statistics.median(times["this"]) * 1e3
-        print(
-            f"{variant} {args.size}x{args.size} fp32 eager, {args.threads} threads, {rounds} interleaved rounds: "
-            f"other {a:.1f} ms, this {b:.1f} ms, this/other {b / a:.3f} (logits bitwise equal)"
-        )
+    print(f"CPU: {cpu_model()}; torch {torch.__version__}", flush=True)
+    for threads in (int(t) for t in args.threads.split(",")):
+        torch.set_num_threads(threads)
+        for name in args.cases:
+            print(run_case(name, segformer_other, threads, args.transformers, folder), flush=True)
     shutil.rmtree(folder)
 
 
