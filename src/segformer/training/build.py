@@ -167,7 +167,7 @@ def warn_unseen_classes(dataset: Any, sample: int = 32) -> list[str]:
     return missing
 
 
-def test_protocol(config: TrainConfig, dataset: Any) -> TestProtocol | None:
+def protocol_for_run(config: TrainConfig, dataset: Any) -> TestProtocol | None:
     """How `predict` should run the trained model, saved with it: a standard dataset's paper protocol, else whole
     images rescaled to the training scale (the one periodic evaluation uses)."""
     info = getattr(dataset, "info", None)

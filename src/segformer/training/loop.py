@@ -41,8 +41,8 @@ from .build import (
     build_model,
     class_names,
     complete_config,
+    protocol_for_run,
     resolve_channels,
-    test_protocol,
     training_transform,
     warn_unseen_classes,
 )
@@ -288,7 +288,7 @@ def _prepare_model(
         model.config = model.config.replace(class_names=names)  # saved with the model
     if model.config.mean is None and config.mean is not None:  # the channel statistics travel with the model
         model.config = model.config.replace(mean=config.mean, std=config.std)
-    model.config = model.config.replace(test_protocol=test_protocol(config, dataset))  # predict runs it by default
+    model.config = model.config.replace(test_protocol=protocol_for_run(config, dataset))  # predict runs it by default
     labels = getattr(dataset, "labels", None)
     if labels is not None and not labels.is_default:
         model.config = model.config.replace(labels=labels.to_dict())  # saved with the model: eval/predict apply it
