@@ -277,6 +277,17 @@ def ade20k(root: str | Path, split: str = "training", **kwargs: Any) -> Segmenta
     )
 
 
+def _train_ids_or_raw(
+    stem: Path, train_ids_end: str, raw_end: str, lut: np.ndarray, luts: dict[Path, np.ndarray | None]
+) -> Path:
+    """The converted train-id mask (STEM + train_ids_end) when it exists, else the raw one (STEM + raw_end), which
+    `lut` maps to train ids; `luts` records the lookup table each chosen mask needs (None: none)."""
+    train_ids = stem.parent / f"{stem.name}{train_ids_end}"
+    chosen, luts_value = (train_ids, None) if train_ids.is_file() else (stem.parent / f"{stem.name}{raw_end}", lut)
+    luts[chosen] = luts_value
+    return chosen
+
+
 def cityscapes(root: str | Path, split: str = "train", **kwargs: Any) -> SegmentationDataset:
     """leftImg8bit/<split>/<city>/*_leftImg8bit.png with gtFine/<split>/<city>/*_gtFine_labelTrainIds.png, or
     *_gtFine_labelIds.png mapped through the official labelId -> trainId table when trainIds files are absent."""
@@ -287,14 +298,10 @@ def cityscapes(root: str | Path, split: str = "train", **kwargs: Any) -> Segment
     luts: dict[Path, np.ndarray | None] = {}
 
     def mask_for(key: str, _: Path) -> Path | None:
-        stem = key[: -len("_leftImg8bit")]
-        train_ids = gt_dir / f"{stem}_gtFine_labelTrainIds.png"
-        if train_ids.is_file():
-            luts[train_ids] = None
-            return train_ids
-        label_ids = gt_dir / f"{stem}_gtFine_labelIds.png"
-        luts[label_ids] = CITYSCAPES_LABEL_TO_TRAIN_LUT
-        return label_ids
+        stem = gt_dir / key[: -len("_leftImg8bit")]
+        return _train_ids_or_raw(
+            stem, "_gtFine_labelTrainIds.png", "_gtFine_labelIds.png", CITYSCAPES_LABEL_TO_TRAIN_LUT, luts
+        )
 
     pairs, missing = _pair(images, mask_for, kwargs.get("skip_bad", False), str(image_dir))
     return SegmentationDataset(
@@ -345,13 +352,7 @@ def coco_stuff(root: str | Path, split: str = "train2017", **kwargs: Any) -> Seg
     luts: dict[Path, np.ndarray | None] = {}
 
     def mask_for(key: str, _: Path) -> Path:
-        train_ids = ann_dir / f"{key}_labelTrainIds.png"
-        if train_ids.is_file():
-            luts[train_ids] = None
-            return train_ids
-        raw = ann_dir / f"{key}.png"
-        luts[raw] = COCO_STUFF_TO_TRAIN_LUT
-        return raw
+        return _train_ids_or_raw(ann_dir / key, "_labelTrainIds.png", ".png", COCO_STUFF_TO_TRAIN_LUT, luts)
 
     pairs, missing = _pair(_images_under(image_dir), mask_for, kwargs.get("skip_bad", False), str(image_dir))
     return SegmentationDataset(
