@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
-from multiprocessing.pool import AsyncResult, Pool
 from pathlib import Path
 from typing import Any
 
@@ -266,9 +267,12 @@ _STYLE: OutputStyle | None = None  # set in each writer process by `_start_write
 
 
 def _start_writer(style: OutputStyle) -> None:
+    """A writer process. Ctrl-C is for the main process, which then lets the jobs under way finish (each output is
+    written whole or not at all, with no temporary file left behind) and drops the queued ones."""
     global _STYLE
     _STYLE = style
     torch.set_num_threads(1)  # the model process keeps the cores; each writer is one of the workers
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _write_in_worker(job: _Job) -> str | None:
@@ -282,33 +286,32 @@ class _Writers:
 
     def __init__(self, n: int, style: OutputStyle, done: Callable[[int, str | None], None]) -> None:
         self.n, self.style, self.done = n, style, done
-        self.pool = Pool(n, initializer=_start_writer, initargs=(style,)) if n else None
-        self.pending: deque[tuple[int, AsyncResult]] = deque()
+        self.pool = ProcessPoolExecutor(n, initializer=_start_writer, initargs=(style,)) if n else None
+        self.pending: deque[tuple[int, Future]] = deque()
 
     def submit(self, job: _Job) -> None:
         if self.pool is None:
             self.done(job.index, _write(job, self.style))
             return
-        self.pending.append((job.index, self.pool.apply_async(_write_in_worker, (job,))))
-        while len(self.pending) > 2 * self.n or (self.pending and self.pending[0][1].ready()):
+        self.pending.append((job.index, self.pool.submit(_write_in_worker, job)))
+        while len(self.pending) > 2 * self.n or (self.pending and self.pending[0][1].done()):
             self._finish_oldest()
 
     def _finish_oldest(self) -> None:
-        index, result = self.pending.popleft()
-        self.done(index, result.get())
+        index, future = self.pending.popleft()
+        self.done(index, future.result())
 
     def close(self) -> None:
         """Wait for every job, then stop the processes."""
         while self.pending:
             self._finish_oldest()
         if self.pool is not None:
-            self.pool.close()
-            self.pool.join()
+            self.pool.shutdown()
 
     def abort(self) -> None:
+        """Drop the queued jobs, let those under way finish, stop the processes."""
         if self.pool is not None:
-            self.pool.terminate()
-            self.pool.join()
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------
