@@ -16,6 +16,7 @@ whole folder. Everything is written under a temporary folder in /tmp, removed at
 
     python benchmarks/predict_folder.py                      # 104 images, 3 rounds
     python benchmarks/predict_folder.py --images 40 --rounds 2 --workers 2
+    python benchmarks/predict_folder.py --breakdown           # also: where our time goes, stage by stage
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from segformer.inference import resized_size
 from segformer.predict import default_num_workers, predict_files
 
 # (H, W, share of the images): phone and camera sizes, landscape and portrait, a few 12 MP photos.
-SIZES = [(480, 640, 0.25), (600, 800, 0.25), (768, 1024, 0.2), (960, 1280, 0.15), (640, 480, 0.1), (3024, 4032, 0.05)]
+SIZES = [(480, 640, 0.25), (600, 800, 0.25), (768, 1024, 0.2), (960, 1280, 0.15), (640, 480, 0.12), (3024, 4032, 0.03)]
 OPTIONS = InferenceOptions(scale=(2048, 512), size_divisor=32, batch_size=8)  # ADE20K's official test protocol
 
 
@@ -104,6 +105,29 @@ def run_ours(model, paths: list[Path], out: Path, palette: np.ndarray, workers: 
     assert not summary.failed, summary.failed
 
 
+def breakdown(model, paths: list[Path], out: Path, palette: np.ndarray) -> dict[str, float]:
+    """Seconds per stage of ours, one image at a time in this process (no overlap): where the time goes."""
+    from segformer.predict import OutputStyle, _labels_at, _predict_resized, _Reader, _write
+
+    segmenter, style = Segmenter(model, OPTIONS), OutputStyle(palette)
+    reader, plan = _Reader(paths, segmenter, resize=True), [(p, out / p.stem) for p in paths]
+    seconds = dict.fromkeys(("read + resize", "model", "label maps (1 thread)", "label maps + PNG + overlay"), 0.0)
+    for i in range(len(paths)):
+        start = time.perf_counter()
+        item = reader[i]
+        seconds["read + resize"] += (mid := time.perf_counter()) - start
+        (job,) = _predict_resized(segmenter, [item], plan)
+        seconds["model"] += (start := time.perf_counter()) - mid
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # as in a writer process
+        _labels_at(torch.from_numpy(job.logits)[None], job.input_size, job.image.shape[:2])
+        seconds["label maps (1 thread)"] += (mid := time.perf_counter()) - start
+        _write(job, style)
+        seconds["label maps + PNG + overlay"] += time.perf_counter() - mid
+        torch.set_num_threads(threads)
+    return seconds
+
+
 def agreement(ours: Path, theirs: Path) -> float:
     """Share of pixels where the two label maps agree (the inputs differ: PIL resizes uint8, ours float)."""
     same = total = 0
@@ -129,6 +153,7 @@ def main() -> None:
     p.add_argument("--images", type=int, default=104)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--workers", type=int, default=default_num_workers(), help="ours: readers and writers each")
+    p.add_argument("--breakdown", action="store_true", help="also time our stages one by one (one more pass)")
     args = p.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="predict-folder-", dir="/tmp") as tmp:
@@ -160,6 +185,10 @@ def main() -> None:
         rounds = ", ".join(f"{x:.2f}" for x in ratios)
         print(f"ratio (median of rounds): {statistics.median(ratios):.2f}x  (rounds: {rounds})")
         print(f"label agreement with the pipeline: {100 * agreement(root / 'ours-0', root / 'pipeline-0'):.2f}%")
+        if args.breakdown:
+            (root / "stages").mkdir()
+            for stage, sec in breakdown(model, paths, root / "stages", palette).items():
+                print(f"ours, {stage:28s} {sec:7.1f} s")
 
 
 if __name__ == "__main__":
