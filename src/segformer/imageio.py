@@ -200,14 +200,14 @@ def read_mask(path: str | Path) -> np.ndarray:
 def write_label_png(path: str | Path, labels: np.ndarray, palette: np.ndarray | None = None) -> None:
     """A palette-indexed PNG: pixel values are the exact class ids, and viewers show the class colours."""
     if labels.max(initial=0) > 255:
-        Image.fromarray(labels.astype(np.uint16)).save(path)
+        Image.fromarray(labels.astype(np.uint16)).save(path, format="PNG")
         return
     img = Image.fromarray(labels.astype(np.uint8)).convert("P")
     if palette is not None:
         flat = np.zeros((256, 3), np.uint8)
         flat[: len(palette)] = np.asarray(palette, np.uint8)[:256]
         img.putpalette(flat.flatten().tolist())
-    img.save(path)
+    img.save(path, format="PNG")  # whatever the name ends with (atomic writes go through a temporary name)
 
 
 def normalize(

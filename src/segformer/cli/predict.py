@@ -5,6 +5,9 @@ rate and, with --labels, NAME_labels/NNNNNN.png per frame.
 
 Folders are searched recursively and their relative paths kept under --out. An unreadable file is reported
 ("NAME: reason") and skipped; the exit code is 1 at the end if any file failed.
+
+Under torchrun (`torchrun --nproc-per-node N -m segformer predict ...`) the files are split across the processes:
+each is written once, rank 0 prints the summary, and every process exits with 1 if any file failed.
 """
 
 from __future__ import annotations
@@ -52,6 +55,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-legend", action="store_true", help="overlays without the legend of classes present")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--labels", action="store_true", help="videos: also write a label PNG per frame")
+    p.add_argument(
+        "--num-workers",
+        type=int,
+        default=None,
+        help="processes decoding/resizing images ahead of the model, and as many writing outputs (0 = none; "
+        "default: a quarter of the cores, 1 to 8)",
+    )
 
 
 def palette_and_names(
@@ -85,67 +95,113 @@ def palette_and_names(
 
 
 def run(args: argparse.Namespace) -> int:
-    import sys
-
-    from ..data import DATASETS
-    from ..inference import Segmenter, predict_files
-    from ..loading import load_model
+    """Predict on this process's share of the inputs (all of them outside torchrun); 1 if any file failed."""
     from ..runtime import resolve_device
-    from .common import label_convention
-    from .evaluate import describe, inference_options
+    from ..training import distributed as D
 
     if not 0.0 <= args.alpha <= 1.0:
         raise ValueError(f"--alpha {args.alpha} must be between 0 and 1")
+    if args.num_workers is not None and args.num_workers < 0:
+        raise ValueError(f"--num-workers {args.num_workers} must be >= 0")
+    device = resolve_device(args.device)
+    own_group = D.init_distributed(device)
+    try:
+        return _run(args, device)
+    finally:
+        if own_group:
+            D.cleanup()
+
+
+def _run(args: argparse.Namespace, device: Any) -> int:
+    import sys
+
+    from ..data import DATASETS
+    from ..inference import Segmenter
+    from ..loading import load_model
+    from ..training import distributed as D
+    from .common import label_convention
+    from .evaluate import describe, inference_options
+
     model = load_model(args.weights)
-    k = model.config.num_classes
     options = inference_options(args, DATASETS[args.preset] if args.preset else None, model.config)
     preset = args.palette if args.palette in DATASETS else None  # --palette: a dataset's colours or a CSV file
     if preset:
         args.palette = None
     labels = label_convention(args, base=model.config.labels)  # the model's convention unless flags change it
     palette, names = palette_and_names(model, preset, "predict", labels)
-    segmenter = Segmenter(model, options, device=resolve_device(args.device))
-    print(f"predicting with {args.weights} ({k} classes): {describe(options)}")
-    if not labels.is_default:
-        print(f"labels: {labels.describe()}{' (NAME.png in these raw values)' if args.raw_labels else ''}")
+    segmenter = Segmenter(model, options, device=device)
+    if D.is_main():
+        print(f"predicting with {args.weights} ({model.config.num_classes} classes): {describe(options)}")
+        if not labels.is_default:
+            print(f"labels: {labels.describe()}{' (NAME.png in these raw values)' if args.raw_labels else ''}")
 
     def report(name: str, reason: str) -> None:
         print(f"{name}: {reason}", file=sys.stderr)
 
-    from ..video import is_video, predict_videos, require_av
+    style = {"palette": palette, "class_names": names, "alpha": args.alpha, "legend": not args.no_legend}
+    style["progress"] = not args.no_progress and D.is_main()
+    video_failed = _videos(args, segmenter, style, report)
+    images = [i for i in args.inputs if not _is_video(i)]
+    if not images:
+        return 1 if video_failed else 0
+    return max(_images(args, segmenter, images, style, labels, report), 1 if video_failed else 0)
 
-    videos, video_failed = [i for i in args.inputs if is_video(i)], []
-    if videos:
-        require_av()
-        style = {"palette": palette, "class_names": names, "alpha": args.alpha, "legend": not args.no_legend}
-        style["progress"] = not args.no_progress
-        done, video_failed = predict_videos(segmenter, videos, args.out, report, labels=args.labels, **style)
-        print(f"wrote {len(done)} overlay videos ({sum(v.frames for v in done)} frames) to {args.out}")
-        if len(videos) == len(args.inputs):
-            return 1 if video_failed else 0
+
+def _is_video(path: str) -> bool:
+    from ..video import is_video
+
+    return is_video(path)
+
+
+def _videos(args: argparse.Namespace, segmenter: Any, style: dict[str, Any], report: Any) -> bool:
+    """Overlay videos of this process's share of the video inputs; whether any failed (on any process)."""
+    from ..training import distributed as D
+    from ..video import predict_videos, require_av
+
+    videos = [i for i in args.inputs if _is_video(i)]
+    if not videos:
+        return False
+    require_av()
+    mine = videos[D.rank() :: D.world_size()]
+    done, failed = predict_videos(segmenter, mine, args.out, report, labels=args.labels, **style)
+    counts = D.gather_objects((len(done), sum(v.frames for v in done), len(failed)))
+    if D.is_main():
+        total, frames = sum(c[0] for c in counts), sum(c[1] for c in counts)  # type: ignore[index]
+        print(f"wrote {total} overlay videos ({frames} frames) to {args.out}")
+    return sum(c[2] for c in counts) > 0  # type: ignore[index]
+
+
+def _images(
+    args: argparse.Namespace, segmenter: Any, images: list[str], style: dict[str, Any], labels: Any, report: Any
+) -> int:
+    """Label maps and overlays of this process's share of the images; the summary (all processes) on rank 0."""
+    from ..predict import predict_files
+    from ..training import distributed as D
+
     summary = predict_files(
         segmenter,
-        [i for i in args.inputs if not is_video(i)],
+        images,
         args.out,
-        palette=palette,
-        class_names=names,
         probabilities=args.probabilities,
-        alpha=args.alpha,
-        legend=not args.no_legend,
-        progress=not args.no_progress,
         report=report,
+        num_workers=args.num_workers,
+        **style,
     )
     if args.raw_labels:
         for path in summary.written:
             _rewrite_raw(path, labels)
-    print(f"wrote {len(summary.written)} label maps and overlays to {args.out}", end="")
-    if summary.failed:
-        print(f"; {len(summary.failed)} failed:")
-        for name, reason in summary.failed:
-            print(f"  {name}: {reason}")
-        return 1
-    print()
-    return 1 if video_failed else 0
+    shares = D.gather_objects((len(summary.written), summary.failed))
+    written = sum(s[0] for s in shares)  # type: ignore[index]
+    failed = [f for s in shares for f in s[1]]  # type: ignore[index]
+    if D.is_main():
+        print(f"wrote {written} label maps and overlays to {args.out}", end="")
+        if failed:
+            print(f"; {len(failed)} failed:")
+            for name, reason in failed:
+                print(f"  {name}: {reason}")
+        else:
+            print()
+    return 1 if failed else 0
 
 
 def _rewrite_raw(path: Path, labels: LabelConvention) -> None:
