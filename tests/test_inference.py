@@ -332,3 +332,20 @@ def test_big_photo_through_segmenter_equals_full_size_interpolation(b0, tmp_path
     decided = ~_near_ties(scores)[0].numpy()
     assert decided.mean() > 0.999
     np.testing.assert_array_equal(labels[decided], scores.argmax(dim=1)[0].numpy()[decided])
+
+
+def test_overlay_in_row_bands_equals_the_whole_image_blend():
+    """visualize.overlay blends in bands of rows; the result is the one-shot formula's, ignore pixels included."""
+    from segformer.visualize import OVERLAY_ROWS, overlay
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (OVERLAY_ROWS * 2 + 7, 33, 3), dtype=np.uint8)
+    labels = rng.integers(0, 5, image.shape[:2])
+    labels[::3, ::4] = 255
+    palette = rng.integers(0, 256, (5, 3), dtype=np.uint8)
+    colours = np.concatenate([palette, np.zeros((251, 3), np.uint8)])[labels].astype(np.float64)
+    expected = np.clip(image * 0.4 + colours * 0.6 + 0.5, 0, 255).astype(np.uint8)
+    expected[labels == 255] = image[labels == 255]
+    got = overlay(image, labels, palette, alpha=0.6, legend=False)
+    assert np.abs(got.astype(int) - expected).max() <= 1  # float32 against float64 rounding
+    assert (got == expected).mean() > 0.999
