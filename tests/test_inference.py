@@ -282,10 +282,12 @@ def _near_ties(scores: torch.Tensor, margin: float = 1e-5) -> torch.Tensor:
         ((13, 17), (101, 77)),
         ((64, 64), (63, 65)),
         ((9, 7), (9, 31)),
+        ((40, 30), (35, 300)),
     ],
 )
 def test_banded_argmax_equals_the_argmax_of_full_size_interpolation(source, size):
-    """Odd ratios, down- and upsampling, one axis unchanged, many small bands: labels are F.interpolate's argmax."""
+    """Odd ratios, down- and upsampling (pruned and dense paths), one axis unchanged, many small bands: labels are
+    F.interpolate's argmax."""
     from segformer.inference import _argmax_resized
 
     torch.manual_seed(sum(source) + sum(size))

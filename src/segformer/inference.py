@@ -295,6 +295,7 @@ def predict_labels(model: nn.Module, x: Tensor, options: InferenceOptions) -> Te
 
 
 BAND_BYTES = 32 << 20  # float32 scores held at once while resizing logits to the output size
+DENSE_UPTO = 4  # output pixels per source pixel up to which all classes are resized (evaluation sizes)
 TIE_TOLERANCE = 1e-5  # relative to max |logit|: far above float32 rounding, so no possible winner is pruned
 
 
@@ -308,12 +309,15 @@ def _argmax_resized(logits: Tensor, size: tuple[int, int], band_bytes: int = BAN
     rows/columns and weights (`_row_weights`). The scores equal F.interpolate's up to float rounding (~1 ulp),
     so the labels are its argmax wherever the top two classes differ by more than that; exact ties go to the
     lower class id, as torch.argmax. (Bit-exact agreement is not possible: F.interpolate's own last bit depends
-    on how many channels one call resizes.)
+    on how many channels one call resizes.) Up to `DENSE_UPTO` output pixels per source pixel (evaluation at the
+    label size), all classes are resized instead, a band's worth of classes at a time (`_argmax_dense`).
     """
     if tuple(logits.shape[-2:]) == tuple(size):
         return logits.argmax(dim=1)
     logits = logits.float()
     b, k, h, w = logits.shape
+    if size[0] * size[1] <= DENSE_UPTO * h * w:  # little upsampling: resizing every class is cheaper than pruning
+        return _argmax_dense(logits, size, max(1, band_bytes // (4 * b * size[0] * size[1])))
     rows = _row_weights(h, int(size[0]), logits.device)
     cols = _row_weights(w, int(size[1]), logits.device)
     tol = TIE_TOLERANCE * float(logits.abs().amax()) if logits.numel() else 0.0
@@ -330,6 +334,22 @@ def _argmax_resized(logits: Tensor, size: tuple[int, int], band_bytes: int = BAN
         for start in range(0, len(unsettled), per):
             cells = unsettled[start : start + per]
             _settle(labels, logits, present, cells[:, 0], cells[:, 1] + r0, cells[:, 2], rows, cols, tol)
+    return labels
+
+
+def _argmax_dense(logits: Tensor, size: tuple[int, int], chunk: int) -> Tensor:
+    """argmax over K of `logits` resized to `size` by F.interpolate, `chunk` classes at a time (a running maximum;
+    ties keep the lower class id)."""
+    best = labels = None
+    for start in range(0, logits.shape[1], chunk):
+        value, index = _resize(logits[:, start : start + chunk], size).max(dim=1)  # (B, H, W)
+        if best is None:
+            best, labels = value, index
+        else:
+            better = value > best
+            best = torch.where(better, value, best)
+            labels = torch.where(better, index + start, labels)
+    assert labels is not None
     return labels
 
 
