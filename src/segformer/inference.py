@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -540,11 +541,14 @@ class Segmenter:
 
 
 def _batch(arrays: list[np.ndarray]) -> Tensor:
-    """`stack_images`, without copying a single writable uint8 image (a 12 MP photo is 36 MB)."""
+    """`stack_images`, without copying a single uint8 image (a 12 MP photo is 36 MB). The tensor is only read
+    (`normalize_batch` makes a new float tensor), so arrays that numpy marks read-only (PIL's) are shared too."""
     first = arrays[0]
-    if len(arrays) == 1 and first.dtype == np.uint8 and first.flags.writeable:
-        return torch.from_numpy(first)[None]
-    return stack_images(arrays)
+    if len(arrays) != 1 or first.dtype != np.uint8:
+        return stack_images(arrays)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(np.ascontiguousarray(first))[None]
 
 
 # ---------------------------------------------------------------------------------------------------------------
