@@ -1,15 +1,19 @@
 """Time and peak memory of a 12 MP phone photo (4032x3024 JPEG) against a 2048x512 image, in one process.
 
-B0 with 150 classes (random weights) and the ADE20K test protocol stored with it (whole image, keep-ratio
-rescale to (2048, 512), 32-aligned): the photo runs the network at 704x512 and its labels are written at
-4032x3024, the 2048x512 image runs at its own size. Measured for `Segmenter(model)(path)` (read, EXIF-rotate,
-normalise, predict, labels) and for `predict_files` (that plus the label PNG and the overlay JPEG). Latencies are
-medians of interleaved rounds (the two images take turns, so load on a shared machine slows both alike); peak
-memory is resident-set growth during one call (`segformer.benchmark.peak_memory_mb`). With `--argmax`, the
-label step alone: `inference._argmax_resized` against resizing 16 classes at a time to full size (the former
-implementation), on the same logits.
+B0 with 150 classes (random weights, or `--model` a trained one) and the ADE20K test protocol stored with it
+(whole image, keep-ratio rescale to (2048, 512), 32-aligned): the photo runs the network at 704x512 and its
+labels are written at 4032x3024; the 2048x512 image runs at its own size. Measured for `Segmenter(model)(path)`
+(read, EXIF-rotate, normalise, predict, labels) and for `predict_files` (that plus the label PNG and the overlay
+JPEG). Latencies are medians of interleaved rounds (the two images take turns, so load on a shared machine slows
+both alike); peak memory is resident-set growth during one call (`segformer.benchmark.peak_memory_mb`). With
+`--argmax`, the label step alone: `inference._argmax_resized` against resizing 16 classes at a time to full size
+(the former implementation), on the same logits.
 
-    PYTHONPATH=src python benchmarks/big_photo.py --repeats 5 --threads 2
+    PYTHONPATH=src python benchmarks/big_photo.py --repeats 5 --threads 2 --argmax
+    PYTHONPATH=src python benchmarks/big_photo.py --model nvidia/segformer-b0-finetuned-ade-512-512
+
+Random weights are the label step's worst case: their logits are noise, so ~44% of the network-size cells have
+several classes that can win (trained models: only cells on class boundaries) and must be blended per pixel.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from segformer import Segmenter, create_model
+from segformer import Segmenter, create_model, load_model
 from segformer.benchmark import device_name, environment_note, peak_memory_mb, time_interleaved
 from segformer.config import TestProtocol
 from segformer.imageio import default_palette
@@ -83,10 +87,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--argmax", action="store_true", help="also time the label step alone, new against old")
+    parser.add_argument("--model", help="a trained 150-class model (file, folder or hub id); default random B0")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = create_model("b0", num_classes=150).eval()
+    model = (load_model(args.model) if args.model else create_model("b0", num_classes=150)).eval()
     model.config = model.config.replace(test_protocol=ADE20K)
     segmenter = Segmenter(model)
     folder = Path(tempfile.mkdtemp())
