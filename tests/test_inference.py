@@ -231,7 +231,7 @@ def test_chunked_label_maps_equal_the_argmax_of_full_size_scores(b0):
     torch.testing.assert_close(predict_labels(b0, x, options), full, atol=0, rtol=0)
     logits = torch.randn(1, 37, 9, 7)
     expected = F.interpolate(logits, size=(50, 41), mode="bilinear", align_corners=False).argmax(dim=1)
-    torch.testing.assert_close(_argmax_resized(logits, (50, 41), chunk=5), expected, atol=0, rtol=0)
+    torch.testing.assert_close(_argmax_resized(logits, (50, 41), band_bytes=5 * 37 * 41 * 4), expected, atol=0, rtol=0)
 
 
 def test_stored_test_protocol_round_trips_and_drives_segmenter(b0, tmp_path):
@@ -266,3 +266,88 @@ def test_official_checkpoint_of_a_known_dataset_gets_the_papers_protocol():
     options = Segmenter(city).options
     assert (options.mode, options.crop, options.stride) == ("slide", (1024, 1024), (768, 768))
     assert Segmenter(create_model("b0", num_classes=19, **TINY)).options.scale is None  # unknown classes: own size
+
+
+def _near_ties(scores: torch.Tensor, margin: float = 1e-5) -> torch.Tensor:
+    """(B, H, W) pixels whose two best classes are within `margin` x max |score|: float rounding decides there."""
+    top = scores.topk(2, dim=1).values
+    return (top[:, 0] - top[:, 1]) <= margin * scores.abs().max()
+
+
+@pytest.mark.parametrize(
+    "source, size",
+    [
+        ((128, 176), (512, 704)),
+        ((37, 53), (1100, 1500)),
+        ((13, 17), (101, 77)),
+        ((64, 64), (63, 65)),
+        ((9, 7), (9, 31)),
+        ((40, 30), (35, 300)),
+    ],
+)
+def test_banded_argmax_equals_the_argmax_of_full_size_interpolation(source, size):
+    """Odd ratios, down- and upsampling (pruned and dense paths), one axis unchanged, many small bands: labels are
+    F.interpolate's argmax."""
+    from segformer.inference import _argmax_resized
+
+    torch.manual_seed(sum(source) + sum(size))
+    logits = torch.randn(2, 7, *source)
+    scores = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+    labels = _argmax_resized(logits, size, band_bytes=1 << 17)
+    decided = ~_near_ties(scores)
+    assert decided.float().mean() > 0.999
+    torch.testing.assert_close(labels[decided], scores.argmax(dim=1)[decided], atol=0, rtol=0)
+
+
+def test_banded_argmax_resolves_exact_ties_to_the_lower_class():
+    """Integer logits and a duplicated class tie exactly in many pixels; torch.argmax picks the lower id there."""
+    from segformer.inference import _argmax_resized
+
+    torch.manual_seed(1)
+    logits = torch.randint(0, 3, (1, 6, 9, 12)).float()
+    logits[:, 4] = logits[:, 1]
+    scores = F.interpolate(logits, size=(40, 48), mode="bilinear", align_corners=False)
+    tied = (scores == scores.amax(dim=1, keepdim=True)).sum(dim=1) > 1
+    assert tied.float().mean() > 0.2  # the test exercises ties
+    torch.testing.assert_close(_argmax_resized(logits, (40, 48)), scores.argmax(dim=1), atol=0, rtol=0)
+
+
+def test_big_photo_through_segmenter_equals_full_size_interpolation(b0, tmp_path):
+    """A 1500x1100 photo file with the ADE20K protocol stored: the label map is full size and equals the argmax of
+    the logits interpolated to full size in one F.interpolate call (reference computed independently here)."""
+    from segformer.config import TestProtocol
+
+    model = create_model("b0", num_classes=4, **TINY).eval()
+    model.load_state_dict(b0.state_dict())
+    model.config = model.config.replace(test_protocol=TestProtocol(scale=(2048, 512), size_divisor=32))
+    rng = np.random.default_rng(3)
+    image = np.kron(rng.integers(0, 256, (55, 75, 3)), np.ones((20, 20, 1))).astype(np.uint8)  # blocky 1100x1500
+    Image.fromarray(image).save(tmp_path / "photo.png")
+    labels = Segmenter(model)(tmp_path / "photo.png")
+
+    x = normalize(image).unsqueeze(0)  # (1, 3, 1100, 1500)
+    x = F.interpolate(x, size=(512, 704), mode="bilinear", align_corners=False)  # keep-ratio 512x698, 32-aligned
+    with torch.no_grad():
+        logits = F.interpolate(model(x), size=(512, 704), mode="bilinear", align_corners=False)
+    scores = F.interpolate(logits, size=(1100, 1500), mode="bilinear", align_corners=False)
+    assert labels.shape == (1100, 1500) and labels.dtype == np.int64
+    decided = ~_near_ties(scores)[0].numpy()
+    assert decided.mean() > 0.999
+    np.testing.assert_array_equal(labels[decided], scores.argmax(dim=1)[0].numpy()[decided])
+
+
+def test_overlay_in_row_bands_equals_the_whole_image_blend():
+    """visualize.overlay blends in bands of rows; the result is the one-shot formula's, ignore pixels included."""
+    from segformer.visualize import OVERLAY_ROWS, overlay
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (OVERLAY_ROWS * 2 + 7, 33, 3), dtype=np.uint8)
+    labels = rng.integers(0, 5, image.shape[:2])
+    labels[::3, ::4] = 255
+    palette = rng.integers(0, 256, (5, 3), dtype=np.uint8)
+    colours = np.concatenate([palette, np.zeros((251, 3), np.uint8)])[labels].astype(np.float64)
+    expected = np.clip(image * 0.4 + colours * 0.6 + 0.5, 0, 255).astype(np.uint8)
+    expected[labels == 255] = image[labels == 255]
+    got = overlay(image, labels, palette, alpha=0.6, legend=False)
+    assert np.abs(got.astype(int) - expected).max() <= 1  # float32 against float64 rounding
+    assert (got == expected).mean() > 0.999

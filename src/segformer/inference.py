@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -186,9 +187,11 @@ def normalize_batch(images: Tensor, mean: Sequence[float] = MEAN, std: Sequence[
     """(B, H, W, C) raw pixels on any device -> normalised float (B, C, H, W); normalising on the GPU saves copies.
     Default: uint8 RGB with the ImageNet mean/std; pass a model's `channel_stats(model.config)` otherwise."""
     x = images.permute(0, 3, 1, 2).float()  # (B, H, W, C) -> (B, C, H, W)
+    if x.data_ptr() == images.data_ptr():
+        x = x.clone()  # never normalise the caller's float pixels in place
     mean_t = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
-    return (x - mean_t) / std_t
+    return x.sub_(mean_t).div_(std_t)  # in place: one full-size float tensor (145 MB for 12 MP), not three
 
 
 def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
@@ -288,22 +291,151 @@ def predict_labels(model: nn.Module, x: Tensor, options: InferenceOptions) -> Te
         return _argmax_resized(logits, x.shape[-2:])
 
 
-def _argmax_resized(logits: Tensor, size: tuple[int, int], chunk: int = 16) -> Tensor:
-    """argmax over K of `logits` (B, K, h, w) resized bilinearly to `size`, `chunk` classes at a time: each
-    channel resizes independently, so this equals resizing all at once (ties go to the lower class id)."""
+BAND_BYTES = 32 << 20  # float32 scores held at once while resizing logits to the output size
+DENSE_UPTO = 4  # output pixels per source pixel up to which all classes are resized (evaluation sizes)
+TIE_TOLERANCE = 1e-5  # relative to max |logit|: far above float32 rounding, so no possible winner is pruned
+
+
+def _argmax_resized(logits: Tensor, size: tuple[int, int], band_bytes: int = BAND_BYTES) -> Tensor:
+    """argmax over K of `logits` (B, K, h, w) resized bilinearly (align_corners=False) to `size`, without the
+    (B, K, H, W) scores: memory ~ `band_bytes`, time ~ the output pixels where more than one class can win.
+
+    A resized score is a convex blend of the 4 source pixels around it (its "cell"), so only classes whose
+    cell maximum reaches the best cell minimum can win inside a cell (`_cell_candidates`). A cell with one such
+    class gives it to all its output pixels; in the others each pixel blends the candidates with PyTorch's source
+    rows/columns and weights (`_row_weights`). The scores equal F.interpolate's up to float rounding (~1 ulp),
+    so the labels are its argmax wherever the top two classes differ by more than that; exact ties go to the
+    lower class id, as torch.argmax. (Bit-exact agreement is not possible: F.interpolate's own last bit depends
+    on how many channels one call resizes.) Up to `DENSE_UPTO` output pixels per source pixel (evaluation at the
+    label size), all classes are resized instead, a band's worth of classes at a time (`_argmax_dense`).
+    """
     if tuple(logits.shape[-2:]) == tuple(size):
         return logits.argmax(dim=1)
+    logits = logits.float()
+    b, k, h, w = logits.shape
+    if size[0] * size[1] <= DENSE_UPTO * h * w:  # little upsampling: resizing every class is cheaper than pruning
+        return _argmax_dense(logits, size, max(1, band_bytes // (4 * b * size[0] * size[1])))
+    rows = _row_weights(h, int(size[0]), logits.device)
+    cols = _row_weights(w, int(size[1]), logits.device)
+    tol = TIE_TOLERANCE * float(logits.abs().amax()) if logits.numel() else 0.0
+    labels = torch.empty((b, int(size[0]), int(size[1])), dtype=torch.int64, device=logits.device)
+    step = max(1, band_bytes // (b * k * w * 4 * 8))  # ~8 band-sized temporaries per cell band
+    for r0 in range(0, h, step):
+        r1 = min(r0 + step, h)
+        first, count, present = _cell_candidates(logits, r0, r1, tol)  # (B, n, w), (B, n, w), (K',)
+        y0, y1 = int(rows[4][r0]), int(rows[5][r1 - 1])  # the output rows inside these cells
+        labels[:, y0:y1] = first[..., cols[0]].index_select(1, rows[0][y0:y1] - r0)  # (B, R, W)
+        covers = (rows[5] > rows[4])[r0:r1, None] & (cols[5] > cols[4])[None, :]  # cells with output pixels
+        unsettled = torch.nonzero((count > 1) & covers)  # (u, 3): batch, cell row - r0, cell column
+        per = max(1, band_bytes // (4 * (4 * k + 16 * _span_area(rows, cols))))  # cells settled at once
+        for start in range(0, len(unsettled), per):
+            cells = unsettled[start : start + per]
+            _settle(labels, logits, present, cells[:, 0], cells[:, 1] + r0, cells[:, 2], rows, cols, tol)
+    return labels
+
+
+def _argmax_dense(logits: Tensor, size: tuple[int, int], chunk: int) -> Tensor:
+    """argmax over K of `logits` resized to `size` by F.interpolate, `chunk` classes at a time (a running maximum;
+    ties keep the lower class id)."""
     best = labels = None
     for start in range(0, logits.shape[1], chunk):
-        part = _resize(logits[:, start : start + chunk], size)  # (B, k, H, W)
-        value, index = part.max(dim=1)
+        value, index = _resize(logits[:, start : start + chunk], size).max(dim=1)  # (B, H, W)
         if best is None:
             best, labels = value, index
         else:
             better = value > best
             best = torch.where(better, value, best)
             labels = torch.where(better, index + start, labels)
+    assert labels is not None
     return labels
+
+
+def _cell_candidates(logits: Tensor, r0: int, r1: int, tol: float) -> tuple[Tensor, Tensor, Tensor]:
+    """For the cells of source rows r0..r1 (pixel (i, j) with its lower and right neighbours, clamped at the
+    border): the class with the highest cell minimum (the winner where it is the only candidate) and the number
+    of candidates, classes whose cell maximum reaches that minimum (B, n, w); and the ids of the classes that are
+    candidates in some cell with several (ascending)."""
+    h = logits.shape[2]
+    below = (torch.arange(r0, r1, device=logits.device) + 1).clamp_max(h - 1)
+    top, bottom = logits[:, :, r0:r1], logits[:, :, below]  # (B, K, n, w)
+    high, low = torch.maximum(top, bottom), torch.minimum(top, bottom)
+    high[..., :-1] = torch.maximum(high[..., :-1], high[..., 1:])  # with the right neighbour (last: itself)
+    low[..., :-1] = torch.minimum(low[..., :-1], low[..., 1:])
+    best, first = low.max(dim=1)  # (B, n, w)
+    candidate = high >= (best - tol).unsqueeze(1)  # (B, K, n, w)
+    count = candidate.sum(dim=1)
+    present = torch.nonzero((candidate & (count > 1).unsqueeze(1)).any(dim=0).flatten(1).any(dim=1)).flatten()
+    return first, count, present
+
+
+def _span_area(rows: tuple[Tensor, ...], cols: tuple[Tensor, ...]) -> int:
+    """The most output pixels one cell covers."""
+    return max(1, int((rows[5] - rows[4]).max())) * max(1, int((cols[5] - cols[4]).max()))
+
+
+def _settle(
+    labels: Tensor,
+    logits: Tensor,
+    present: Tensor,
+    bi: Tensor,
+    ci: Tensor,
+    cj: Tensor,
+    rows: tuple[Tensor, ...],
+    cols: tuple[Tensor, ...],
+    tol: float,
+) -> None:
+    """Write the labels of every output pixel of the cells (bi, ci, cj) that have several candidates: each
+    candidate's score blended as F.interpolate does (along the width, then the height), the best kept (the
+    lowest id on ties); `present`: the classes that can be candidates there."""
+    h, w = logits.shape[2:]
+    below, right = (ci + 1).clamp_max(h - 1), (cj + 1).clamp_max(w - 1)
+    pairs = ((ci, cj), (ci, right), (below, cj), (below, right))
+    quad = [logits[bi[:, None], present, i[:, None], j[:, None]] for i, j in pairs]  # 4 x (u, K')
+    high = torch.maximum(torch.maximum(quad[0], quad[1]), torch.maximum(quad[2], quad[3]))
+    low = torch.minimum(torch.minimum(quad[0], quad[1]), torch.minimum(quad[2], quad[3]))
+    candidate = high >= low.amax(dim=1, keepdim=True) - tol  # (u, K)
+    k = candidate.shape[1]
+    rank = candidate * torch.arange(k, 0, -1, device=logits.device)  # a lower id ranks higher
+    cand = rank.topk(int(candidate.sum(dim=1).max()), dim=1).indices  # (u, M): candidates by id, then others
+    tl, tr, bl, br = (q.gather(1, cand).unsqueeze(-1) for q in quad)  # (u, M, 1)
+    cand = present[cand]  # class ids
+    ys, xs = _cell_span(rows, ci), _cell_span(cols, cj)  # (u, P), (u, Q)
+    left, right_w = cols[2][xs].unsqueeze(1), cols[3][xs].unsqueeze(1)  # (u, 1, Q)
+    upper = (tl * left).add_(tr * right_w).unsqueeze(2)  # (u, M, 1, Q)
+    lower = (bl * left).add_(br * right_w).unsqueeze(2)
+    score = (upper * rows[2][ys][:, None, :, None]).add_(lower * rows[3][ys][:, None, :, None])  # (u, M, P, Q)
+    best = cand.gather(1, score.argmax(dim=1).flatten(1)).view(score.shape[0], *score.shape[2:])  # (u, P, Q)
+    labels[bi[:, None, None], ys[:, :, None], xs[:, None, :]] = best
+
+
+def _cell_span(table: tuple[Tensor, ...], cell: Tensor) -> Tensor:
+    """Output indices (u, P) inside each source cell along one axis, padded by repeating the cell's last one (a
+    repeat recomputes the same pixel, so writing it twice is harmless); every cell must cover some output."""
+    first, end = table[4][cell], table[5][cell]
+    offset = torch.arange(max(1, int((end - first).max())), device=cell.device)
+    return torch.minimum(first[:, None] + offset, end[:, None] - 1)
+
+
+def _row_weights(in_size: int, out_size: int, device: torch.device) -> tuple[Tensor, ...]:
+    """Per output row of a bilinear resize (align_corners=False) from `in_size` rows to `out_size`: the two source
+    rows and their float32 weights, as PyTorch computes them: scale = float32(in) / out, source position
+    scale * (y + 0.5) - 0.5 clamped at 0, lower row floor(position) (at most in - 1), upper row the next one
+    clamped at the border, weights 1 - frac and frac. Then, per source row i, the first and end output row
+    whose lower row is i (indices never decrease)."""
+    if in_size == out_size:
+        lower = upper = torch.arange(out_size)
+        frac = torch.zeros(out_size)
+    else:
+        scale = torch.tensor(in_size, dtype=torch.float32) / out_size
+        y = torch.arange(out_size, dtype=torch.float64)
+        pos = (scale.double() * (y + 0.5) - 0.5).float().clamp_min(0)
+        lower = pos.floor().long().clamp_max(in_size - 1)
+        frac = (pos - lower.float()).clamp(0, 1)
+        upper = (lower + 1).clamp_max(in_size - 1)
+    source = torch.arange(in_size)
+    first = torch.searchsorted(lower, source)
+    end = torch.searchsorted(lower, source, right=True)
+    return tuple(t.to(device) for t in (lower, upper, 1 - frac, frac, first, end))
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -392,11 +524,24 @@ class Segmenter:
         out: list[Any] = [None] * len(images)
         groups = iter_same_size(range(len(images)), lambda i: images[i].shape, self.options.batch_size)
         for group in groups:
-            batch = stack_images([images[i] for i in group]).to(self.device)  # (B, H, W, C)
+            batch = _batch([images[i] for i in group]).to(self.device)  # (B, H, W, C)
             x = normalize_batch(batch, self.mean, self.std)
+            del batch
             scores = predict_batch(self.model, x, self.options) if softmax else None
             labels = scores.argmax(dim=1) if scores is not None else predict_labels(self.model, x, self.options)
-            labels = labels.cpu().numpy().astype(np.int64)
+            del x
+            labels = labels.cpu().numpy().astype(np.int64, copy=False)
             for k, i in enumerate(group):
                 out[i] = (labels[k], scores[k].cpu()) if scores is not None else labels[k]
         return out
+
+
+def _batch(arrays: list[np.ndarray]) -> Tensor:
+    """`stack_images`, without copying a single uint8 image (a 12 MP photo is 36 MB). The tensor is only read
+    (`normalize_batch` makes a new float tensor), so arrays that numpy marks read-only (PIL's) are shared too."""
+    first = arrays[0]
+    if len(arrays) != 1 or first.dtype != np.uint8:
+        return stack_images(arrays)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(np.ascontiguousarray(first))[None]

@@ -20,6 +20,7 @@ from .fileio import atomic_write
 log = logging.getLogger("segformer")
 
 IGNORE_COLOUR = (0, 0, 0)
+OVERLAY_ROWS = 256  # image rows blended at once
 
 
 def _palette(palette: np.ndarray | Sequence[Sequence[int]], needed: int) -> np.ndarray:
@@ -74,12 +75,15 @@ def overlay(
         raise ValueError(f"image {image.shape} must be (H, W, 3) with the labels' size {labels.shape}")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    colours = colorize(labels, palette).astype(np.float32)
-    blended = image.astype(np.float32) * (1 - alpha) + colours * alpha
-    if ignore_index is not None:
-        keep = labels == ignore_index
-        blended[keep] = image[keep]
-    out = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+    out = np.empty(image.shape, np.uint8)
+    for top in range(0, image.shape[0], OVERLAY_ROWS):  # bands: float temporaries of a few MB, not 5 x 145 MB
+        rows = slice(top, top + OVERLAY_ROWS)
+        colours = colorize(labels[rows], palette).astype(np.float32)
+        blended = image[rows].astype(np.float32) * (1 - alpha) + colours * alpha
+        if ignore_index is not None:
+            keep = labels[rows] == ignore_index
+            blended[keep] = image[rows][keep]
+        out[rows] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
     if legend:
         out = _draw_legend(out, labels, palette, class_names, ignore_index)
     return out
@@ -92,8 +96,9 @@ def _draw_legend(
     class_names: Sequence[str] | None,
     ignore_index: int | None,
 ) -> np.ndarray:
-    ids, counts = np.unique(labels, return_counts=True)
-    order = [int(i) for i, _ in sorted(zip(ids, counts, strict=True), key=lambda t: -t[1]) if i != ignore_index]
+    counts = np.bincount(labels.astype(np.int64, copy=False).ravel())  # ids are >= 0 (colorize checked)
+    ids = np.flatnonzero(counts)  # ascending, so equal areas stay in id order
+    order = [int(i) for i in sorted(ids, key=lambda i: -counts[i]) if i != ignore_index]
     if not order:
         return image
     pal = _palette(palette, max(order) + 1)
