@@ -11,13 +11,16 @@ from torch import Tensor, nn
 # Compute paths, chosen once per forward by `execution_path` and passed down to every block and the decoder.
 PLAIN = "plain"  # differentiable out-of-place ops: training, autocast, tracing, torch.compile, the meta device
 FAST = "fast"  # eager inference: residual GEMMs accumulate in place, folded decoder weights are cached
-EXPORT = "export"  # torch.onnx export: the decoder in NCHW ops that ONNX Runtime runs without transposes
+EXPORT = "export"  # torch.onnx export: the graph ONNX Runtime runs fastest, in standard ONNX operators
+EXPORT_ORT = "export_ort"  # the same, with ONNX Runtime's fused com.microsoft operators (runs in ONNX Runtime only)
+EXPORTS = (EXPORT, EXPORT_ORT)
 
 
-def execution_path(x: Tensor) -> str:
-    """The compute path for input `x`: FAST only for eager inference without autograd, autocast or tracing."""
+def execution_path(x: Tensor, onnxruntime_ops: bool = False) -> str:
+    """The compute path for input `x`: FAST only for eager inference without autograd, autocast or tracing; while
+    exporting to ONNX, EXPORT (EXPORT_ORT with `onnxruntime_ops`)."""
     if torch.onnx.is_in_onnx_export():
-        return EXPORT
+        return EXPORT_ORT if onnxruntime_ops else EXPORT
     device = x.device.type
     plain = (
         torch.is_grad_enabled()
