@@ -203,7 +203,7 @@ class AllMLPHead(nn.Module):
         else:
             x = F.linear(tokens, weights[0], bias)
         x = F.relu(x).view(b, -1, dim)  # (B, H*W, C)
-        logits = torch.matmul(self.classifier.weight.flatten(1), x.transpose(1, 2))  # (B, K, H*W)
+        logits = torch.matmul(self.classifier.weight[:, :, 0, 0], x.transpose(1, 2))  # (B, K, H*W)
         return (logits + self.classifier.bias[:, None]).view(b, -1, height, width)
 
     def _bn_folded(self) -> bool:

@@ -83,8 +83,9 @@ class EfficientSelfAttention(nn.Module):
         and values as two GEMMs (no Split), and either ONNX Runtime's fused MultiHeadAttention (`fused`) or
         standard MatMul / Softmax / MatMul with the scale folded into the query weights (a constant after export)
         and no Transposes around the products with one head (the largest stage)."""
-        b, n, c = x.shape
-        heads, d = self.num_heads, c // self.num_heads
+        b, n, _ = x.shape
+        c, heads = self.q.in_features, self.num_heads  # Python ints: weight slices and the scale fold to constants
+        d = c // heads
         scale = 1.0 if fused else d**-0.5
         q = F.linear(x.reshape(-1, c), self.q.weight * scale, self.q.bias * scale)  # (B*N, C)
         if self.sr_ratio > 1:
@@ -140,7 +141,8 @@ class MixFFN(nn.Module):
         """`residual + ffn(x)` for ONNX Runtime: fc1 as a 1x1 conv, so that it and the depthwise conv run in ONNX
         Runtime's blocked layout back to back (one layout reorder in, of the narrow input, and one out, which takes
         the NHWC Transpose along); fc2 as a 2-D GEMM with its bias inside."""
-        b, n, c = x.shape
+        b, n, _ = x.shape
+        c = self.fc2.out_features
         y = F.conv2d(to_map(x, hw), self.fc1.weight[:, :, None, None], self.fc1.bias)  # (B, 4C, H, W), 1x1 conv
         y = F.gelu(_nhwc_tokens(self.dwconv(y)).reshape(b * n, -1))  # (B*N, 4C)
         return (F.linear(y, self.fc2.weight, self.fc2.bias) + residual.reshape(-1, c)).view(b, n, c)
