@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import EXPORTS, FAST, execution_path, to_map, to_tokens
+from .layers import EXPORTS, FAST, dense_inference, execution_path, to_map, to_tokens
 
 
 def _linear(tokens: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -132,10 +132,9 @@ class AllMLPHead(nn.Module):
             # the backward pass, and leaves the weight's gradient channels-last (DDP then copies it per step).
             logits = _linear(to_tokens(x), self.classifier.weight.flatten(1), self.classifier.bias)  # (B, N, K)
             return to_map(logits, size)  # (B, K, H/4, W/4), channels-last
-        # Inference: a 1x1 conv on the channels-last map: oneDNN adds the bias inside the GEMM (F.linear copies it in
-        # first).
-        classifier = self.classifier.weight.clone(memory_format=torch.channels_last)
-        return F.conv2d(x, classifier, self.classifier.bias)  # (B, K, H/4, W/4), channels-last
+        # Inference: oneDNN's GEMM on the tokens (a view of the channels-last map), the bias added inside it.
+        logits = dense_inference(to_tokens(x), self.classifier.weight.flatten(1), self.classifier.bias)  # (B, N, K)
+        return to_map(logits, size)  # (B, K, H/4, W/4), channels-last
 
     def _sum_levels_inference(self, features: list[Tensor], weights: list[Tensor], bias: Tensor) -> Tensor:
         """Pre-BN sum of the projected, upsampled levels without full-size temporaries (inference, no autograd).
@@ -145,11 +144,11 @@ class AllMLPHead(nn.Module):
         level-1 projection: no three full-size upsampled maps, no three full-size additions."""
         size = features[0].shape[-2:]
         b, dim = features[0].shape[0], weights[0].shape[0]
-        x = _linear(to_tokens(features[0]), weights[0])  # (B, H*W, C), level 1 is at the output size already
+        x = dense_inference(to_tokens(features[0]), weights[0])  # (B, H*W, C), level 1 is at the output size already
         rows, a_h = [], []
         for i in range(1, len(features)):
             h, w = features[i].shape[-2:]
-            y = _linear(to_tokens(features[i]), weights[i], bias if i == len(features) - 1 else None)
+            y = dense_inference(to_tokens(features[i]), weights[i], bias if i == len(features) - 1 else None)
             y = y.view(b, h, w, dim)  # (B, h_i, w_i, C) at the level's own resolution; bias rides on the coarsest
             rows.append(torch.matmul(_bilinear_matrix(w, size[1], y), y))  # (W, w_i) @ (B, h_i, w_i, C)
             a_h.append(_bilinear_matrix(h, size[0], y))  # (H, h_i)

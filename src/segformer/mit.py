@@ -14,7 +14,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import SegFormerConfig
-from .layers import EXPORT_ORT, EXPORTS, FAST, PLAIN, DropPath, drop_path_rates, execution_path, to_map, to_tokens
+from .layers import (
+    EXPORT_ORT,
+    EXPORTS,
+    FAST,
+    PLAIN,
+    DropPath,
+    dense_inference,
+    drop_path_rates,
+    execution_path,
+    to_map,
+    to_tokens,
+)
 
 
 def _channels_last(conv: nn.Conv2d) -> nn.Conv2d:
@@ -24,12 +35,16 @@ def _channels_last(conv: nn.Conv2d) -> nn.Conv2d:
     return conv
 
 
+def _dense(x: Tensor, linear: nn.Linear, fast: bool) -> Tensor:
+    """`linear(x)`; on the FAST path (eager inference) as oneDNN's GEMM with the bias inside (`dense_inference`)."""
+    return dense_inference(x, linear.weight, linear.bias) if fast else linear(x)
+
+
 def _linear_add(x: Tensor, linear: nn.Linear, residual: Tensor) -> Tensor:
-    """`residual + linear(x)` as one GEMM accumulating into `residual + bias`. `F.linear` would first copy the
-    broadcast bias into its output and then need a separate add pass: two passes over (B, N, C) saved per call."""
-    out = residual + linear.bias  # (B, N, C), a fresh tensor
-    out.view(-1, out.shape[-1]).addmm_(x.reshape(-1, x.shape[-1]), linear.weight.t())  # out += x @ W^T
-    return out
+    """`residual + linear(x)` for inference: oneDNN's GEMM with the bias inside, then the residual added in place
+    into its fresh output (one pass over (B, N, C), as many as accumulating into `residual + bias` with MKL's
+    addmm_, whose GEMM is about twice as slow on AMD EPYC: see `dense_inference`)."""
+    return dense_inference(x, linear.weight, linear.bias).add_(residual)
 
 
 def _nhwc_tokens(x: Tensor) -> Tensor:
@@ -70,10 +85,12 @@ class EfficientSelfAttention(nn.Module):
     def forward(self, x: Tensor, hw: tuple[int, int], residual: Tensor | None = None) -> Tensor:
         """Attention output; `residual + output` when a residual is given (inference only, see `_linear_add`)."""
         b, n, c = x.shape
-        q = self.q(x).unflatten(-1, (self.num_heads, -1)).transpose(1, 2)  # (B, h, N, d)
+        fast = residual is not None
+        q = _dense(x, self.q, fast).unflatten(-1, (self.num_heads, -1)).transpose(1, 2)  # (B, h, N, d)
         if self.sr_ratio > 1:
             x = self.norm(to_tokens(self.sr(to_map(x, hw))))  # (B, N / sr^2, C)
-        k, v = self.kv(x).unflatten(-1, (2, self.num_heads, -1)).permute(2, 0, 3, 1, 4)  # 2 x (B, h, M, d)
+        kv = _dense(x, self.kv, fast)  # (B, M, 2C)
+        k, v = kv.unflatten(-1, (2, self.num_heads, -1)).permute(2, 0, 3, 1, 4)  # 2 x (B, h, M, d)
         out = F.scaled_dot_product_attention(q, k, v)  # scale d^-0.5, as the original
         out = out.transpose(1, 2).reshape(b, n, c)  # (B, h, N, d) -> (B, N, C); a view: SDPA returns it (B, N, h, d)
         return self.proj(out) if residual is None else _linear_add(out, self.proj, residual)
@@ -134,7 +151,7 @@ class MixFFN(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: Tensor, hw: tuple[int, int], residual: Tensor | None = None) -> Tensor:
-        x = F.gelu(to_tokens(self.dwconv(to_map(self.fc1(x), hw))))
+        x = F.gelu(to_tokens(self.dwconv(to_map(_dense(x, self.fc1, residual is not None), hw))))
         return self.fc2(x) if residual is None else _linear_add(x, self.fc2, residual)
 
     def forward_export(self, x: Tensor, hw: tuple[int, int], residual: Tensor) -> Tensor:
@@ -160,8 +177,8 @@ class Block(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: Tensor, hw: tuple[int, int], path: str = PLAIN) -> Tensor:
-        """`path` as `layers.execution_path`: FAST accumulates each residual inside its GEMM, EXPORT writes the
-        graph ONNX Runtime runs fastest; both leave DropPath out (inference)."""
+        """`path` as `layers.execution_path`: FAST runs oneDNN's GEMMs and adds each residual in place, EXPORT writes
+        the graph ONNX Runtime runs fastest; both leave DropPath out (inference)."""
         if path in EXPORTS and (self.drop_path.p == 0.0 or not self.training):
             x = self.attn.forward_export(self.norm1(x), hw, residual=x, fused=path == EXPORT_ORT)
             return self.ffn.forward_export(self.norm2(x), hw, residual=x)
