@@ -140,22 +140,28 @@ class AllMLPHead(nn.Module):
         """Pre-BN sum of the projected, upsampled levels without full-size temporaries (inference, no autograd).
 
         Bilinear upsampling is separable, up(y) = A_h y A_w^T. Levels 2-4 are resampled along the width at their
-        own height (small), stacked, and one GEMM [A_h,2 | A_h,3 | A_h,4] @ rows accumulates them in place into the
-        level-1 projection: no three full-size upsampled maps, no three full-size additions."""
-        size = features[0].shape[-2:]
+        own height (small); then along the height in bands of output rows, each reading only the few source rows
+        under it (`_band`: about a fifth of the multiply-adds of the dense [A_h,2 | A_h,3 | A_h,4] @ rows), one
+        batched GEMM accumulating all three levels in place into the level-1 projection: no three full-size
+        upsampled maps, no three full-size additions."""
+        height, width = features[0].shape[-2:]
         b, dim = features[0].shape[0], weights[0].shape[0]
         x = dense_inference(to_tokens(features[0]), weights[0])  # (B, H*W, C), level 1 is at the output size already
-        rows, a_h = [], []
+        band = max(r for r in range(1, self.BAND + 1) if height % r == 0)  # output rows per band, a divisor of H
+        groups = height // band
+        gathered, bands = [], []
         for i in range(1, len(features)):
             h, w = features[i].shape[-2:]
             y = dense_inference(to_tokens(features[i]), weights[i], bias if i == len(features) - 1 else None)
             y = y.view(b, h, w, dim)  # (B, h_i, w_i, C) at the level's own resolution; bias rides on the coarsest
-            rows.append(torch.matmul(_bilinear_matrix(w, size[1], y), y))  # (W, w_i) @ (B, h_i, w_i, C)
-            a_h.append(_bilinear_matrix(h, size[0], y))  # (H, h_i)
-        stacked = torch.cat(rows, dim=1).view(b, -1, size[1] * dim)  # (B, sum h_i, W*C)
-        a = torch.cat(a_h, dim=1)  # (H, sum h_i)
-        x.view(b, size[0], size[1] * dim).baddbmm_(a.expand(b, -1, -1), stacked)  # += A_h @ rows, per image
-        return to_map(x, size)  # (B, C, H, W), channels-last
+            rows = torch.matmul(_bilinear_matrix(w, width, y), y).view(b, h, width * dim)  # (B, h_i, W*C)
+            index, weight = _band(h, height, band, y)  # (G, k_i), (G, band, k_i)
+            gathered.append(rows.index_select(1, index.flatten()).view(b, groups, -1, width * dim))  # (B, G, k_i, W*C)
+            bands.append(weight)
+        source = torch.cat(gathered, dim=2).view(b * groups, -1, width * dim)  # (B*G, K, W*C)
+        a = torch.cat(bands, dim=2).repeat(b, 1, 1)  # (B*G, band, K)
+        x.view(b * groups, band, width * dim).baddbmm_(a, source)  # += each band's rows, per image
+        return to_map(x, (height, width))  # (B, C, H, W), channels-last
 
     def _forward_folded_nchw(self, features: list[Tensor], weights: list[Tensor], bias: Tensor) -> Tensor:
         """The same computation for ONNX graphs, which are NCHW: 1x1 convs (ONNX Runtime runs them in its blocked
