@@ -6,8 +6,8 @@
     python benchmarks/run.py --only train-b0-256-b8 train-b0-512-b2 --merge   # update those sections in place
 
 Each group runs in a fresh process, so one peer's memory or threads never leak into another group. Within a group
-the implementations are measured side by side (interleaved rounds, medians). The targets of issue 3 are checked
-from the JSON results and marked met / missed in the file.
+the implementations are measured side by side (interleaved rounds, medians). The targets (issues 3, 12 and 14) are
+checked from the JSON results and marked met / missed in the file.
 """
 
 from __future__ import annotations
@@ -33,15 +33,15 @@ ORT_OURS, ORT_HF = "ONNX Runtime, our export", "ONNX Runtime, transformers' expo
 GROUPS: dict[str, tuple[list[str], list[tuple[str, str, str, str, float]]]] = {
     "b0-512": (
         ["--model", "b0", "--size", "512x512", "--compare", "--unfolded", "--dtype", "bf16", "--repeats", "15"],
-        [
-            ("B0 512x512: ours eager <= 0.35x transformers eager", OURS, HF, "latency_ms", 0.35),
-            ("B0 512x512: our ONNX <= 0.6x transformers' ONNX, in ONNX Runtime", ORT_OURS, ORT_HF, "latency_ms", 0.6),
+        [  # issue 12 raised issue 3's limits (eager 0.35x, ONNX 0.6x; both met, see git history of BENCHMARKS.md)
+            ("B0 512x512: ours eager <= 0.25x transformers eager", OURS, HF, "latency_ms", 0.25),
+            ("B0 512x512: our ONNX <= 0.5x transformers' ONNX, in ONNX Runtime", ORT_OURS, ORT_HF, "latency_ms", 0.5),
             ("B0 512x512: bf16 <= 0.2x transformers fp32 eager", BF16, HF, "latency_ms", 0.2),
         ],
     ),
     "b2-512": (
         ["--model", "b2", "--size", "512x512", "--compare", "--no-onnx", "--repeats", "7"],
-        [("B2 512x512: ours eager <= 0.35x transformers eager", OURS, HF, "latency_ms", 0.35)],
+        [("B2 512x512: ours eager <= 0.25x transformers eager", OURS, HF, "latency_ms", 0.25)],
     ),
     "b0-1024x2048": (
         ["--model", "b0", "--size", "1024x2048", "--compare", "--no-onnx", "--repeats", "5", "--warmup", "1"],

@@ -54,6 +54,28 @@ def test_logits_export_dynamic_sizes(model, tmp_path):
 
 
 @pytest.mark.onnx
+def test_onnxruntime_ops_export_fuses_attention_and_stays_exact(model, tmp_path):
+    """--onnxruntime-ops: attention as com.microsoft MultiHeadAttention, the same logits at any size; the default
+    graph holds standard ONNX operators only (other runtimes can read it)."""
+    from segformer.export import export_onnx
+
+    plain = export_onnx(model, tmp_path / "p.onnx", sample_size=(64, 64), check_sizes=((64, 64),))
+    assert {n.domain for n in onnx.load(str(plain.path)).graph.node} <= {"", "ai.onnx"}
+    report = export_onnx(
+        model, tmp_path / "f.onnx", sample_size=(64, 64), check_sizes=((64, 64), (45, 97)), onnxruntime_ops=True
+    )
+    assert all(c["max_abs_diff"] <= 1e-4 for c in report.checked)
+    fused = [n for n in onnx.load(str(report.path)).graph.node if n.domain == "com.microsoft"]
+    assert [n.op_type for n in fused] == ["MultiHeadAttention"] * 4  # one block per stage
+    x = torch.randn(2, 3, 130, 77)
+    got = _session(report.path).run(None, {"pixel_values": x.numpy()})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(got, model(x).numpy(), atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="torchscript"):
+        export_onnx(model, tmp_path / "d.onnx", exporter="dynamo", onnxruntime_ops=True)
+
+
+@pytest.mark.onnx
 def test_cli_export_with_pre_and_postprocess(model, tmp_path, capsys):
     folder = model.save_pretrained(tmp_path / "weights")
     out = tmp_path / "app.onnx"

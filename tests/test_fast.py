@@ -150,6 +150,22 @@ def test_inference_fast_path_matches_autograd_path(b0_model):
         assert model(x).shape == (2, 7, 17, 12)
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_dense_inference_is_linear(bias):
+    """oneDNN's 1x1-conv GEMM of the fast path gives F.linear's values (batch 2, a width that is no SIMD multiple),
+    and leaves bf16 tensors to F.linear."""
+    from segformer.layers import dense_inference
+
+    x, weight = torch.randn(2, 37, 24), torch.randn(13, 24)
+    b = torch.randn(13) if bias else None
+    with torch.no_grad():
+        out = dense_inference(x, weight, b)
+        torch.testing.assert_close(out, nn.functional.linear(x, weight, b), atol=1e-5, rtol=1e-5)
+        assert out.shape == (2, 37, 13) and out.is_contiguous()
+        low = dense_inference(x.bfloat16(), weight.bfloat16(), None if b is None else b.bfloat16())
+    assert low.dtype == torch.bfloat16
+
+
 def test_folded_path_runs_on_meta_device():
     """Shape/FLOP counting on the meta device goes through the folded head too (no autocast there)."""
     from torch.utils.flop_counter import FlopCounterMode

@@ -47,8 +47,10 @@ def _int8(args, weights, out, calib):
 
 
 def test_node_groups_find_the_segformer_structure(tmp_path):
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
     from segformer.export import export_onnx
-    from segformer.quantize import DEFAULT_KEEP_FLOAT, node_groups, quantization_plan
+    from segformer.quantize import DEFAULT_KEEP_FLOAT, node_groups, quantization_plan, unfuse_gemm
 
     model = create_model("b0", num_classes=3, depths=(1, 1, 1, 1)).eval()
     path = export_onnx(model, tmp_path / "m.onnx", sample_size=(64, 64), check=False).path
@@ -58,13 +60,27 @@ def test_node_groups_find_the_segformer_structure(tmp_path):
     assert len(groups["softmax"]) == blocks
     assert len(groups["layernorm"]) == stages * 2 + blocks * 2 + 3  # patch-embed + stage norms, 2/block, sr norms
     assert len(groups["first_conv"]) == len(groups["classifier"]) == 1
-    assert "classifier" in groups["classifier"][0]
+    classifier = next(n for n in proto.graph.node if n.name == groups["classifier"][0])
+    assert classifier.op_type == "MatMul" and "/head/" in classifier.name
+    bias = next(n for n in proto.graph.node if classifier.output[0] in n.input)  # + bias, then the logits' Reshape
+    reshape = next(n for n in proto.graph.node if bias.output[0] in n.input)
+    assert (bias.op_type, reshape.op_type, reshape.output[0]) == ("Add", "Reshape", proto.graph.output[0].name)
     assert "stages.0/patch_embed" in groups["first_conv"][0]
     assert len(groups["gelu"]) == 5 * blocks  # Div, Erf, Add, Mul, Mul
-    assert len(groups["attention"]) == 2 * blocks and all("/attn/MatMul" in n for n in groups["attention"])
+    assert len(groups["attention"]) == 2 * blocks and all("/blocks.0/MatMul" in n for n in groups["attention"])
+    # levels 2-4 along the width, then one banded product along the height for all three
     assert len(groups["upsampling"]) == stages and all("/head/" in n for n in groups["upsampling"])
     weights = [n for n in proto.graph.node if n.name in set(groups["weights"])]
-    assert {n.op_type for n in weights} == {"Conv", "MatMul"}
+    # per block: q, k, v, proj, fc2 Gemms, fc1 and dwconv Convs, sr Conv (stages 1-3); patch embeds 2-4; head: 4
+    assert len(weights) == blocks * 7 + 3 + 3 + 4
+    assert {n.op_type for n in weights} == {"Conv", "Gemm", "MatMul"}
+    # as `quantize_onnx` does: ONNX Runtime's constant folding (the head's folded weights), then MatMul + Add
+    quant_pre_process(str(path), str(tmp_path / "prepared.onnx"), skip_symbolic_shape=True)
+    proto = onnx.load(str(tmp_path / "prepared.onnx"))
+    assert unfuse_gemm(proto) == sum(n.op_type == "Gemm" for n in weights)
+    groups = node_groups(proto)
+    assert [len(groups[g]) for g in ("first_conv", "classifier", "attention", "upsampling")] == [1, 1, 8, 4]
+    assert {n.op_type for n in proto.graph.node if n.name in set(groups["weights"])} == {"Conv", "MatMul"}
     op_types, exclude, kept = quantization_plan(proto, DEFAULT_KEEP_FLOAT)
     assert op_types == ["Conv", "MatMul"]
     assert set(exclude) == {n for g in DEFAULT_KEEP_FLOAT for n in groups[g]}

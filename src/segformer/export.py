@@ -127,6 +127,7 @@ def export_onnx(
     check: bool = True,
     check_sizes: tuple[tuple[int, int], ...] | None = None,
     atol: float = 1e-4,
+    onnxruntime_ops: bool = False,
 ) -> ExportReport:
     """Write `model` as ONNX with dynamic batch/height/width; with `check`, run onnx.checker and compare ONNX Runtime
     with PyTorch at `check_sizes` (default: the sample size and a different, odd one), raising if they disagree.
@@ -134,6 +135,9 @@ def export_onnx(
     `exporter`: "torchscript" (default; `torch.onnx.export(dynamo=False)`, fast, symbolic shapes) or "dynamo"
     (`torch.export`-based, needs onnxscript; slower to export, same graph semantics). Both give dynamic sizes.
     The file is written to a temporary name and renamed, so a failed export never leaves a broken model behind.
+
+    `onnxruntime_ops`: attention as ONNX Runtime's fused com.microsoft MultiHeadAttention (faster in ONNX Runtime,
+    but no other runtime has it); by default the graph holds standard ONNX operators only.
     """
     _require_onnx()
     import onnx
@@ -142,6 +146,8 @@ def export_onnx(
         raise ValueError(f"opset {opset} is too old: use --opset {MIN_OPSET} or newer")
     if exporter not in ("torchscript", "dynamo"):
         raise ValueError(f"exporter {exporter!r} must be 'torchscript' or 'dynamo'")
+    if onnxruntime_ops and exporter != "torchscript":
+        raise ValueError("ONNX Runtime's fused operators need the torchscript exporter (exporter='torchscript')")
     if label_dtype not in ("int64", "uint8"):
         raise ValueError(f"label dtype {label_dtype!r} must be int64 or uint8")
     if label_dtype == "uint8" and model.config.num_classes > 256:
@@ -174,6 +180,13 @@ def export_onnx(
     saved: list[Any] = []  # the checked graph, for its opset
 
     def write(tmp: str) -> None:
+        model.onnxruntime_ops = onnxruntime_ops
+        try:
+            _export(tmp)
+        finally:
+            model.onnxruntime_ops = False
+
+    def _export(tmp: str) -> None:
         with torch.no_grad(), warnings.catch_warnings():
             if exporter == "dynamo":
                 dims = {i: torch.export.Dim(name, min=min_size if i else 1, max=16384) for i, name in axes_in.items()}
@@ -202,6 +215,7 @@ def export_onnx(
                     output_names=[out_name],
                     dynamic_axes={in_name: axes_in, out_name: axes_out},
                     do_constant_folding=True,
+                    custom_opsets={"com.microsoft": 1} if onnxruntime_ops else None,
                 )
         proto = onnx.load(tmp)
         _add_metadata(proto, model)

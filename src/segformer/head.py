@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import EXPORT, FAST, execution_path, to_map, to_tokens
+from .layers import EXPORTS, FAST, dense_inference, execution_path, to_map, to_tokens
 
 
 def _linear(tokens: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -40,6 +40,25 @@ def _bilinear_matrix(n_in: int, n_out: int, like: Tensor) -> Tensor:
     return (cols == i0[:, None]).to(like.dtype) * (1 - lam) + (cols == i1[:, None]).to(like.dtype) * lam
 
 
+def _band(n_in: int, n_out: int, rows: int, like: Tensor) -> tuple[Tensor, Tensor]:
+    """The (n_out, n_in) matrix of `_bilinear_matrix` cut into G = ceil(n_out / rows) bands of `rows` output
+    indices: band g reads only the source indices index[g] (k = ceil(rows * n_in / n_out) + 2 of them, from the first
+    tap of its first output on), with the weights (G, rows, k). Indices past the end point at the last source with
+    weight 0, output indices past the end repeat the last one. Tensor ops only, so traced sizes stay symbolic."""
+    full = _bilinear_matrix(n_in, n_out, like)  # (n_out, n_in)
+    groups = (n_out + rows - 1) // rows
+    k = (n_in * rows + n_out - 1) // n_out + 2
+    first = torch.arange(groups, device=like.device) * rows  # (G,) first output index of each band
+    start = ((first.to(like.dtype) + 0.5) * (n_in / n_out) - 0.5).clamp(min=0).floor().long()  # as in full
+    index = start[:, None] + torch.arange(k, device=like.device)[None, :]  # (G, k)
+    inside = (index < n_in).to(like.dtype)
+    index = torch.clamp(index, max=n_in - 1)
+    out = torch.clamp(first[:, None] + torch.arange(rows, device=like.device)[None, :], max=n_out - 1)  # (G, rows)
+    weights = full.index_select(0, out.flatten()).view(groups, rows, n_in)  # (G, rows, n_in)
+    weights = weights.gather(2, index[:, None, :].expand(groups, rows, k))  # (G, rows, k)
+    return index, weights * inside[:, None, :]
+
+
 class AllMLPHead(nn.Module):
     """Per-level Linear(C_i -> C), bilinear upsample to the stride-4 size, concat [c4, c3, c2, c1],
     1x1 conv (no bias) + BN + ReLU, Dropout2d, 1x1 classifier. Logits come out at 1/4 of the input size.
@@ -47,6 +66,8 @@ class AllMLPHead(nn.Module):
     `fold` (default True) selects the folded computation described in the module docstring; set it to False to run
     the literal one. Both have the same parameters and state-dict keys.
     """
+
+    BAND = 16  # output rows per band of the exported graph's height upsampling (`_forward_folded_tokens`)
 
     def __init__(self, in_dims: tuple[int, ...], dim: int, num_classes: int, dropout: float = 0.1) -> None:
         super().__init__()
@@ -81,7 +102,11 @@ class AllMLPHead(nn.Module):
         """Composed projections at each level's resolution, upsample-and-add, (folded) BN, ReLU, classifier."""
         size = features[0].shape[-2:]
         weights, bias = self.folded_weights(cache=path == FAST)
-        if path == EXPORT:
+        if path in EXPORTS:
+            # The banded token graph needs the TorchScript exporter's symbolic size arithmetic (torch.export
+            # specialises its band counts); a BatchNorm with batch statistics is not folded into the weights.
+            if torch.jit.is_tracing() and self._bn_folded() and not self.dropout.training:
+                return self._forward_folded_tokens(features, weights, bias)
             return self._forward_folded_nchw(features, weights, bias)
         inplace = path == FAST
         if inplace and len(features) > 1:
@@ -107,31 +132,36 @@ class AllMLPHead(nn.Module):
             # the backward pass, and leaves the weight's gradient channels-last (DDP then copies it per step).
             logits = _linear(to_tokens(x), self.classifier.weight.flatten(1), self.classifier.bias)  # (B, N, K)
             return to_map(logits, size)  # (B, K, H/4, W/4), channels-last
-        # Inference: a 1x1 conv on the channels-last map: oneDNN adds the bias inside the GEMM (F.linear copies it in
-        # first).
-        classifier = self.classifier.weight.clone(memory_format=torch.channels_last)
-        return F.conv2d(x, classifier, self.classifier.bias)  # (B, K, H/4, W/4), channels-last
+        # Inference: oneDNN's GEMM on the tokens (a view of the channels-last map), the bias added inside it.
+        logits = dense_inference(to_tokens(x), self.classifier.weight.flatten(1), self.classifier.bias)  # (B, N, K)
+        return to_map(logits, size)  # (B, K, H/4, W/4), channels-last
 
     def _sum_levels_inference(self, features: list[Tensor], weights: list[Tensor], bias: Tensor) -> Tensor:
         """Pre-BN sum of the projected, upsampled levels without full-size temporaries (inference, no autograd).
 
         Bilinear upsampling is separable, up(y) = A_h y A_w^T. Levels 2-4 are resampled along the width at their
-        own height (small), stacked, and one GEMM [A_h,2 | A_h,3 | A_h,4] @ rows accumulates them in place into the
-        level-1 projection: no three full-size upsampled maps, no three full-size additions."""
-        size = features[0].shape[-2:]
+        own height (small); then along the height in bands of output rows, each reading only the few source rows
+        under it (`_band`: about a fifth of the multiply-adds of the dense [A_h,2 | A_h,3 | A_h,4] @ rows), one
+        batched GEMM accumulating all three levels in place into the level-1 projection: no three full-size
+        upsampled maps, no three full-size additions."""
+        height, width = features[0].shape[-2:]
         b, dim = features[0].shape[0], weights[0].shape[0]
-        x = _linear(to_tokens(features[0]), weights[0])  # (B, H*W, C), level 1 is at the output size already
-        rows, a_h = [], []
+        x = dense_inference(to_tokens(features[0]), weights[0])  # (B, H*W, C), level 1 is at the output size already
+        band = max(r for r in range(1, self.BAND + 1) if height % r == 0)  # output rows per band, a divisor of H
+        groups = height // band
+        gathered, bands = [], []
         for i in range(1, len(features)):
             h, w = features[i].shape[-2:]
-            y = _linear(to_tokens(features[i]), weights[i], bias if i == len(features) - 1 else None)
+            y = dense_inference(to_tokens(features[i]), weights[i], bias if i == len(features) - 1 else None)
             y = y.view(b, h, w, dim)  # (B, h_i, w_i, C) at the level's own resolution; bias rides on the coarsest
-            rows.append(torch.matmul(_bilinear_matrix(w, size[1], y), y))  # (W, w_i) @ (B, h_i, w_i, C)
-            a_h.append(_bilinear_matrix(h, size[0], y))  # (H, h_i)
-        stacked = torch.cat(rows, dim=1).view(b, -1, size[1] * dim)  # (B, sum h_i, W*C)
-        a = torch.cat(a_h, dim=1)  # (H, sum h_i)
-        x.view(b, size[0], size[1] * dim).baddbmm_(a.expand(b, -1, -1), stacked)  # += A_h @ rows, per image
-        return to_map(x, size)  # (B, C, H, W), channels-last
+            rows = torch.matmul(_bilinear_matrix(w, width, y), y).view(b, h, width * dim)  # (B, h_i, W*C)
+            index, weight = _band(h, height, band, y)  # (G, k_i), (G, band, k_i)
+            gathered.append(rows.index_select(1, index.flatten()).view(b, groups, -1, width * dim))  # (B, G, k_i, W*C)
+            bands.append(weight)
+        source = torch.cat(gathered, dim=2).view(b * groups, -1, width * dim)  # (B*G, K, W*C)
+        a = torch.cat(bands, dim=2).repeat(b, 1, 1)  # (B*G, band, K)
+        x.view(b * groups, band, width * dim).baddbmm_(a, source)  # += each band's rows, per image
+        return to_map(x, (height, width))  # (B, C, H, W), channels-last
 
     def _forward_folded_nchw(self, features: list[Tensor], weights: list[Tensor], bias: Tensor) -> Tensor:
         """The same computation for ONNX graphs, which are NCHW: 1x1 convs (ONNX Runtime runs them in its blocked
@@ -150,6 +180,36 @@ class AllMLPHead(nn.Module):
         if not self._bn_folded():
             x = self.bn(x)
         return self.classifier(self.dropout(F.relu(x)))
+
+    def _forward_folded_tokens(self, features: list[Tensor], weights: list[Tensor], bias: Tensor) -> Tensor:
+        """The same computation for ONNX Runtime, on (B*H*W, C) tokens (each level's map is a transposed view of the
+        encoder's tokens, so the Transposes cancel): every projection is a 2-D GEMM; levels 2-4 are upsampled along
+        the width as (W, w_i) @ (w_i, C) per row, then along the height in bands of `BAND` output rows, each of
+        which reads only the few source rows under it (`_band`: a fifth of the multiply-adds of one dense
+        (H, sum h_i) product); the level-1 projection takes their sum as its GEMM's C input and the ReLU along
+        (ONNX Runtime fuses Gemm + Relu); the classifier is one (K, C) @ (C, H*W) product per image, which leaves
+        the logits in (B, K, H, W) order without a Transpose."""
+        b, _, height, width = features[0].shape
+        dim = weights[0].shape[0]
+        tokens = features[0].permute(0, 2, 3, 1).reshape(-1, features[0].shape[1])  # (B*H*W, C_1)
+        if len(features) > 1:
+            gathered, bands = [], []
+            for i in range(1, len(features)):
+                h, w = features[i].shape[-2:]
+                y = features[i].permute(0, 2, 3, 1).reshape(-1, features[i].shape[1])  # (B*h*w, C_i)
+                y = F.linear(y, weights[i], bias if i == len(features) - 1 else None).view(-1, w, dim)  # (B*h, w, C)
+                rows = torch.matmul(_bilinear_matrix(w, width, y), y).view(b, h, width * dim)  # (B, h, W*C)
+                index, band = _band(h, height, self.BAND, y)  # (G, k_i), (G, BAND, k_i)
+                gathered.append(rows.index_select(1, index.flatten()).view(b, *index.shape, -1))  # (B, G, k_i, W*C)
+                bands.append(band)
+            up = torch.matmul(torch.cat(bands, dim=2), torch.cat(gathered, dim=2))  # (B, G, BAND, W*C)
+            up = up.reshape(b, -1, width * dim)[:, :height].reshape(-1, dim)  # (B*H*W, C)
+            x = torch.addmm(up, tokens, weights[0].t())
+        else:
+            x = F.linear(tokens, weights[0], bias)
+        x = F.relu(x).view(b, -1, dim)  # (B, H*W, C)
+        logits = torch.matmul(self.classifier.weight[:, :, 0, 0], x.transpose(1, 2))  # (B, K, H*W)
+        return (logits + self.classifier.bias[:, None]).view(b, -1, height, width)
 
     def _bn_folded(self) -> bool:
         """BN is an affine map only when it normalises with running statistics (eval mode, stats tracked)."""

@@ -14,7 +14,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import SegFormerConfig
-from .layers import FAST, DropPath, drop_path_rates, execution_path, to_map, to_tokens
+from .layers import (
+    EXPORT_ORT,
+    EXPORTS,
+    FAST,
+    PLAIN,
+    DropPath,
+    dense_inference,
+    drop_path_rates,
+    execution_path,
+    to_map,
+    to_tokens,
+)
 
 
 def _channels_last(conv: nn.Conv2d) -> nn.Conv2d:
@@ -24,12 +35,23 @@ def _channels_last(conv: nn.Conv2d) -> nn.Conv2d:
     return conv
 
 
+def _dense(x: Tensor, linear: nn.Linear, fast: bool) -> Tensor:
+    """`linear(x)`; on the FAST path (eager inference) as oneDNN's GEMM with the bias inside (`dense_inference`)."""
+    return dense_inference(x, linear.weight, linear.bias) if fast else linear(x)
+
+
 def _linear_add(x: Tensor, linear: nn.Linear, residual: Tensor) -> Tensor:
-    """`residual + linear(x)` as one GEMM accumulating into `residual + bias`. `F.linear` would first copy the
-    broadcast bias into its output and then need a separate add pass: two passes over (B, N, C) saved per call."""
-    out = residual + linear.bias  # (B, N, C), a fresh tensor
-    out.view(-1, out.shape[-1]).addmm_(x.reshape(-1, x.shape[-1]), linear.weight.t())  # out += x @ W^T
-    return out
+    """`residual + linear(x)` for inference: oneDNN's GEMM with the bias inside, then the residual added in place
+    into its fresh output (one pass over (B, N, C), as many as accumulating into `residual + bias` with MKL's
+    addmm_, whose GEMM is about twice as slow on AMD EPYC: see `dense_inference`)."""
+    return dense_inference(x, linear.weight, linear.bias).add_(residual)
+
+
+def _nhwc_tokens(x: Tensor) -> Tensor:
+    """(B, C, H, W) -> (B, H*W, C) as a permute to NHWC then a reshape: the same tokens as `to_tokens`, but in an
+    exported graph the Transpose directly follows the conv, and ONNX Runtime folds it into the conv's layout reorder
+    (flatten-then-transpose leaves a Reshape between them, and a full Transpose pass)."""
+    return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, x.shape[1])
 
 
 class OverlapPatchEmbed(nn.Module):
@@ -40,10 +62,10 @@ class OverlapPatchEmbed(nn.Module):
         self.proj = _channels_last(nn.Conv2d(in_channels, dim, kernel, stride, padding=kernel // 2))
         self.norm = nn.LayerNorm(dim)  # torch default eps 1e-5, as the original
 
-    def forward(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
+    def forward(self, x: Tensor, path: str = PLAIN) -> tuple[Tensor, tuple[int, int]]:
         x = self.proj(x)  # (B, C, ceil(H/s), ceil(W/s))
         hw = (x.shape[2], x.shape[3])
-        return self.norm(to_tokens(x)), hw
+        return self.norm(_nhwc_tokens(x) if path in EXPORTS else to_tokens(x)), hw
 
 
 class EfficientSelfAttention(nn.Module):
@@ -63,13 +85,60 @@ class EfficientSelfAttention(nn.Module):
     def forward(self, x: Tensor, hw: tuple[int, int], residual: Tensor | None = None) -> Tensor:
         """Attention output; `residual + output` when a residual is given (inference only, see `_linear_add`)."""
         b, n, c = x.shape
-        q = self.q(x).unflatten(-1, (self.num_heads, -1)).transpose(1, 2)  # (B, h, N, d)
+        fast = residual is not None
+        q = _dense(x, self.q, fast).unflatten(-1, (self.num_heads, -1)).transpose(1, 2)  # (B, h, N, d)
         if self.sr_ratio > 1:
             x = self.norm(to_tokens(self.sr(to_map(x, hw))))  # (B, N / sr^2, C)
-        k, v = self.kv(x).unflatten(-1, (2, self.num_heads, -1)).permute(2, 0, 3, 1, 4)  # 2 x (B, h, M, d)
+        kv = _dense(x, self.kv, fast)  # (B, M, 2C)
+        k, v = kv.unflatten(-1, (2, self.num_heads, -1)).permute(2, 0, 3, 1, 4)  # 2 x (B, h, M, d)
         out = F.scaled_dot_product_attention(q, k, v)  # scale d^-0.5, as the original
         out = out.transpose(1, 2).reshape(b, n, c)  # (B, h, N, d) -> (B, N, C); a view: SDPA returns it (B, N, h, d)
         return self.proj(out) if residual is None else _linear_add(out, self.proj, residual)
+
+    def forward_export(self, x: Tensor, hw: tuple[int, int], residual: Tensor, fused: bool = False) -> Tensor:
+        """`residual + attention(x)` as ONNX Runtime runs it fastest: 2-D GEMMs with their bias inside (Gemm), keys
+        and values as two GEMMs (no Split), and either ONNX Runtime's fused MultiHeadAttention (`fused`) or
+        standard MatMul / Softmax / MatMul with the scale folded into the query weights (a constant after export)
+        and no Transposes around the products with one head (the largest stage)."""
+        b, n, _ = x.shape
+        c, heads = self.q.in_features, self.num_heads  # Python ints: weight slices and the scale fold to constants
+        d = c // heads
+        scale = 1.0 if fused else d**-0.5
+        q = F.linear(x.reshape(-1, c), self.q.weight * scale, self.q.bias * scale)  # (B*N, C)
+        if self.sr_ratio > 1:
+            x = self.norm(_nhwc_tokens(self.sr(to_map(x, hw))))  # (B, M, C)
+        m = x.shape[1]
+        x = x.reshape(-1, c)
+        k = F.linear(x, self.kv.weight[:c], self.kv.bias[:c])  # (B*M, C)
+        v = F.linear(x, self.kv.weight[c:], self.kv.bias[c:])
+        if fused:
+            out = _OrtAttention.apply(q.view(b, n, c), k.view(b, m, c), v.view(b, m, c), heads).reshape(-1, c)
+        elif heads == 1:
+            attn = torch.matmul(q.view(b, n, c), k.view(b, m, c).transpose(1, 2)).softmax(dim=-1)  # (B, N, M)
+            out = torch.matmul(attn, v.view(b, m, c)).view(-1, c)
+        else:
+            q = q.view(b, n, heads, d).transpose(1, 2)  # (B, h, N, d)
+            k = k.view(b, m, heads, d).permute(0, 2, 3, 1)  # (B, h, d, M)
+            attn = torch.matmul(q, k).softmax(dim=-1)  # (B, h, N, M)
+            out = torch.matmul(attn, v.view(b, m, heads, d).transpose(1, 2)).transpose(1, 2).reshape(-1, c)
+        return (F.linear(out, self.proj.weight, self.proj.bias) + residual.reshape(-1, c)).view(b, n, c)
+
+
+class _OrtAttention(torch.autograd.Function):
+    """softmax(q k^T / sqrt(d)) v for (B, N, C) queries and (B, M, C) keys and values split into `heads`; exported
+    as ONNX Runtime's com.microsoft MultiHeadAttention (one fused kernel, no (N, M) scores in memory)."""
+
+    @staticmethod
+    def forward(ctx: object, q: Tensor, k: Tensor, v: Tensor, heads: int) -> Tensor:
+        b, n, c = q.shape
+        split = [t.unflatten(-1, (heads, -1)).transpose(1, 2) for t in (q, k, v)]  # (B, h, ., d)
+        return F.scaled_dot_product_attention(*split).transpose(1, 2).reshape(b, n, c)
+
+    @staticmethod
+    def symbolic(g, q, k, v, heads: int):  # g: the torch.onnx graph context
+        out = g.op("com.microsoft::MultiHeadAttention", q, k, v, num_heads_i=heads)
+        out.setType(q.type())
+        return out
 
 
 class MixFFN(nn.Module):
@@ -82,8 +151,18 @@ class MixFFN(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: Tensor, hw: tuple[int, int], residual: Tensor | None = None) -> Tensor:
-        x = F.gelu(to_tokens(self.dwconv(to_map(self.fc1(x), hw))))
+        x = F.gelu(to_tokens(self.dwconv(to_map(_dense(x, self.fc1, residual is not None), hw))))
         return self.fc2(x) if residual is None else _linear_add(x, self.fc2, residual)
+
+    def forward_export(self, x: Tensor, hw: tuple[int, int], residual: Tensor) -> Tensor:
+        """`residual + ffn(x)` for ONNX Runtime: fc1 as a 1x1 conv, so that it and the depthwise conv run in ONNX
+        Runtime's blocked layout back to back (one layout reorder in, of the narrow input, and one out, which takes
+        the NHWC Transpose along); fc2 as a 2-D GEMM with its bias inside."""
+        b, n, _ = x.shape
+        c = self.fc2.out_features
+        y = F.conv2d(to_map(x, hw), self.fc1.weight[:, :, None, None], self.fc1.bias)  # (B, 4C, H, W), 1x1 conv
+        y = F.gelu(_nhwc_tokens(self.dwconv(y)).reshape(b * n, -1))  # (B*N, 4C)
+        return (F.linear(y, self.fc2.weight, self.fc2.bias) + residual.reshape(-1, c)).view(b, n, c)
 
 
 class Block(nn.Module):
@@ -97,9 +176,13 @@ class Block(nn.Module):
         self.ffn = MixFFN(dim, dim * mlp_ratio)
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x: Tensor, hw: tuple[int, int], fast: bool = False) -> Tensor:
-        """`fast` (eager inference, see `layers.execution_path`) accumulates each residual inside its GEMM."""
-        if fast and (self.drop_path.p == 0.0 or not self.training):
+    def forward(self, x: Tensor, hw: tuple[int, int], path: str = PLAIN) -> Tensor:
+        """`path` as `layers.execution_path`: FAST runs oneDNN's GEMMs and adds each residual in place, EXPORT writes
+        the graph ONNX Runtime runs fastest; both leave DropPath out (inference)."""
+        if path in EXPORTS and (self.drop_path.p == 0.0 or not self.training):
+            x = self.attn.forward_export(self.norm1(x), hw, residual=x, fused=path == EXPORT_ORT)
+            return self.ffn.forward_export(self.norm2(x), hw, residual=x)
+        if path == FAST and (self.drop_path.p == 0.0 or not self.training):
             x = self.attn(self.norm1(x), hw, residual=x)
             return self.ffn(self.norm2(x), hw, residual=x)
         x = x + self.drop_path(self.attn(self.norm1(x), hw))
@@ -127,15 +210,15 @@ class Stage(nn.Module):
         self.norm = nn.LayerNorm(dim, eps=eps)
         self.grad_checkpointing = False
 
-    def forward(self, x: Tensor, fast: bool = False) -> Tensor:
-        x, hw = self.patch_embed(x)
+    def forward(self, x: Tensor, path: str = PLAIN) -> Tensor:
+        x, hw = self.patch_embed(x, path)
         for block in self.blocks:
             if self.grad_checkpointing and self.training:
                 from torch.utils.checkpoint import checkpoint
 
-                x = checkpoint(block, x, hw, fast, use_reentrant=False)
+                x = checkpoint(block, x, hw, path, use_reentrant=False)
             else:
-                x = block(x, hw, fast)
+                x = block(x, hw, path)
         return to_map(self.norm(x), hw)
 
 
@@ -166,10 +249,10 @@ class MixTransformer(nn.Module):
             raise ValueError(
                 f"input of size {tuple(x.shape[-2:])} is too small: this model needs H, W >= {self.min_size} pixels"
             )
-        fast = (path or execution_path(x)) == FAST
+        path = path or execution_path(x)
         features = []
         for stage in self.stages:
-            x = stage(x, fast)
+            x = stage(x, path)
             features.append(x)
         return features
 

@@ -27,9 +27,10 @@ class SegFormer(nn.Module):
         self.head = AllMLPHead(config.embed_dims, config.decoder_dim, config.num_classes, config.classifier_dropout)
         self.apply(init_weights)
         init_classifier(self.head.classifier)
+        self.onnxruntime_ops = False  # set by `export_onnx(..., onnxruntime_ops=True)` while it exports
 
     def forward(self, x: Tensor) -> Tensor:
-        path = execution_path(x)  # decided once here for every block and the decoder
+        path = execution_path(x, self.onnxruntime_ops)  # decided once here for every block and the decoder
         return self.head(self.encoder(x, path), path)
 
     def forward_features(self, x: Tensor) -> list[Tensor]:

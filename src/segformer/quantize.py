@@ -4,9 +4,10 @@ agrees with the float model well enough.
 
 What stays in float is a list of named groups (`FLOAT_GROUPS`); `DEFAULT_KEEP_FLOAT` is what the measurements in
 BENCHMARKS.md ("INT8 ONNX") chose: the convolutions and every MatMul run in INT8, except the first conv and the
-classifier; everything whose accuracy or speed does not gain from 8 bits stays in float. Three rewrites make the
-INT8 graph faster in ONNX Runtime: GELU is fused into one node before quantisation, Shape nodes read the INT8
-tensors, and bias additions join their INT8 products (`fuse_gelu`, `shapes_from_quantized`, `fuse_bias`).
+classifier; everything whose accuracy or speed does not gain from 8 bits stays in float. The float export's Gemms
+are first written as MatMul + Add (`unfuse_gemm`), the form this recipe quantises. Three rewrites make the INT8
+graph faster in ONNX Runtime: GELU is fused into one node before quantisation, Shape nodes read the INT8 tensors,
+and bias additions join their INT8 products (`fuse_gelu`, `shapes_from_quantized`, `fuse_bias`).
 
 onnx and onnxruntime are the optional `onnx` extra; they are imported inside functions.
 """
@@ -49,7 +50,7 @@ FLOAT_GROUPS = {
     "attention": "MatMuls of two activations: attention QK^T and AV",
     "upsampling": "the decoder's bilinear upsampling, MatMuls with interpolation matrices built from the input size",
     "first_conv": "the first convolution (stage 1 patch embedding, on the raw pixels)",
-    "classifier": "the last convolution (the classifier, whose output is the logits)",
+    "classifier": "the classifier: the last product with weights, whose output is the logits",
 }
 DEFAULT_KEEP_FLOAT = ("layernorm", "softmax", "gelu", "elementwise", "first_conv", "classifier")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
@@ -164,8 +165,7 @@ def node_groups(proto: Any) -> dict[str, list[str]]:
     weight (what INT8 is for). Found by structure (op types, constants, what depends on the pixels), not by names,
     so it works on any SegFormer graph (and after optimisation)."""
     graph = proto.graph
-    consts = {t.name for t in graph.initializer}
-    consts |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    consts = _constant_tensors(graph)
     groups: dict[str, list[str]] = {name: [] for name in (*FLOAT_GROUPS, "weights")}
     producers = {o: n for n in graph.node for o in n.output}
 
@@ -189,6 +189,8 @@ def node_groups(proto: Any) -> dict[str, list[str]]:
         if n.op_type != "Shape" and any(i in data for i in n.input):
             data.update(n.output)
     convs = [n for n in graph.node if n.op_type == "Conv"]
+    products = [n for n in graph.node if n.op_type in ("Conv", "MatMul", "Gemm") and _weight_product(n, consts, data)]
+    classifier = products[-1] if products else None  # the last product with weights makes the logits
     for n in graph.node:
         if n.op_type == "LayerNormalization":
             groups["layernorm"].append(n.name)
@@ -198,21 +200,34 @@ def node_groups(proto: Any) -> dict[str, list[str]]:
             groups["gelu"].append(n.name)
         elif n.op_type in ("Add", "Mul", "Sub", "Div"):
             groups["elementwise"].append(n.name)
+        elif n is classifier:
+            groups["classifier"].append(n.name)
         elif n.op_type in ("MatMul", "Gemm"):
             if not any(i in data for i in n.input[:2]):
                 continue  # a product of constants (folded by ONNX Runtime): nothing to quantise
-            if any(i in consts for i in n.input[:2]):
+            if _weight_product(n, consts, data):
                 groups["weights"].append(n.name)
             else:
                 groups["attention" if all(i in data for i in n.input[:2]) else "upsampling"].append(n.name)
         elif n.op_type == "Conv":
-            if n is convs[0]:
-                groups["first_conv"].append(n.name)
-            elif n is convs[-1]:
-                groups["classifier"].append(n.name)
-            else:
-                groups["weights"].append(n.name)
+            groups["first_conv" if n is convs[0] else "weights"].append(n.name)
     return groups
+
+
+def _constant_tensors(graph: Any) -> set[str]:
+    """Initializers, Constant outputs, and the outputs of nodes that read only those (weights the exporter left as
+    a Slice, Flatten or scaling of a parameter, which ONNX Runtime folds when it loads the graph)."""
+    consts = {t.name for t in graph.initializer}
+    for n in graph.node:  # nodes are in topological order
+        if all(i in consts for i in n.input if i):
+            consts.update(n.output)
+    return consts
+
+
+def _weight_product(node: Any, consts: set[str], data: set[str]) -> bool:
+    """A Conv, MatMul or Gemm of the pixel-dependent data with a constant (weight) operand."""
+    a, b = node.input[0], node.input[1]
+    return (a in data and b in consts) or (node.op_type == "MatMul" and a in consts and b in data)
 
 
 def quantization_plan(proto: Any, keep_float: Sequence[str]) -> tuple[list[str] | None, list[str], dict[str, int]]:
@@ -371,6 +386,40 @@ def fuse_bias(proto: Any) -> int:
     return len(fused)
 
 
+def unfuse_gemm(proto: Any) -> int:
+    """Each Gemm with a constant weight becomes MatMul (+ Add of its C input): the form the INT8 recipe quantises
+    (the weight per output column, the bias joined back by `fuse_bias`). The float export writes Gemms because
+    ONNX Runtime runs them fastest in float. Returns the number of Gemms rewritten."""
+    from onnx import helper, numpy_helper
+
+    graph = proto.graph
+    weights = {t.name: t for t in graph.initializer}
+    nodes, count = [], 0
+    for n in graph.node:
+        att = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        plain = att.get("alpha", 1.0) == 1.0 and att.get("beta", 1.0) == 1.0 and not att.get("transA", 0)
+        if n.op_type != "Gemm" or not plain or n.input[1] not in weights:
+            nodes.append(n)
+            continue
+        weight = n.input[1]
+        if att.get("transB", 0):
+            array = numpy_helper.to_array(weights[weight]).T
+            weight = f"{n.input[1]}_t"
+            graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(array), weight))
+        bias = n.input[2] if len(n.input) > 2 and n.input[2] else None
+        product = n.output[0] if bias is None else f"{n.output[0]}_matmul"
+        nodes.append(helper.make_node("MatMul", [n.input[0], weight], [product], name=n.name))
+        if bias is not None:
+            nodes.append(helper.make_node("Add", [product, bias], [n.output[0]], name=f"{n.name}_bias"))
+        count += 1
+    if count:
+        _replace_nodes(graph, nodes)
+        used = {i for n in graph.node for i in n.input}
+        for t in [t for t in graph.initializer if t.name not in used]:  # transposed away
+            graph.initializer.remove(t)
+    return count
+
+
 def _replace_nodes(graph: Any, nodes: list[Any]) -> None:
     """The graph's node list becomes `nodes` (copied first: they may be the list's own elements)."""
     copies = []
@@ -427,7 +476,10 @@ def quantize_onnx(
         # ORT's basic optimisations and ONNX shape inference; symbolic inference adds nothing to this graph.
         quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
         proto = onnx.load(str(prepared))
-        if "gelu" in options.keep_float and fuse_gelu(proto):
+        rewritten = unfuse_gemm(proto)
+        if "gelu" in options.keep_float:
+            rewritten += fuse_gelu(proto)
+        if rewritten:
             onnx.save(proto, str(prepared))
         op_types, exclude, kept = quantization_plan(proto, options.keep_float)
         extra: dict[str, Any] = {

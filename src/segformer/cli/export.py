@@ -35,6 +35,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-classes", type=int, default=None, help="classes for a random b0..b5 model (default 150)")
     p.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime comparison")
     p.add_argument("--atol", type=float, default=1e-4, help="largest accepted |ORT - PyTorch| on logits")
+    p.add_argument(
+        "--onnxruntime-ops",
+        action="store_true",
+        help="attention as ONNX Runtime's fused MultiHeadAttention: faster there; the file then runs in ORT only",
+    )
     q = p.add_argument_group("INT8 (ONNX Runtime static quantisation, checked against the float export)")
     q.add_argument("--int8", action="store_true", help="write an INT8 model")
     q.add_argument("--calibrate", metavar="IMAGES", default=None, help="folder of typical images (needed by --int8)")
@@ -87,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
         sample_size=args.size,
         check=not args.no_check,
         atol=args.atol,
+        onnxruntime_ops=args.onnxruntime_ops,
     )
     print(report.summary())
     return 0
