@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The CPU build of torch; set TORCH= to keep whatever torch the venv already has.
 TORCH ?= torch==2.13.0
 
-.PHONY: venv dev demo app test test-elastic lint format clean
+.PHONY: venv dev demo app test lint format clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,13 +32,7 @@ test: dev
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/lint-imports
-	@echo "make test: the torchrun restart/shrink timing tests (marker elastic) run in make test-elastic, not here"
-	$(BIN)/python -m pytest -q -m "not elastic"
-
-# torchrun elastic restarts (5 SIGKILLs at random points) and a 2-node job shrinking to 1: timing-sensitive on a
-# loaded machine, so kept out of `make test`.
-test-elastic: dev
-	$(BIN)/python -m pytest -q -m elastic
+	$(BIN)/python -m pytest -q
 
 lint: dev
 	$(BIN)/ruff check src tests benchmarks

@@ -13,8 +13,10 @@ log = logging.getLogger("segformer")
 class StopRequest:
     """SIGTERM/SIGINT (cluster preemption, Ctrl-C) in a single process: finish the iteration, save, stop.
 
-    A second signal interrupts at once. Under torchrun the launcher owns the workers' signals, so nothing is
-    installed there (checkpoints every --save-every bound the loss). Use as a context manager, or call `uninstall`.
+    A second signal interrupts at once. Installed for a single process only, under torchrun too (a one-node elastic
+    job that a node joins is SIGTERMed by its agent, and saves first); with more processes nothing is installed, as
+    one that stopped alone would leave the others waiting in a collective (checkpoints every --save-every bound the
+    loss there). Use as a context manager, or call `uninstall`.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
