@@ -1,8 +1,9 @@
 """Forward latency of this tree's model against another checkout's, in one process, interleaved rounds.
 
-Both models get the same weights and input; their logits must be bitwise equal. The other checkout's
-src/segformer is copied to a temporary folder as package `segformer_other` (it uses relative imports), so both
-run side by side under the same load: the ratio holds on a busy machine where absolute times do not. With
+Both models get the same weights and input; their logits must agree within 1e-4 (the line says whether they are
+bitwise equal). The other checkout's src/segformer is copied to a temporary folder as package `segformer_other` (it
+uses relative imports), so both run side by side under the same load: the ratio holds on a busy machine where
+absolute times do not. With
 `--transformers`, transformers' SegformerForSemanticSegmentation (same weights) takes its turn in the same rounds,
 so "this / transformers" and "other / transformers" come from one run.
 
@@ -67,8 +68,9 @@ def run_case(name: str, other_pkg: object, threads: int, with_hf: bool, tmp: Pat
         hf = transformers.SegformerForSemanticSegmentation.from_pretrained(this.save_pretrained(tmp / name)).eval()
         models["transformers"] = lambda: hf(pixel_values=x)
     with torch.inference_mode():
-        if not torch.equal(other(x), this(x)):
-            raise SystemExit(f"{name}: the two trees compute different logits")
+        diff = float((other(x) - this(x)).abs().max())
+        if diff > 1e-4:
+            raise SystemExit(f"{name}: the two trees compute different logits (max abs diff {diff:.1e})")
         ms = interleaved(models, rounds)
     line = (
         f"{name} fp32 eager, {threads} threads, {rounds} interleaved rounds: other {ms['other']:.1f} ms, "
@@ -80,7 +82,7 @@ def run_case(name: str, other_pkg: object, threads: int, with_hf: bool, tmp: Pat
             f"; transformers {hf_ms:.1f} ms, other/transformers {ms['other'] / hf_ms:.3f}, "
             f"this/transformers {ms['this'] / hf_ms:.3f}"
         )
-    return line + " (logits bitwise equal)"
+    return line + (" (logits bitwise equal)" if diff == 0 else f" (logits within {diff:.1e})")
 
 
 def main() -> None:

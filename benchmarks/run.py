@@ -111,8 +111,8 @@ NOTES = """## How to read this
 - This machine is shared. The load average before each group is given (it includes the previous group of this
   suite). With 2 threads on 2 cores, another job on one core stalls every OpenMP parallel region: eager timings then
   grow ~10x and their ratios mean little (earlier runs of this suite under such load gave 0.5x where a quiet run gives
-  0.23x). The tables below were taken in a quiet period; the 1-thread tables are the less load-sensitive ones.
-- bf16 on CPU needs AMX or AVX512-BF16 (this CPU has both, see the flags above). The argmax-agreement target
+  0.23x). Run the suite when nothing else runs (`uptime`); 1-thread tables (`--threads 1`) are less load-sensitive.
+- bf16 on CPU needs AMX or AVX512-BF16 (see the CPU features above). The argmax-agreement target
   (>= 99.5% of pixels vs fp32) is only meaningful for trained weights, where logits have real margins: with random
   weights the top-2 logits of 150 classes are often within bf16 rounding. The `b0-512-trained-bf16` group uses the
   B0 trained by `segformer demo` (synthetic data, 7 classes) when it exists.
