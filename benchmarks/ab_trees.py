@@ -7,7 +7,7 @@ absolute times do not. With
 `--transformers`, transformers' SegformerForSemanticSegmentation (same weights) takes its turn in the same rounds,
 so "this / transformers" and "other / transformers" come from one run.
 
-    git worktree add /tmp/pre pre-redesign
+    git worktree add --detach /tmp/pre 72f8434     # the tree before the redesign (issue 9)
     python benchmarks/ab_trees.py /tmp/pre --transformers    # medians, this/other, each/transformers
 """
 
