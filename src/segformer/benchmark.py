@@ -18,7 +18,7 @@ import platform
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +69,25 @@ class BenchmarkResult:
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def here(
+        cls, model: str, size: Sequence[int], batch: int, device: str, repeats: int, baseline: str, **extra: Any
+    ) -> BenchmarkResult:
+        """A result for this process: its thread count, the device's name and torch's version filled in."""
+        versions = {"torch": torch.__version__, **extra.pop("versions", {})}
+        return cls(
+            model=model,
+            size=tuple(size),
+            batch=batch,
+            threads=torch.get_num_threads(),
+            device=device,
+            device_name=device_name(device),
+            repeats=repeats,
+            baseline=baseline,
+            versions=versions,
+            **extra,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -318,16 +337,13 @@ def run_benchmark(
     ours = ours.to(device).eval()
     x = sample_image(size, batch).to(device)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    result = BenchmarkResult(
-        model=f"{label} ({ours.config.name}, {ours.config.num_classes} classes)",
-        size=tuple(size),
-        batch=batch,
-        threads=torch.get_num_threads(),
-        device=device,
-        device_name=device_name(device),
-        repeats=repeats,
+    result = BenchmarkResult.here(
+        f"{label} ({ours.config.name}, {ours.config.num_classes} classes)",
+        size,
+        batch,
+        device,
+        repeats,
         baseline="transformers eager" if compare else "ours eager fp32",
-        versions={"torch": torch.__version__},
     )
     if not isinstance(model, SegFormer) and note:
         result.notes.append(note + "; latency does not depend on them")
@@ -613,17 +629,15 @@ def run_train_benchmark(
     x = sample_image(size, batch).to(device)
     y = sample_labels(size, batch, config.num_classes).to(device)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    result = BenchmarkResult(
-        model=f"{model} ({config.num_classes} classes, random weights)",
-        size=tuple(size),
-        batch=batch,
-        threads=torch.get_num_threads(),
-        device=device,
-        device_name=device_name(device),
-        repeats=repeats,
+    result = BenchmarkResult.here(
+        f"{model} ({config.num_classes} classes, random weights)",
+        size,
+        batch,
+        device,
+        repeats,
         baseline="transformers",
         kind="train",
-        versions={"torch": torch.__version__, "transformers": transformers.__version__},
+        versions={"transformers": transformers.__version__},
     )
     with tempfile.TemporaryDirectory(prefix="segformer-bench-") as tmp:
         folder = ours.save_pretrained(Path(tmp) / "hf")

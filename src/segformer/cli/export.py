@@ -13,6 +13,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from ..data.catalog import DATASET_NAMES
 from .common import parse_size
@@ -75,27 +76,37 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, flag) is not None:
             raise ValueError(f"--{flag.replace('_', '-')} only applies with --int8")
     from ..export import export_onnx
+
+    model = _model(args)
+    report = export_onnx(
+        model, args.out, sample_size=args.size, onnxruntime_ops=args.onnxruntime_ops, **_export_flags(args)
+    )
+    print(report.summary())
+    return 0
+
+
+def _model(args: argparse.Namespace) -> Any:
+    """The model to export (any spec `model_from_spec` takes), in eval mode; says so when its weights are random."""
     from ..loading import model_from_spec, random_weights_note
 
     model = model_from_spec(args.weights, num_classes=args.num_classes)
     note = random_weights_note(args.weights, model)
     if note:
         print(note)
-    report = export_onnx(
-        model.eval(),
-        args.out,
-        with_preprocess=args.with_preprocess,
-        with_postprocess=args.with_postprocess,
-        label_dtype=args.label_dtype,
-        opset=args.opset,
-        exporter=args.exporter,
-        sample_size=args.size,
-        check=not args.no_check,
-        atol=args.atol,
-        onnxruntime_ops=args.onnxruntime_ops,
-    )
-    print(report.summary())
-    return 0
+    return model.eval()
+
+
+def _export_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The export settings the float and the INT8 export share."""
+    return {
+        "with_preprocess": args.with_preprocess,
+        "with_postprocess": args.with_postprocess,
+        "label_dtype": args.label_dtype,
+        "opset": args.opset,
+        "exporter": args.exporter,
+        "check": not args.no_check,
+        "atol": args.atol,
+    }
 
 
 def _run_int8(args: argparse.Namespace) -> int:
@@ -113,16 +124,11 @@ def _run_int8(args: argparse.Namespace) -> int:
         keep = () if args.keep_float.strip().lower() == "none" else tuple(g.strip() for g in args.keep_float.split(","))
     options = QuantizeOptions(keep_float=keep, per_channel=not args.per_tensor, calibrate_method=args.calibration)
 
-    from ..loading import model_from_spec, random_weights_note
-
-    model = model_from_spec(args.weights, num_classes=args.num_classes)
-    note = random_weights_note(args.weights, model)
-    if note:
-        print(note)
+    model = _model(args)
     dataset, eval_options = _eval_dataset(args, model.config.num_classes)
     try:
         report = export_int8(
-            model.eval(),
+            model,
             args.out,
             args.calibrate,
             calib_count=args.calib_count,
@@ -134,13 +140,7 @@ def _run_int8(args: argparse.Namespace) -> int:
             eval_max_samples=args.eval_max_samples,
             options=options,
             size=args.size,
-            with_preprocess=args.with_preprocess,
-            with_postprocess=args.with_postprocess,
-            label_dtype=args.label_dtype,
-            opset=args.opset,
-            exporter=args.exporter,
-            check=not args.no_check,
-            atol=args.atol,
+            **_export_flags(args),
         )
     except QuantizationRejected as e:
         print(e.report.summary())
