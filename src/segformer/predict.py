@@ -67,11 +67,13 @@ class OutputStyle:
 
 
 def default_num_workers() -> int:
-    """Reader (and as many writer) processes per model process: a quarter of the cores this process may share
-    with the other torchrun processes of its machine, 1 to 8; the model's own threads use the rest."""
+    """Reader (and as many writer) processes per model process: the cores this process shares with the other
+    torchrun processes of its machine, 1 to 8. On the CPU the writers compute the full-size label maps, which take
+    longer than the model itself (`benchmarks/predict_folder.py --breakdown`): 104 photos took 44 s with 2 writers
+    and 59 s with 1 on 2 cores. Readers mostly wait."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     local = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-    return max(1, min(8, cores // (4 * local)))
+    return max(1, min(8, cores // local))
 
 
 def collect_images(

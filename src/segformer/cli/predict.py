@@ -60,7 +60,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="processes decoding/resizing images ahead of the model, and as many writing outputs (0 = none; "
-        "default: a quarter of the cores, 1 to 8)",
+        "default: the cores, 1 to 8)",
     )
 
 
