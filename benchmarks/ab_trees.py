@@ -14,7 +14,6 @@ so "this / transformers" and "other / transformers" come from one run.
 from __future__ import annotations
 
 import argparse
-import platform
 import shutil
 import statistics
 import sys
@@ -26,19 +25,9 @@ from pathlib import Path
 import torch
 
 import segformer
+from segformer.benchmark import cpu_model
 
 CASES = {"b0-512": ("b0", (512, 512), 15), "b2-512": ("b2", (512, 512), 7), "b0-1024x2048": ("b0", (1024, 2048), 5)}
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (Linux), else platform.processor()."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def interleaved(fns: dict[str, Callable[[], object]], rounds: int, warmup: int = 2) -> dict[str, float]:

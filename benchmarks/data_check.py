@@ -28,18 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from data_throughput import write_dataset  # noqa: E402
 
+from segformer.benchmark import cpu_model  # noqa: E402
 from segformer.data import build_dataset, check_dataset  # noqa: E402
 from segformer.data.check import _summarize, scan  # noqa: E402
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def timed(fn, repeats: int = 1) -> float:
@@ -87,7 +78,7 @@ def main() -> None:
             root = Path(args.data_root)
         ds = build_dataset(args.dataset, root, args.split)
         n = len(ds)
-        print(f"{cpu_name()}, {os.cpu_count()} logical CPUs visible, Python {platform.python_version()}")
+        print(f"{cpu_model()}, {os.cpu_count()} logical CPUs visible, Python {platform.python_version()}")
         split = one_process_split(ds, min(n, 100))
         print(
             f"one process, CPU per image: decode {split['decode_ms']:.1f} ms, whole summary "

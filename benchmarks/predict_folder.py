@@ -22,7 +22,6 @@ whole folder. Everything is written under a temporary folder in /tmp, removed at
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import tempfile
 import time
@@ -33,6 +32,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from segformer import InferenceOptions, Segmenter, create_model
+from segformer.benchmark import cpu_model
 from segformer.imageio import default_palette, write_label_png
 from segformer.inference import resized_size
 from segformer.predict import default_num_workers, predict_files
@@ -136,16 +136,6 @@ def agreement(ours: Path, theirs: Path) -> float:
             x, y = np.asarray(a), np.asarray(b)
         same, total = same + int((x == y).sum()), total + x.size
     return same / total
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> None:

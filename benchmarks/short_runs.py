@@ -28,7 +28,6 @@ import json
 import logging
 import math
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -324,16 +323,10 @@ def table(records: list[dict], recipes: list[str], datasets: list[str]) -> str:
 
 
 def machine() -> str:
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from segformer.benchmark import cpu_model
+
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
-    return f"CPU {cpu}, {os.cpu_count()} cores visible, load average {load}"
+    return f"CPU {cpu_model()}, {os.cpu_count()} cores visible, load average {load}"
 
 
 def main() -> None:

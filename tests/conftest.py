@@ -1,7 +1,10 @@
 import os
+from pathlib import Path
 
 import pytest
 import torch
+
+from segformer import create_model
 
 # Reproducible and bounded: CI has 2 cores.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
@@ -10,3 +13,16 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+TINY = {"embed_dims": (8, 16, 40, 64), "depths": (1, 1, 1, 1), "decoder_dim": 32}  # a fast stand-in for B0
+NAMES = ("sky", "road", "car")
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    """A tiny 3-class B0 (`TINY`, classes `NAMES`) saved once per test module; modules may define their own."""
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("weights")
+    create_model("b0", num_classes=3, class_names=NAMES, **TINY).save_pretrained(folder)
+    return folder

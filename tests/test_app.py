@@ -16,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import NAMES, TINY
 from segformer import create_model, load_model
 from segformer.app import (
     HUGE_PIXELS,
@@ -41,17 +42,6 @@ from segformer.cli.evaluate import describe
 from segformer.imageio import ImageReadError, default_palette, write_label_png
 from segformer.inference import InferenceOptions
 from segformer.visualize import overlay
-
-TINY = {"embed_dims": (8, 16, 40, 64), "depths": (1, 1, 1, 1), "decoder_dim": 32}  # a fast stand-in for B0
-NAMES = ("sky", "road", "car")
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("weights")
-    create_model("b0", num_classes=3, class_names=NAMES, **TINY).save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -8,21 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import NAMES, TINY
 from segformer import Segmenter, create_model, evaluate, load_model
 from segformer.cli import main
 from segformer.data import build_dataset
-
-TINY = {"embed_dims": (8, 16, 40, 64), "depths": (1, 1, 1, 1), "decoder_dim": 32}  # a fast stand-in for B0
-
-NAMES = ("sky", "road", "car")
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("weights")
-    create_model("b0", num_classes=3, class_names=NAMES, **TINY).save_pretrained(folder)
-    return folder
 
 
 def write_folder_dataset(root: Path, classes: tuple[str, ...], n: int = 3, top_label: int | None = None) -> Path:

@@ -10,26 +10,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from segformer import InferenceOptions, Segmenter, create_model, load_model
+from segformer import InferenceOptions, Segmenter, load_model
 from segformer.cli import main
 from segformer.imageio import read_image
 from segformer.predict import predict_files
-from test_eval_predict_cli import NAMES, TINY
 
 PALETTE = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255]], np.uint8)
 # (H, W): the first three share the model input size at scale (64, 48); the last has its own.
 SIZES = [(60, 80), (75, 100), (48, 64), (60, 80), (50, 90)]
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("weights")
-    create_model("b0", num_classes=3, class_names=NAMES, **TINY).save_pretrained(folder)
-    return folder
 
 
 def photos(root: Path, sizes=SIZES, broken: bool = True) -> Path:
