@@ -19,7 +19,6 @@ Under torch.distributed (torchrun) every rank builds the same plan of outputs an
 from __future__ import annotations
 
 import logging
-import os
 import signal
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -43,7 +42,7 @@ from .inference import (
     resized_size,
     stack_images,
 )
-from .runtime import autocast
+from .runtime import autocast, cores_per_process
 
 log = logging.getLogger("segformer")
 
@@ -71,9 +70,7 @@ def default_num_workers() -> int:
     torchrun processes of its machine, 1 to 8. On the CPU the writers compute the full-size label maps, which take
     longer than the model itself (`benchmarks/predict_folder.py --breakdown`): 104 photos took 44 s with 2 writers
     and 59 s with 1 on 2 cores. Readers mostly wait."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-    return max(1, min(8, cores // local))
+    return max(1, min(8, cores_per_process()))
 
 
 def collect_images(

@@ -45,3 +45,13 @@ def resolve_device(name: str | torch.device) -> torch.device:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
     return device
+
+
+def cores_per_process() -> int:
+    """The cores this process may run on, shared with the other torchrun processes of its machine
+    (LOCAL_WORLD_SIZE); 0 when there are more such processes than cores. Worker counts are derived from it."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1) or 1))

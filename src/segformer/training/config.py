@@ -7,7 +7,6 @@ Flat on purpose: every field is one CLI flag (`--field-name`) and one YAML key, 
 from __future__ import annotations
 
 import dataclasses
-import os
 import types
 import typing
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ import yaml
 
 from ..constants import AMP_DTYPES
 from ..fileio import write_text
+from ..runtime import cores_per_process
 
 # The paper's recipe (section 4.1 and the released configs; segformer-facts.md 1.6). The shared part (AdamW 6e-5,
 # wd 0.01, head lr x10, warmup 1500 from 1e-6, poly 1.0 to 0) is the TrainConfig default; presets hold the rest.
@@ -50,12 +50,7 @@ def default_num_workers() -> int:
     processes of this machine (LOCAL_WORLD_SIZE under torchrun), less one for the process itself; at most 8.
 
     `benchmarks/data_throughput.py` measures what one worker delivers (README: how many a GPU needs)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    per_process = cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1) or 1))
-    return max(0, min(MAX_DEFAULT_WORKERS, per_process - 1))
+    return max(0, min(MAX_DEFAULT_WORKERS, cores_per_process() - 1))
 
 
 @dataclass(frozen=True)
