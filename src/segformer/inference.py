@@ -200,10 +200,11 @@ def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
-def _whole(model: Callable[[Tensor], Tensor], x: Tensor, batch_size: int) -> Tensor:
-    """Logits (B, K, h, w) at the size of the normalised input x (B, C, h, w)."""
-    outs = [_resize(model(x[i : i + batch_size]).float(), x.shape[-2:]) for i in range(0, len(x), batch_size)]
-    return torch.cat(outs)
+def _whole(model: Callable[[Tensor], Tensor], x: Tensor, batch_size: int, resize: bool = True) -> Tensor:
+    """Logits (B, K, h, w) at the size of the normalised input x (B, C, h, w), or with `resize=False` the model's
+    own (B, K, h/4, w/4)."""
+    outs = [model(x[i : i + batch_size]).float() for i in range(0, len(x), batch_size)]
+    return torch.cat([_resize(out, x.shape[-2:]) if resize else out for out in outs])
 
 
 def slide_windows(
@@ -247,8 +248,11 @@ def _slide(
     return (total / count)[:, :, :h, :w]
 
 
-def _passes(model: nn.Module, x: Tensor, options: InferenceOptions) -> Iterator[Tensor]:
-    """Per TTA pass, the logits (B, K, h', w') at the size that pass resized x to (flipped back when flipped)."""
+def _passes(
+    model: nn.Module, x: Tensor, options: InferenceOptions, resize: bool = True
+) -> Iterator[tuple[Tensor, tuple[int, int]]]:
+    """Per TTA pass, the logits (B, K, h', w') at the size (h', w') that pass resized x to (flipped back when
+    flipped), with that size; with `resize=False`, whole mode gives the model's own (B, K, h'/4, w'/4) instead."""
     h, w = x.shape[-2:]
 
     def forward(batch: Tensor) -> Tensor:
@@ -262,8 +266,8 @@ def _passes(model: nn.Module, x: Tensor, options: InferenceOptions) -> Iterator[
             if options.mode == "slide":
                 logits = _slide(forward, xi, options.crop, options.stride, options.batch_size)  # type: ignore[arg-type]
             else:
-                logits = _whole(forward, xi, options.batch_size)
-            yield logits.flip(-1) if flip else logits
+                logits = _whole(forward, xi, options.batch_size, resize=resize or flip)
+            yield logits.flip(-1) if flip else logits, tuple(xs.shape[-2:])
 
 
 def predict_batch(model: nn.Module, x: Tensor, options: InferenceOptions, softmax: bool = True) -> Tensor:
@@ -272,7 +276,7 @@ def predict_batch(model: nn.Module, x: Tensor, options: InferenceOptions, softma
     The caller puts the model in eval mode (dropout and BatchNorm statistics)."""
     total: Tensor | None = None
     with torch.inference_mode():
-        for logits in _passes(model, x, options):
+        for logits, _ in _passes(model, x, options):
             out = _resize(logits, x.shape[-2:])
             if softmax or options.passes > 1:
                 out = out.softmax(dim=1)
@@ -283,12 +287,13 @@ def predict_batch(model: nn.Module, x: Tensor, options: InferenceOptions, softma
 
 def predict_labels(model: nn.Module, x: Tensor, options: InferenceOptions) -> Tensor:
     """(B, H, W) int64 class ids at the size of x: the argmax of `predict_batch`, computed without the
-    full-size (B, K, H, W) scores when there is one pass (a 12 MP photo with 150 classes would need 7 GB)."""
+    full-size (B, K, H, W) scores when there is one pass (a 12 MP photo with 150 classes would need 7 GB), and
+    in whole mode without the (B, K, h', w') scores at the model input size either (both resizes in one step)."""
     if options.passes > 1:
         return predict_batch(model, x, options, softmax=True).argmax(dim=1)
     with torch.inference_mode():
-        (logits,) = _passes(model, x, options)
-        return _argmax_resized(logits, x.shape[-2:])
+        ((logits, size),) = _passes(model, x, options, resize=False)
+        return _argmax_resized(logits, x.shape[-2:], via=size)
 
 
 BAND_BYTES = 32 << 20  # float32 scores held at once while resizing logits to the output size
@@ -296,38 +301,46 @@ DENSE_UPTO = 4  # output pixels per source pixel up to which all classes are res
 TIE_TOLERANCE = 1e-5  # relative to max |logit|: far above float32 rounding, so no possible winner is pruned
 
 
-def _argmax_resized(logits: Tensor, size: tuple[int, int], band_bytes: int = BAND_BYTES) -> Tensor:
-    """argmax over K of `logits` (B, K, h, w) resized bilinearly (align_corners=False) to `size`, without the
-    (B, K, H, W) scores: memory ~ `band_bytes`, time ~ the output pixels where more than one class can win.
+def _argmax_resized(
+    logits: Tensor, size: tuple[int, int], band_bytes: int = BAND_BYTES, via: tuple[int, int] | None = None
+) -> Tensor:
+    """argmax over K of `logits` (B, K, h, w) resized bilinearly (align_corners=False) to `size` (with `via`: first
+    to `via`, then to `size`, as mmseg resizes the model's logits to the input size and then to the image's), without
+    the (B, K, H, W) scores: memory ~ `band_bytes`, time ~ the output pixels where more than one class can win.
 
-    A resized score is a convex blend of the 4 source pixels around it (its "cell"), so only classes whose
-    cell maximum reaches the best cell minimum can win inside a cell (`_cell_candidates`). A cell with one such
-    class gives it to all its output pixels; in the others each pixel blends the candidates with PyTorch's source
-    rows/columns and weights (`_row_weights`). The scores equal F.interpolate's up to float rounding (~1 ulp),
-    so the labels are its argmax wherever the top two classes differ by more than that; exact ties go to the
-    lower class id, as torch.argmax. (Bit-exact agreement is not possible: F.interpolate's own last bit depends
-    on how many channels one call resizes.) Up to `DENSE_UPTO` output pixels per source pixel (evaluation at the
-    label size), all classes are resized instead, a band's worth of classes at a time (`_argmax_dense`).
+    A resized score is a convex blend of the few source pixels under it (its "cell": 2x2 for one resize, at most 3x3
+    for two, `_Taps`), so only classes whose cell maximum reaches the best cell minimum can win inside a cell
+    (`_cell_candidates`). A cell with one such class gives it to all its output pixels; in the others each pixel
+    blends the candidates with PyTorch's source rows/columns and weights (two resizes: their products). The scores
+    equal F.interpolate's up to float rounding (~1 ulp), so the labels are its argmax wherever the top two classes
+    differ by more than that; exact ties go to the lower class id, as torch.argmax. (Bit-exact agreement is not
+    possible: F.interpolate's own last bit depends on how many channels one call resizes.) Up to `DENSE_UPTO`
+    output pixels per source pixel (evaluation at the label size), all classes are resized instead, a band's worth
+    of classes at a time (`_argmax_dense`); two resizes at `via` are cheaper that way too, as then nothing is big.
     """
-    if tuple(logits.shape[-2:]) == tuple(size):
-        return logits.argmax(dim=1)
     logits = logits.float()
     b, k, h, w = logits.shape
+    if via is not None and tuple(via) in ((h, w), tuple(size)):
+        via = None  # one resize: the logits are at the input size already, or the input size is the output's
+    if tuple(logits.shape[-2:]) == tuple(size) and via is None:
+        return logits.argmax(dim=1)
     if size[0] * size[1] <= DENSE_UPTO * h * w:  # little upsampling: resizing every class is cheaper than pruning
+        logits = logits if via is None else _resize(logits, via)
         return _argmax_dense(logits, size, max(1, band_bytes // (4 * b * size[0] * size[1])))
-    rows = _row_weights(h, int(size[0]), logits.device)
-    cols = _row_weights(w, int(size[1]), logits.device)
+    rows = _Taps.of(h, int(size[0]), via and via[0], logits.device)
+    cols = _Taps.of(w, int(size[1]), via and via[1], logits.device)
     tol = TIE_TOLERANCE * float(logits.abs().amax()) if logits.numel() else 0.0
     labels = torch.empty((b, int(size[0]), int(size[1])), dtype=torch.int64, device=logits.device)
     step = max(1, band_bytes // (b * k * w * 4 * 8))  # ~8 band-sized temporaries per cell band
     for r0 in range(0, h, step):
         r1 = min(r0 + step, h)
-        first, count, present = _cell_candidates(logits, r0, r1, tol)  # (B, n, w), (B, n, w), (K',)
-        y0, y1 = int(rows[4][r0]), int(rows[5][r1 - 1])  # the output rows inside these cells
-        labels[:, y0:y1] = first[..., cols[0]].index_select(1, rows[0][y0:y1] - r0)  # (B, R, W)
-        covers = (rows[5] > rows[4])[r0:r1, None] & (cols[5] > cols[4])[None, :]  # cells with output pixels
+        first, count, present = _cell_candidates(logits, r0, r1, tol, rows.count, cols.count)  # (B, n, w) x2, (K',)
+        y0, y1 = int(rows.first[r0]), int(rows.end[r1 - 1])  # the output rows inside these cells
+        labels[:, y0:y1] = first[..., cols.base].index_select(1, rows.base[y0:y1] - r0)  # (B, R, W)
+        covers = (rows.end > rows.first)[r0:r1, None] & (cols.end > cols.first)[None, :]  # cells with output pixels
         unsettled = torch.nonzero((count > 1) & covers)  # (u, 3): batch, cell row - r0, cell column
-        per = max(1, band_bytes // (4 * (4 * k + 16 * _span_area(rows, cols))))  # cells settled at once
+        taps = rows.count * cols.count
+        per = max(1, band_bytes // (4 * taps * (k + 4 * rows.span * cols.span)))  # cells settled at once
         for start in range(0, len(unsettled), per):
             cells = unsettled[start : start + per]
             _settle(labels, logits, present, cells[:, 0], cells[:, 1] + r0, cells[:, 2], rows, cols, tol)
@@ -350,27 +363,33 @@ def _argmax_dense(logits: Tensor, size: tuple[int, int], chunk: int) -> Tensor:
     return labels
 
 
-def _cell_candidates(logits: Tensor, r0: int, r1: int, tol: float) -> tuple[Tensor, Tensor, Tensor]:
-    """For the cells of source rows r0..r1 (pixel (i, j) with its lower and right neighbours, clamped at the
-    border): the class with the highest cell minimum (the winner where it is the only candidate) and the number
-    of candidates, classes whose cell maximum reaches that minimum (B, n, w); and the ids of the classes that are
-    candidates in some cell with several (ascending)."""
-    h = logits.shape[2]
-    below = (torch.arange(r0, r1, device=logits.device) + 1).clamp_max(h - 1)
-    top, bottom = logits[:, :, r0:r1], logits[:, :, below]  # (B, K, n, w)
-    high, low = torch.maximum(top, bottom), torch.minimum(top, bottom)
-    high[..., :-1] = torch.maximum(high[..., :-1], high[..., 1:])  # with the right neighbour (last: itself)
-    low[..., :-1] = torch.minimum(low[..., :-1], low[..., 1:])
+def _window(x: Tensor, dim: int, start: int, stop: int, count: int, reduce: Callable[..., Tensor]) -> Tensor:
+    """`reduce` (torch.maximum / minimum) over indices i .. i + count - 1 of `dim` (clamped at the border, where
+    the shorter window already holds the last index), for i in start..stop."""
+    out = x.narrow(dim, start, stop - start)
+    for t in range(1, count):
+        near = min(stop + t, x.shape[dim]) - start - t  # how many i have an i + t
+        if near <= 0:
+            break
+        out = out.clone() if t == 1 else out  # a view of x until now
+        head = out.narrow(dim, 0, near)
+        reduce(head, x.narrow(dim, start + t, near), out=head)
+    return out
+
+
+def _cell_candidates(logits: Tensor, r0: int, r1: int, tol: float, t_rows: int, t_cols: int) -> tuple[Tensor, ...]:
+    """For the cells of source rows r0..r1 (pixel (i, j) with the `t_rows` - 1 pixels below and `t_cols` - 1 to the
+    right, clamped at the border): the class with the highest cell minimum (the winner where it is the only
+    candidate) and the number of candidates, classes whose cell maximum reaches that minimum (B, n, w); and the ids
+    of the classes that are candidates in some cell with several (ascending)."""
+    w = logits.shape[3]
+    high = _window(_window(logits, 2, r0, r1, t_rows, torch.maximum), 3, 0, w, t_cols, torch.maximum)  # (B, K, n, w)
+    low = _window(_window(logits, 2, r0, r1, t_rows, torch.minimum), 3, 0, w, t_cols, torch.minimum)
     best, first = low.max(dim=1)  # (B, n, w)
     candidate = high >= (best - tol).unsqueeze(1)  # (B, K, n, w)
     count = candidate.sum(dim=1)
     present = torch.nonzero((candidate & (count > 1).unsqueeze(1)).any(dim=0).flatten(1).any(dim=1)).flatten()
     return first, count, present
-
-
-def _span_area(rows: tuple[Tensor, ...], cols: tuple[Tensor, ...]) -> int:
-    """The most output pixels one cell covers."""
-    return max(1, int((rows[5] - rows[4]).max())) * max(1, int((cols[5] - cols[4]).max()))
 
 
 def _settle(
@@ -380,62 +399,104 @@ def _settle(
     bi: Tensor,
     ci: Tensor,
     cj: Tensor,
-    rows: tuple[Tensor, ...],
-    cols: tuple[Tensor, ...],
+    rows: _Taps,
+    cols: _Taps,
     tol: float,
 ) -> None:
     """Write the labels of every output pixel of the cells (bi, ci, cj) that have several candidates: each
     candidate's score blended as F.interpolate does (along the width, then the height), the best kept (the
     lowest id on ties); `present`: the classes that can be candidates there."""
     h, w = logits.shape[2:]
-    below, right = (ci + 1).clamp_max(h - 1), (cj + 1).clamp_max(w - 1)
-    pairs = ((ci, cj), (ci, right), (below, cj), (below, right))
-    quad = [logits[bi[:, None], present, i[:, None], j[:, None]] for i, j in pairs]  # 4 x (u, K')
-    high = torch.maximum(torch.maximum(quad[0], quad[1]), torch.maximum(quad[2], quad[3]))
-    low = torch.minimum(torch.minimum(quad[0], quad[1]), torch.minimum(quad[2], quad[3]))
-    candidate = high >= low.amax(dim=1, keepdim=True) - tol  # (u, K)
-    k = candidate.shape[1]
-    rank = candidate * torch.arange(k, 0, -1, device=logits.device)  # a lower id ranks higher
+    ii = [(ci + t).clamp_max(h - 1)[:, None] for t in range(rows.count)]
+    jj = [(cj + t).clamp_max(w - 1)[:, None] for t in range(cols.count)]
+    grid = [[logits[bi[:, None], present, i, j] for j in jj] for i in ii]  # rows x cols of (u, K')
+    flat = [v for line in grid for v in line]
+    high, low = flat[0], flat[0]
+    for v in flat[1:]:
+        high, low = torch.maximum(high, v), torch.minimum(low, v)
+    candidate = high >= low.amax(dim=1, keepdim=True) - tol  # (u, K')
+    rank = candidate * torch.arange(candidate.shape[1], 0, -1, device=logits.device)  # a lower id ranks higher
     cand = rank.topk(int(candidate.sum(dim=1).max()), dim=1).indices  # (u, M): candidates by id, then others
-    tl, tr, bl, br = (q.gather(1, cand).unsqueeze(-1) for q in quad)  # (u, M, 1)
+    ys, xs = rows.span_of(ci), cols.span_of(cj)  # (u, P), (u, Q)
+    across, down = cols.weights[xs].unsqueeze(1), rows.weights[ys].unsqueeze(1)  # (u, 1, Q, Tc), (u, 1, P, Tr)
+    score = None
+    for t, line in enumerate(grid):
+        row = None  # this source row blended along the width: (u, M, Q)
+        for s, v in enumerate(line):
+            term = v.gather(1, cand).unsqueeze(-1) * across[..., s]
+            row = term if row is None else row.add_(term)
+        assert row is not None
+        term = row.unsqueeze(2) * down[..., t, None]  # (u, M, P, Q)
+        score = term if score is None else score.add_(term)
+    assert score is not None
     cand = present[cand]  # class ids
-    ys, xs = _cell_span(rows, ci), _cell_span(cols, cj)  # (u, P), (u, Q)
-    left, right_w = cols[2][xs].unsqueeze(1), cols[3][xs].unsqueeze(1)  # (u, 1, Q)
-    upper = (tl * left).add_(tr * right_w).unsqueeze(2)  # (u, M, 1, Q)
-    lower = (bl * left).add_(br * right_w).unsqueeze(2)
-    score = (upper * rows[2][ys][:, None, :, None]).add_(lower * rows[3][ys][:, None, :, None])  # (u, M, P, Q)
-    best = cand.gather(1, score.argmax(dim=1).flatten(1)).view(score.shape[0], *score.shape[2:])  # (u, P, Q)
+    winner = score.max(dim=1).indices  # the first maximum, as argmax, which is 5x slower over dim 1 here
+    best = cand.gather(1, winner.flatten(1)).view(winner.shape)  # (u, P, Q)
     labels[bi[:, None, None], ys[:, :, None], xs[:, None, :]] = best
 
 
-def _cell_span(table: tuple[Tensor, ...], cell: Tensor) -> Tensor:
-    """Output indices (u, P) inside each source cell along one axis, padded by repeating the cell's last one (a
-    repeat recomputes the same pixel, so writing it twice is harmless); every cell must cover some output."""
-    first, end = table[4][cell], table[5][cell]
-    offset = torch.arange(max(1, int((end - first).max())), device=cell.device)
-    return torch.minimum(first[:, None] + offset, end[:, None] - 1)
-
-
-def _row_weights(in_size: int, out_size: int, device: torch.device) -> tuple[Tensor, ...]:
-    """Per output row of a bilinear resize (align_corners=False) from `in_size` rows to `out_size`: the two source
-    rows and their float32 weights, as PyTorch computes them: scale = float32(in) / out, source position
-    scale * (y + 0.5) - 0.5 clamped at 0, lower row floor(position) (at most in - 1), upper row the next one
-    clamped at the border, weights 1 - frac and frac. Then, per source row i, the first and end output row
-    whose lower row is i (indices never decrease)."""
+def _bilinear(in_size: int, out_size: int) -> tuple[Tensor, Tensor]:
+    """Per output index of a bilinear resize (align_corners=False) from `in_size` to `out_size`: the lower source
+    index and the float32 weight of the next one, as PyTorch computes them: scale = float32(in) / out, source
+    position scale * (y + 0.5) - 0.5 clamped at 0, lower index floor(position) (at most in - 1), the next one
+    clamped at the border, weights 1 - frac and frac."""
     if in_size == out_size:
-        lower = upper = torch.arange(out_size)
-        frac = torch.zeros(out_size)
-    else:
-        scale = torch.tensor(in_size, dtype=torch.float32) / out_size
-        y = torch.arange(out_size, dtype=torch.float64)
-        pos = (scale.double() * (y + 0.5) - 0.5).float().clamp_min(0)
-        lower = pos.floor().long().clamp_max(in_size - 1)
-        frac = (pos - lower.float()).clamp(0, 1)
-        upper = (lower + 1).clamp_max(in_size - 1)
-    source = torch.arange(in_size)
-    first = torch.searchsorted(lower, source)
-    end = torch.searchsorted(lower, source, right=True)
-    return tuple(t.to(device) for t in (lower, upper, 1 - frac, frac, first, end))
+        return torch.arange(out_size), torch.zeros(out_size)
+    scale = torch.tensor(in_size, dtype=torch.float32) / out_size
+    y = torch.arange(out_size, dtype=torch.float64)
+    pos = (scale.double() * (y + 0.5) - 0.5).float().clamp_min(0)
+    lower = pos.floor().long().clamp_max(in_size - 1)
+    return lower, (pos - lower.float()).clamp(0, 1)
+
+
+@dataclass(frozen=True)
+class _Taps:
+    """Along one axis, per output index: the first source index `base` and the float32 weights (out, count) of
+    source indices base, base + 1, ... (clamped at the border); per source index i, the `first` and `end` output
+    index whose base is i (bases never decrease), and the most output indices one source index is base of."""
+
+    base: Tensor
+    weights: Tensor
+    first: Tensor
+    end: Tensor
+
+    @property
+    def count(self) -> int:
+        return self.weights.shape[1]
+
+    @property
+    def span(self) -> int:
+        return max(1, int((self.end - self.first).max()))
+
+    @classmethod
+    def of(cls, in_size: int, out_size: int, via: int | None, device: torch.device) -> _Taps:
+        """One resize in_size -> out_size, or two (in_size -> via -> out_size): the second's two rows, each a
+        blend of two of the first's, make up to 3 consecutive source rows when the first upsamples, with the
+        products of the two weights (in float64, then float32)."""
+        lower, frac = _bilinear(in_size, out_size if via is None else via)
+        if via is None:
+            base, weights = lower, torch.stack([1 - frac, frac], dim=1)  # (out, 2)
+        else:
+            mid, frac2 = _bilinear(via, out_size)
+            base = lower[mid]
+            pairs = ((mid, 1 - frac2.double()), ((mid + 1).clamp_max(via - 1), frac2.double()))
+            count = 2 + max(int((lower[m] - base).max()) for m, _ in pairs)
+            weights = torch.zeros(out_size, count, dtype=torch.float64)
+            for m, share in pairs:
+                offset = (lower[m] - base)[:, None]  # (out, 1): where the first resize's lower row sits
+                weights.scatter_add_(1, offset, (share * (1 - frac[m].double()))[:, None])
+                weights.scatter_add_(1, offset + 1, (share * frac[m].double())[:, None])
+            weights = weights.float()
+        source = torch.arange(in_size)
+        first, end = torch.searchsorted(base, source), torch.searchsorted(base, source, right=True)
+        return cls(*(t.to(device) for t in (base, weights, first, end)))
+
+    def span_of(self, cell: Tensor) -> Tensor:
+        """Output indices (u, P) whose base is each source index in `cell`, padded by repeating the last one (a
+        repeat recomputes the same pixel, so writing it twice is harmless); every cell must cover some output."""
+        first, end = self.first[cell], self.end[cell]
+        offset = torch.arange(self.span, device=cell.device)
+        return torch.minimum(first[:, None] + offset, end[:, None] - 1)
 
 
 def _model_device(model: nn.Module) -> torch.device:

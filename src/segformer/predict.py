@@ -224,7 +224,7 @@ class _Job:
 def _labels_at(logits: Tensor, input_size: tuple[int, int], size: tuple[int, int]) -> Tensor:
     """(B, H, W) class ids from logits (B, K, h', w'): resized to the model input size, then argmax at `size`
     (what `predict_labels` does for one whole-image pass)."""
-    return _argmax_resized(_resize(logits, input_size), size)
+    return _argmax_resized(logits, size, via=input_size)
 
 
 def _compact(labels: Tensor | np.ndarray) -> np.ndarray:
