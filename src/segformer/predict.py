@@ -222,7 +222,7 @@ class _Job:
 
 
 def _labels_at(logits: Tensor, input_size: tuple[int, int], size: tuple[int, int]) -> Tensor:
-    """(B, H, W) class ids from logits (B, K, h', w'): resized to the model input size, then argmax at `size`
+    """(B, H, W) class ids from logits (B, K, h', w'): resized to the model input size, then to `size`, in one step
     (what `predict_labels` does for one whole-image pass)."""
     return _argmax_resized(logits, size, via=input_size)
 
