@@ -6,9 +6,10 @@ labels are written at 4032x3024; the 2048x512 image runs at its own size. Measur
 (read, EXIF-rotate, normalise, predict, labels) and for `predict_files` (that plus the label PNG and the overlay
 JPEG). Latencies are medians of interleaved rounds (the two images take turns, so load on a shared machine slows
 both alike); peak memory is resident-set growth during one call (`segformer.benchmark.peak_memory_mb`). With
-`--argmax`, the label step alone, on the same logits (150x176x128, the model's output for the photo): both resizes
-in one step (`inference._argmax_resized` with `via`, now) against the former implementation, which resized all 150
-classes to the network input size 704x512 and then 16 classes at a time to full size.
+`--argmax`, the label step alone, on the same logits (150x176x128, the model's output for the photo):
+`inference._argmax_resized(logits, size, via=(704, 512))` (for a photo this big: the first resize in full, then only
+the pixels where several classes can win) against the implementation before issue 12, which resized all 150 classes
+to the network input size 704x512 and then 16 classes at a time to full size.
 
     PYTHONPATH=src python benchmarks/big_photo.py --repeats 5 --threads 2 --argmax
     PYTHONPATH=src python benchmarks/big_photo.py --model nvidia/segformer-b0-finetuned-ade-512-512
@@ -114,13 +115,13 @@ def main() -> None:
         with torch.inference_mode():
             logits = model(torch.randn(1, 3, 704, 512))  # (1, 150, 176, 128)
             steps = {
-                "one step (now)": lambda: _argmax_resized(logits, (4032, 3024), via=(704, 512)),
+                "now": lambda: _argmax_resized(logits, (4032, 3024), via=(704, 512)),
                 "input size, then 16 classes at a time (before)": lambda: old_argmax_resized(
                     F.interpolate(logits, (704, 512), mode="bilinear", align_corners=False), (4032, 3024)
                 ),
             }
             title = "label step alone, 150x176x128 logits -> 704x512 -> 4032x3024"
-            report(title, measure(steps, args.repeats), "one step (now)")
+            report(title, measure(steps, args.repeats), "now")
 
 
 if __name__ == "__main__":

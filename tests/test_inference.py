@@ -305,8 +305,9 @@ def test_banded_argmax_equals_the_argmax_of_full_size_interpolation(source, size
     "source, via, size",
     [
         ((128, 176), (512, 704), (480, 640)),  # a photo a little smaller than the model input
-        ((32, 43), (128, 171), (1000, 1333)),  # a big photo
-        ((9, 7), (36, 28), (100, 300)),  # one axis up, the other down
+        ((16, 20), (64, 80), (120, 150)),  # a photo larger than the model input
+        ((32, 43), (128, 171), (1000, 1333)),  # a big photo: the first resize in full
+        ((9, 7), (36, 28), (70, 20)),  # one axis up, the other down
         ((13, 17), (52, 65), (20, 15)),  # small output: the dense path
         ((10, 12), (40, 45), (41, 44)),  # ratios near 1 after the first resize
     ],
