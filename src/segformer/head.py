@@ -189,14 +189,15 @@ class AllMLPHead(nn.Module):
         (H, sum h_i) product); the level-1 projection takes their sum as its GEMM's C input and the ReLU along
         (ONNX Runtime fuses Gemm + Relu); the classifier is one (K, C) @ (C, H*W) product per image, which leaves
         the logits in (B, K, H, W) order without a Transpose."""
-        b, _, height, width = features[0].shape
+        maps = [f.permute(0, 2, 3, 1) for f in features]  # (B, h_i, w_i, C_i): sizes read here, not from NCHW maps
+        b, height, width = maps[0].shape[:3]
         dim = weights[0].shape[0]
-        tokens = features[0].permute(0, 2, 3, 1).reshape(-1, features[0].shape[1])  # (B*H*W, C_1)
+        tokens = maps[0].reshape(-1, self.proj[0].in_features)  # (B*H*W, C_1)
         if len(features) > 1:
             gathered, bands = [], []
             for i in range(1, len(features)):
-                h, w = features[i].shape[-2:]
-                y = features[i].permute(0, 2, 3, 1).reshape(-1, features[i].shape[1])  # (B*h*w, C_i)
+                h, w = maps[i].shape[1:3]
+                y = maps[i].reshape(-1, self.proj[i].in_features)  # (B*h*w, C_i)
                 y = F.linear(y, weights[i], bias if i == len(features) - 1 else None).view(-1, w, dim)  # (B*h, w, C)
                 rows = torch.matmul(_bilinear_matrix(w, width, y), y).view(b, h, width * dim)  # (B, h, W*C)
                 index, band = _band(h, height, self.BAND, y)  # (G, k_i), (G, BAND, k_i)
