@@ -120,7 +120,9 @@ class EfficientSelfAttention(nn.Module):
         """`residual + attention(x)` on (B*N, C) tokens as ONNX Runtime runs it fastest: 2-D GEMMs with their bias
         inside (Gemm), keys and values as two GEMMs (no Split), and either ONNX Runtime's fused MultiHeadAttention
         (`fused`) or standard MatMul / Softmax / MatMul with the scale folded into the query weights (a constant after
-        export) and no Transposes around the products with one head (the largest stage)."""
+        export) and no Transposes around the products with one head (the largest stage). With one head the output
+        projection is folded into the values as well: the attention rows sum to one, so proj(attn @ v) =
+        attn @ proj(v), a GEMM on the M reduced tokens instead of the N queries."""
         c, heads = self.q.in_features, self.num_heads  # Python ints: weight slices and the scale fold to constants
         d, b = c // heads, size[0]
         scale = 1.0 if fused else d**-0.5
@@ -128,7 +130,10 @@ class EfficientSelfAttention(nn.Module):
         if self.sr_ratio > 1:
             x = self.norm(_export_tokens(self.sr(_export_map(x, size, c)), c))  # (B*M, C)
         k = F.linear(x, self.kv.weight[:c], self.kv.bias[:c])  # (B*M, C)
-        v = F.linear(x, self.kv.weight[c:], self.kv.bias[c:])
+        v_weight, v_bias = self.kv.weight[c:], self.kv.bias[c:]
+        if heads == 1:  # constants after export
+            v_weight, v_bias = self.proj.weight @ v_weight, self.proj.weight @ v_bias + self.proj.bias
+        v = F.linear(x, v_weight, v_bias)  # (B*M, C)
         if fused:
             out = _OrtAttention.apply(q.view(b, -1, c), k.view(b, -1, c), v.view(b, -1, c), heads)  # (B, N, C)
         elif heads == 1:
@@ -139,7 +144,8 @@ class EfficientSelfAttention(nn.Module):
             k = k.view(b, -1, heads, d).permute(0, 2, 3, 1)  # (B, h, d, M)
             attn = torch.matmul(q, k).softmax(dim=-1)  # (B, h, N, M)
             out = torch.matmul(attn, v.view(b, -1, heads, d).transpose(1, 2)).transpose(1, 2)  # (B, N, h, d)
-        return F.linear(out.reshape(-1, c), self.proj.weight, self.proj.bias) + residual  # (B*N, C)
+        out = out.reshape(-1, c)  # (B*N, C)
+        return (out if heads == 1 else F.linear(out, self.proj.weight, self.proj.bias)) + residual
 
 
 class _OrtAttention(torch.autograd.Function):
