@@ -103,9 +103,8 @@ class AllMLPHead(nn.Module):
         size = features[0].shape[-2:]
         weights, bias = self.folded_weights(cache=path == FAST)
         if path in EXPORTS:
-            # The banded token graph needs the TorchScript exporter's symbolic size arithmetic (torch.export
-            # specialises its band counts); a BatchNorm with batch statistics is not folded into the weights.
-            if torch.jit.is_tracing() and self._bn_folded() and not self.dropout.training:
+            # A BatchNorm with batch statistics is not folded into the weights: the NCHW graph applies it.
+            if self._bn_folded() and not self.dropout.training:
                 return self._forward_folded_tokens(features, weights, bias)
             return self._forward_folded_nchw(features, weights, bias)
         inplace = path == FAST
@@ -164,10 +163,11 @@ class AllMLPHead(nn.Module):
         return to_map(x, (height, width))  # (B, C, H, W), channels-last
 
     def _forward_folded_nchw(self, features: list[Tensor], weights: list[Tensor], bias: Tensor) -> Tensor:
-        """The same computation for ONNX graphs, which are NCHW: 1x1 convs (ONNX Runtime runs them in its blocked
-        layout, no Transposes), and the upsample-and-add of levels 2-4 as two matrix products instead of three
-        full-size Resize + Add passes. Bilinear upsampling is separable, up(y) = A_h y A_w^T, so
-        sum_i A_h,i (y_i A_w,i^T) = [A_h,2 | A_h,3 | A_h,4] @ concat_rows(y_i A_w,i^T): one (H, sum h_i) product."""
+        """The same computation for ONNX graphs with a BatchNorm on batch statistics (not folded), in NCHW: 1x1 convs
+        (ONNX Runtime runs them in its blocked layout, no Transposes), and the upsample-and-add of levels 2-4 as two
+        matrix products instead of three full-size NCHW Resize + Add passes. Bilinear upsampling is separable,
+        up(y) = A_h y A_w^T, so sum_i A_h,i (y_i A_w,i^T) = [A_h,2 | A_h,3 | A_h,4] @ concat_rows(y_i A_w,i^T): one
+        (H, sum h_i) product."""
         size = features[0].shape[-2:]
         x = F.conv2d(features[0], weights[0][:, :, None, None], bias)  # (B, C, H, W)
         if len(features) > 1:
