@@ -72,7 +72,7 @@ def test_node_groups_find_the_segformer_structure(tmp_path):
     upsampling = [n for n in proto.graph.node if n.name in set(groups["upsampling"])]
     assert len(upsampling) == stages - 1 and all(n.op_type == "Resize" and "/head/" in n.name for n in upsampling)
     weights = [n for n in proto.graph.node if n.name in set(groups["weights"])]
-    # per block: q, k, v, proj, fc2 Gemms, fc1 and dwconv Convs, sr Conv (stages 1-3); patch embeds 2-4; head: 4;
+    # per block: q, k, v, proj Gemms, fc1, dwconv and fc2 Convs, sr Conv (stages 1-3); patch embeds 2-4; head: 4;
     # with one head (stage 1) proj is folded into v
     assert len(weights) == blocks * 7 - 1 + 3 + 3 + 4
     assert {n.op_type for n in weights} == {"Conv", "Gemm", "MatMul"}

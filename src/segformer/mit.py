@@ -179,13 +179,14 @@ class MixFFN(nn.Module):
         return self.fc2(x) if residual is None else _linear_add(x, self.fc2, residual)
 
     def forward_export(self, x: Tensor, size: Sequence[int], residual: Tensor) -> Tensor:
-        """`residual + ffn(x)` on (B*N, C) tokens for ONNX Runtime: fc1 as a 1x1 conv, so that it and the depthwise
-        conv run in ONNX Runtime's blocked layout back to back (one layout reorder in, of the narrow input, and one
-        out, which takes the NHWC Transpose along); fc2 as a 2-D GEMM with its bias inside."""
-        c, hidden = self.fc1.in_features, self.fc1.out_features
+        """`residual + ffn(x)` on (B*N, C) tokens for ONNX Runtime: fc1 and fc2 as 1x1 convs around the depthwise
+        conv and the GELU, so that all of it runs in ONNX Runtime's blocked layout (its GELU is element-wise, layout
+        blind): one layout reorder in and one out, both of the narrow C channels. With fc2 as a GEMM on tokens the
+        wide 4C-channel map left the blocked layout instead, through ONNX Runtime's single-threaded NHWC reorder."""
+        c = self.fc1.in_features
         y = F.conv2d(_export_map(x, size, c), self.fc1.weight[:, :, None, None], self.fc1.bias)  # (B, 4C, H, W)
-        y = F.gelu(_export_tokens(self.dwconv(y), hidden))  # (B*N, 4C)
-        return F.linear(y, self.fc2.weight, self.fc2.bias) + residual
+        y = F.conv2d(F.gelu(self.dwconv(y)), self.fc2.weight[:, :, None, None], self.fc2.bias)  # (B, C, H, W)
+        return _export_tokens(y, c) + residual
 
 
 class Block(nn.Module):
