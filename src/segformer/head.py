@@ -182,18 +182,19 @@ class AllMLPHead(nn.Module):
         return self.classifier(self.dropout(F.relu(x)))
 
     def _forward_folded_tokens(self, features: list[Tensor], weights: list[Tensor], bias: Tensor) -> Tensor:
-        """The same computation for ONNX Runtime, on (B*H*W, C) tokens (each level's map is a transposed view of the
-        encoder's tokens, so the Transposes cancel): every projection is a 2-D GEMM; levels 2-4 are upsampled by
-        Resize on their NHWC maps, which ONNX Runtime runs with its channels-last bilinear kernel (about 1 ms per
-        level at 512x512 on one thread, a fifth of its NCHW kernel, and less than the banded products, their gathers
-        and the tensors they build from the sizes); the level-1 projection takes their sum as its GEMM's C input and
-        the ReLU along (ONNX Runtime fuses Gemm + Relu); the classifier is one (K, C) @ (C, H*W) product per image,
-        which leaves the logits in (B, K, H, W) order without a Transpose, and its bias is the last operation (a
-        Reshape that wrote the graph's output would copy it)."""
+        """The same computation for ONNX Runtime, on tokens (each level's map is a transposed view of the encoder's
+        tokens, so the Transposes cancel). Levels 2-4 are projected by 2-D GEMMs and upsampled by Resize on their
+        NHWC maps, which ONNX Runtime runs with its channels-last bilinear kernel (about 1 ms per level at 512x512 on
+        one thread, a fifth of its NCHW kernel, and less than banded products with their gathers and the matrices
+        they build from the sizes). The level-1 projection is a MatMul, and the sum an Add: a Gemm taking the sum as
+        its C input is as fast on one thread, but ONNX Runtime copies C into the output single-threaded, a serial
+        full-size pass with more threads. The classifier is one (K, C) @ (C, H*W) product per image, which leaves the
+        logits in (B, K, H, W) order without a Transpose; its bias is the last operation (a Reshape that wrote the
+        graph's output would copy it)."""
         maps = [f.permute(0, 2, 3, 1) for f in features]  # (B, h_i, w_i, C_i): sizes read here, not from NCHW maps
         b, height, width = maps[0].shape[:3]
         dim = weights[0].shape[0]
-        tokens = maps[0].reshape(-1, self.proj[0].in_features)  # (B*H*W, C_1)
+        tokens = maps[0].reshape(b, -1, self.proj[0].in_features)  # (B, H*W, C_1)
         up = None
         for i in range(1, len(features)):
             h, w = maps[i].shape[1:3]
@@ -202,11 +203,8 @@ class AllMLPHead(nn.Module):
             y = y.view(b, h, w, dim).permute(0, 3, 1, 2)  # (B, C, h_i, w_i), an NCHW view of NHWC memory
             y = F.interpolate(y, size=(height, width), mode="bilinear", align_corners=False)  # ORT: NHWC Resize
             up = y if up is None else up + y  # (B, C, H, W)
-        if up is None:
-            x = F.linear(tokens, weights[0], bias)
-        else:
-            x = torch.addmm(up.permute(0, 2, 3, 1).reshape(-1, dim), tokens, weights[0].t())  # (B*H*W, C)
-        x = F.relu(x).view(b, -1, dim)  # (B, H*W, C)
+        x = torch.matmul(tokens, weights[0].t())  # (B, H*W, C); not a Gemm taking the sum as C (see docstring)
+        x = F.relu(x + (bias if up is None else up.permute(0, 2, 3, 1).reshape(b, -1, dim)))
         logits = torch.matmul(self.classifier.weight[:, :, 0, 0], x.transpose(1, 2))  # (B, K, H*W)
         return logits.view(b, -1, height, width) + self.classifier.bias[:, None, None]
 
