@@ -76,6 +76,35 @@ def test_onnxruntime_ops_export_fuses_attention_and_stays_exact(model, tmp_path)
 
 
 @pytest.mark.onnx
+@pytest.mark.parametrize("onnxruntime_ops", [False, True])
+def test_export_graph_keeps_onnxruntime_layouts(model, tmp_path, onnxruntime_ops):
+    """What keeps the export fast, checked on the graph ONNX Runtime's optimiser makes of it: no Shape reads a conv's
+    output (ONNX Runtime would reorder that whole map back to NCHW for it, even through a Transpose), every layout
+    reorder writes channels-last tokens, and the decoder upsamples levels 2-4 with Resize on NHWC maps (no Transpose,
+    Slice or band products in the head)."""
+    from segformer.export import export_onnx
+
+    path = export_onnx(
+        model, tmp_path / "m.onnx", sample_size=(64, 64), check=False, onnxruntime_ops=onnxruntime_ops
+    ).path
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    graph = onnx.load(str(tmp_path / "optimized.onnx")).graph
+    producers = {o: n for n in graph.node for o in n.output}
+    read = {producers[n.input[0]].op_type for n in graph.node if n.op_type == "Shape" and n.input[0] in producers}
+    assert not read & {"Conv", "ReorderOutput", "Transpose"}
+    reorders = [n for n in graph.node if n.op_type == "ReorderOutput"]  # only where ORT uses its blocked layout
+    assert all(
+        onnx.helper.get_attribute_value(a) == 1 for n in reorders for a in n.attribute if a.name == "channels_last"
+    )
+    head = [n.op_type for n in graph.node if "/head/" in n.name]
+    products = [t for t in head if t in ("MatMul", "Gemm", "FusedMatMul", "FusedGemm")]
+    assert head.count("Resize") == 3 and "Transpose" not in head
+    assert len(products) == 5  # projections of levels 2-4 and 1 (with the sum and the ReLU), the classifier
+
+
+@pytest.mark.onnx
 def test_cli_export_with_pre_and_postprocess(model, tmp_path, capsys):
     folder = model.save_pretrained(tmp_path / "weights")
     out = tmp_path / "app.onnx"

@@ -62,27 +62,29 @@ def test_node_groups_find_the_segformer_structure(tmp_path):
     assert len(groups["first_conv"]) == len(groups["classifier"]) == 1
     classifier = next(n for n in proto.graph.node if n.name == groups["classifier"][0])
     assert classifier.op_type == "MatMul" and "/head/" in classifier.name
-    bias = next(n for n in proto.graph.node if classifier.output[0] in n.input)  # + bias, then the logits' Reshape
-    reshape = next(n for n in proto.graph.node if bias.output[0] in n.input)
-    assert (bias.op_type, reshape.op_type, reshape.output[0]) == ("Add", "Reshape", proto.graph.output[0].name)
+    reshape = next(n for n in proto.graph.node if classifier.output[0] in n.input)  # to (B, K, H, W), then + bias
+    bias = next(n for n in proto.graph.node if reshape.output[0] in n.input)
+    assert (reshape.op_type, bias.op_type, bias.output[0]) == ("Reshape", "Add", proto.graph.output[0].name)
     assert "stages.0/patch_embed" in groups["first_conv"][0]
     assert len(groups["gelu"]) == 5 * blocks  # Div, Erf, Add, Mul, Mul
     assert len(groups["attention"]) == 2 * blocks and all("/blocks.0/MatMul" in n for n in groups["attention"])
-    # levels 2-4 along the width, then one banded product along the height for all three
-    assert len(groups["upsampling"]) == stages and all("/head/" in n for n in groups["upsampling"])
+    # levels 2-4, each by a Resize
+    upsampling = [n for n in proto.graph.node if n.name in set(groups["upsampling"])]
+    assert len(upsampling) == stages - 1 and all(n.op_type == "Resize" and "/head/" in n.name for n in upsampling)
     weights = [n for n in proto.graph.node if n.name in set(groups["weights"])]
-    # per block: q, k, v, proj, fc2 Gemms, fc1 and dwconv Convs, sr Conv (stages 1-3); patch embeds 2-4; head: 4
-    assert len(weights) == blocks * 7 + 3 + 3 + 4
+    # per block: q, k, v, proj Gemms, fc1, dwconv and fc2 Convs, sr Conv (stages 1-3); patch embeds 2-4; head: 4;
+    # with one head (stage 1) proj is folded into v
+    assert len(weights) == blocks * 7 - 1 + 3 + 3 + 4
     assert {n.op_type for n in weights} == {"Conv", "Gemm", "MatMul"}
     # as `quantize_onnx` does: ONNX Runtime's constant folding (the head's folded weights), then MatMul + Add
     quant_pre_process(str(path), str(tmp_path / "prepared.onnx"), skip_symbolic_shape=True)
     proto = onnx.load(str(tmp_path / "prepared.onnx"))
     assert unfuse_gemm(proto) == sum(n.op_type == "Gemm" for n in weights)
     groups = node_groups(proto)
-    assert [len(groups[g]) for g in ("first_conv", "classifier", "attention", "upsampling")] == [1, 1, 8, 4]
+    assert [len(groups[g]) for g in ("first_conv", "classifier", "attention", "upsampling")] == [1, 1, 8, 3]
     assert {n.op_type for n in proto.graph.node if n.name in set(groups["weights"])} == {"Conv", "MatMul"}
     op_types, exclude, kept = quantization_plan(proto, DEFAULT_KEEP_FLOAT)
-    assert op_types == ["Conv", "MatMul"]
+    assert op_types == ["Conv", "MatMul", "Resize"]
     assert set(exclude) == {n for g in DEFAULT_KEEP_FLOAT for n in groups[g]}
     assert quantization_plan(proto, ())[0] is None  # everything: ONNX Runtime's whole registry
 
@@ -147,7 +149,7 @@ def test_gate_library_raises_with_the_report(weights, scenes, tmp_path):
         )
     report = info.value.report
     assert report.path is None and not report.passed and report.check_images == 4
-    assert report.agreement < 0.95
+    assert report.agreement < report.min_agreement  # refused for its agreement (about 97% on this graph)
     assert not (tmp_path / "x.onnx").exists()
 
 

@@ -67,7 +67,7 @@ class AllMLPHead(nn.Module):
     the literal one. Both have the same parameters and state-dict keys.
     """
 
-    BAND = 16  # output rows per band of the exported graph's height upsampling (`_forward_folded_tokens`)
+    BAND = 16  # most output rows per band of the eager height upsampling (`_sum_levels_inference`)
 
     def __init__(self, in_dims: tuple[int, ...], dim: int, num_classes: int, dropout: float = 0.1) -> None:
         super().__init__()
@@ -103,9 +103,8 @@ class AllMLPHead(nn.Module):
         size = features[0].shape[-2:]
         weights, bias = self.folded_weights(cache=path == FAST)
         if path in EXPORTS:
-            # The banded token graph needs the TorchScript exporter's symbolic size arithmetic (torch.export
-            # specialises its band counts); a BatchNorm with batch statistics is not folded into the weights.
-            if torch.jit.is_tracing() and self._bn_folded() and not self.dropout.training:
+            # A BatchNorm with batch statistics is not folded into the weights: the NCHW graph applies it.
+            if self._bn_folded() and not self.dropout.training:
                 return self._forward_folded_tokens(features, weights, bias)
             return self._forward_folded_nchw(features, weights, bias)
         inplace = path == FAST
@@ -164,10 +163,11 @@ class AllMLPHead(nn.Module):
         return to_map(x, (height, width))  # (B, C, H, W), channels-last
 
     def _forward_folded_nchw(self, features: list[Tensor], weights: list[Tensor], bias: Tensor) -> Tensor:
-        """The same computation for ONNX graphs, which are NCHW: 1x1 convs (ONNX Runtime runs them in its blocked
-        layout, no Transposes), and the upsample-and-add of levels 2-4 as two matrix products instead of three
-        full-size Resize + Add passes. Bilinear upsampling is separable, up(y) = A_h y A_w^T, so
-        sum_i A_h,i (y_i A_w,i^T) = [A_h,2 | A_h,3 | A_h,4] @ concat_rows(y_i A_w,i^T): one (H, sum h_i) product."""
+        """The same computation for ONNX graphs with a BatchNorm on batch statistics (not folded), in NCHW: 1x1 convs
+        (ONNX Runtime runs them in its blocked layout, no Transposes), and the upsample-and-add of levels 2-4 as two
+        matrix products instead of three full-size NCHW Resize + Add passes. Bilinear upsampling is separable,
+        up(y) = A_h y A_w^T, so sum_i A_h,i (y_i A_w,i^T) = [A_h,2 | A_h,3 | A_h,4] @ concat_rows(y_i A_w,i^T): one
+        (H, sum h_i) product."""
         size = features[0].shape[-2:]
         x = F.conv2d(features[0], weights[0][:, :, None, None], bias)  # (B, C, H, W)
         if len(features) > 1:
@@ -182,34 +182,31 @@ class AllMLPHead(nn.Module):
         return self.classifier(self.dropout(F.relu(x)))
 
     def _forward_folded_tokens(self, features: list[Tensor], weights: list[Tensor], bias: Tensor) -> Tensor:
-        """The same computation for ONNX Runtime, on (B*H*W, C) tokens (each level's map is a transposed view of the
-        encoder's tokens, so the Transposes cancel): every projection is a 2-D GEMM; levels 2-4 are upsampled along
-        the width as (W, w_i) @ (w_i, C) per row, then along the height in bands of `BAND` output rows, each of
-        which reads only the few source rows under it (`_band`: a fifth of the multiply-adds of one dense
-        (H, sum h_i) product); the level-1 projection takes their sum as its GEMM's C input and the ReLU along
-        (ONNX Runtime fuses Gemm + Relu); the classifier is one (K, C) @ (C, H*W) product per image, which leaves
-        the logits in (B, K, H, W) order without a Transpose."""
-        b, _, height, width = features[0].shape
+        """The same computation for ONNX Runtime, on tokens (each level's map is a transposed view of the encoder's
+        tokens, so the Transposes cancel). Levels 2-4 are projected by 2-D GEMMs and upsampled by Resize on their
+        NHWC maps, which ONNX Runtime runs with its channels-last bilinear kernel (about 1 ms per level at 512x512 on
+        one thread, a fifth of its NCHW kernel, and less than banded products with their gathers and the matrices
+        they build from the sizes). The level-1 projection is a MatMul, and the sum an Add: a Gemm taking the sum as
+        its C input is as fast on one thread, but ONNX Runtime copies C into the output single-threaded, a serial
+        full-size pass with more threads. The classifier is one (K, C) @ (C, H*W) product per image, which leaves the
+        logits in (B, K, H, W) order without a Transpose; its bias is the last operation (a Reshape that wrote the
+        graph's output would copy it)."""
+        maps = [f.permute(0, 2, 3, 1) for f in features]  # (B, h_i, w_i, C_i): sizes read here, not from NCHW maps
+        b, height, width = maps[0].shape[:3]
         dim = weights[0].shape[0]
-        tokens = features[0].permute(0, 2, 3, 1).reshape(-1, features[0].shape[1])  # (B*H*W, C_1)
-        if len(features) > 1:
-            gathered, bands = [], []
-            for i in range(1, len(features)):
-                h, w = features[i].shape[-2:]
-                y = features[i].permute(0, 2, 3, 1).reshape(-1, features[i].shape[1])  # (B*h*w, C_i)
-                y = F.linear(y, weights[i], bias if i == len(features) - 1 else None).view(-1, w, dim)  # (B*h, w, C)
-                rows = torch.matmul(_bilinear_matrix(w, width, y), y).view(b, h, width * dim)  # (B, h, W*C)
-                index, band = _band(h, height, self.BAND, y)  # (G, k_i), (G, BAND, k_i)
-                gathered.append(rows.index_select(1, index.flatten()).view(b, *index.shape, -1))  # (B, G, k_i, W*C)
-                bands.append(band)
-            up = torch.matmul(torch.cat(bands, dim=2), torch.cat(gathered, dim=2))  # (B, G, BAND, W*C)
-            up = up.reshape(b, -1, width * dim)[:, :height].reshape(-1, dim)  # (B*H*W, C)
-            x = torch.addmm(up, tokens, weights[0].t())
-        else:
-            x = F.linear(tokens, weights[0], bias)
-        x = F.relu(x).view(b, -1, dim)  # (B, H*W, C)
+        tokens = maps[0].reshape(b, -1, self.proj[0].in_features)  # (B, H*W, C_1)
+        up = None
+        for i in range(1, len(features)):
+            h, w = maps[i].shape[1:3]
+            y = maps[i].reshape(-1, self.proj[i].in_features)  # (B*h_i*w_i, C_i)
+            y = F.linear(y, weights[i], bias if i == len(features) - 1 else None)  # bias rides on the coarsest
+            y = y.view(b, h, w, dim).permute(0, 3, 1, 2)  # (B, C, h_i, w_i), an NCHW view of NHWC memory
+            y = F.interpolate(y, size=(height, width), mode="bilinear", align_corners=False)  # ORT: NHWC Resize
+            up = y if up is None else up + y  # (B, C, H, W)
+        x = torch.matmul(tokens, weights[0].t())  # (B, H*W, C); not a Gemm taking the sum as C (see docstring)
+        x = F.relu(x + (bias if up is None else up.permute(0, 2, 3, 1).reshape(b, -1, dim)))
         logits = torch.matmul(self.classifier.weight[:, :, 0, 0], x.transpose(1, 2))  # (B, K, H*W)
-        return (logits + self.classifier.bias[:, None]).view(b, -1, height, width)
+        return logits.view(b, -1, height, width) + self.classifier.bias[:, None, None]
 
     def _bn_folded(self) -> bool:
         """BN is an affine map only when it normalises with running statistics (eval mode, stats tracked)."""

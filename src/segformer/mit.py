@@ -9,12 +9,15 @@ time went to copies). State-dict keys and values are unchanged; only the weights
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import SegFormerConfig
 from .layers import (
+    EXPORT,
     EXPORT_ORT,
     EXPORTS,
     FAST,
@@ -47,11 +50,17 @@ def _linear_add(x: Tensor, linear: nn.Linear, residual: Tensor) -> Tensor:
     return dense_inference(x, linear.weight, linear.bias).add_(residual)
 
 
-def _nhwc_tokens(x: Tensor) -> Tensor:
-    """(B, C, H, W) -> (B, H*W, C) as a permute to NHWC then a reshape: the same tokens as `to_tokens`, but in an
-    exported graph the Transpose directly follows the conv, and ONNX Runtime folds it into the conv's layout reorder
-    (flatten-then-transpose leaves a Reshape between them, and a full Transpose pass)."""
-    return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, x.shape[1])
+def _export_map(x: Tensor, size: Sequence[int], channels: int) -> Tensor:
+    """(B*H*W, C) tokens -> (B, C, H, W) map view for a conv in an exported graph; `size` = (B, H, W)."""
+    return x.view(*size, channels).permute(0, 3, 1, 2)
+
+
+def _export_tokens(x: Tensor, channels: int) -> Tensor:
+    """A conv's (B, C, H, W) output -> (B*H*W, C) tokens in an exported graph: the NHWC Transpose, which ONNX Runtime
+    folds into the conv's layout reorder, then a Reshape of constant shape. Sizes are never read from the conv's
+    output: a Shape there (even of the Transpose) makes ONNX Runtime reorder the whole map a second time, to NCHW,
+    only to take its shape."""
+    return x.permute(0, 2, 3, 1).reshape(-1, channels)  # (B, H, W, C) -> (B*H*W, C)
 
 
 class OverlapPatchEmbed(nn.Module):
@@ -62,10 +71,22 @@ class OverlapPatchEmbed(nn.Module):
         self.proj = _channels_last(nn.Conv2d(in_channels, dim, kernel, stride, padding=kernel // 2))
         self.norm = nn.LayerNorm(dim)  # torch default eps 1e-5, as the original
 
-    def forward(self, x: Tensor, path: str = PLAIN) -> tuple[Tensor, tuple[int, int]]:
+    def forward(self, x: Tensor, path: str = PLAIN) -> tuple[Tensor, Sequence[int]]:
+        """(B, N, C) tokens and (H', W'); on the export paths `forward_export`'s (B*N, C) tokens and (B, H', W')."""
+        if path in EXPORTS:
+            return self.forward_export(x)
         x = self.proj(x)  # (B, C, ceil(H/s), ceil(W/s))
-        hw = (x.shape[2], x.shape[3])
-        return self.norm(_nhwc_tokens(x) if path in EXPORTS else to_tokens(x)), hw
+        return self.norm(to_tokens(x)), (x.shape[2], x.shape[3])
+
+    def forward_export(self, x: Tensor) -> tuple[Tensor, tuple[int, int, int]]:
+        """(B*N, C) tokens and their size (B, H', W'), computed from the input's size: ONNX Runtime answers a Shape of
+        the conv's output, even through the NHWC Transpose, by reordering the whole map to NCHW (`_export_tokens`).
+        The input's size is read through an NHWC view too: an input map is a view of tokens, and this Transpose
+        cancels its own, so the Shape reads the tokens rather than keeping a full NCHW copy for itself."""
+        b, h, w, _ = x.permute(0, 2, 3, 1).shape
+        (k, _), (s, _), (p, _) = self.proj.kernel_size, self.proj.stride, self.proj.padding
+        size = (b, (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1)
+        return self.norm(_export_tokens(self.proj(x), self.proj.out_channels)), size
 
 
 class EfficientSelfAttention(nn.Module):
@@ -95,33 +116,36 @@ class EfficientSelfAttention(nn.Module):
         out = out.transpose(1, 2).reshape(b, n, c)  # (B, h, N, d) -> (B, N, C); a view: SDPA returns it (B, N, h, d)
         return self.proj(out) if residual is None else _linear_add(out, self.proj, residual)
 
-    def forward_export(self, x: Tensor, hw: tuple[int, int], residual: Tensor, fused: bool = False) -> Tensor:
-        """`residual + attention(x)` as ONNX Runtime runs it fastest: 2-D GEMMs with their bias inside (Gemm), keys
-        and values as two GEMMs (no Split), and either ONNX Runtime's fused MultiHeadAttention (`fused`) or
-        standard MatMul / Softmax / MatMul with the scale folded into the query weights (a constant after export)
-        and no Transposes around the products with one head (the largest stage)."""
-        b, n, _ = x.shape
+    def forward_export(self, x: Tensor, size: Sequence[int], residual: Tensor, fused: bool = False) -> Tensor:
+        """`residual + attention(x)` on (B*N, C) tokens as ONNX Runtime runs it fastest: 2-D GEMMs with their bias
+        inside (Gemm), keys and values as two GEMMs (no Split), and either ONNX Runtime's fused MultiHeadAttention
+        (`fused`) or standard MatMul / Softmax / MatMul with the scale folded into the query weights (a constant after
+        export) and no Transposes around the products with one head (the largest stage). With one head the output
+        projection is folded into the values as well: the attention rows sum to one, so proj(attn @ v) =
+        attn @ proj(v), a GEMM on the M reduced tokens instead of the N queries."""
         c, heads = self.q.in_features, self.num_heads  # Python ints: weight slices and the scale fold to constants
-        d = c // heads
+        d, b = c // heads, size[0]
         scale = 1.0 if fused else d**-0.5
-        q = F.linear(x.reshape(-1, c), self.q.weight * scale, self.q.bias * scale)  # (B*N, C)
+        q = F.linear(x, self.q.weight * scale, self.q.bias * scale)  # (B*N, C)
         if self.sr_ratio > 1:
-            x = self.norm(_nhwc_tokens(self.sr(to_map(x, hw))))  # (B, M, C)
-        m = x.shape[1]
-        x = x.reshape(-1, c)
+            x = self.norm(_export_tokens(self.sr(_export_map(x, size, c)), c))  # (B*M, C)
         k = F.linear(x, self.kv.weight[:c], self.kv.bias[:c])  # (B*M, C)
-        v = F.linear(x, self.kv.weight[c:], self.kv.bias[c:])
+        v_weight, v_bias = self.kv.weight[c:], self.kv.bias[c:]
+        if heads == 1:  # constants after export
+            v_weight, v_bias = self.proj.weight @ v_weight, self.proj.weight @ v_bias + self.proj.bias
+        v = F.linear(x, v_weight, v_bias)  # (B*M, C)
         if fused:
-            out = _OrtAttention.apply(q.view(b, n, c), k.view(b, m, c), v.view(b, m, c), heads).reshape(-1, c)
+            out = _OrtAttention.apply(q.view(b, -1, c), k.view(b, -1, c), v.view(b, -1, c), heads)  # (B, N, C)
         elif heads == 1:
-            attn = torch.matmul(q.view(b, n, c), k.view(b, m, c).transpose(1, 2)).softmax(dim=-1)  # (B, N, M)
-            out = torch.matmul(attn, v.view(b, m, c)).view(-1, c)
+            attn = torch.matmul(q.view(b, -1, c), k.view(b, -1, c).transpose(1, 2)).softmax(dim=-1)  # (B, N, M)
+            out = torch.matmul(attn, v.view(b, -1, c))  # (B, N, C)
         else:
-            q = q.view(b, n, heads, d).transpose(1, 2)  # (B, h, N, d)
-            k = k.view(b, m, heads, d).permute(0, 2, 3, 1)  # (B, h, d, M)
+            q = q.view(b, -1, heads, d).transpose(1, 2)  # (B, h, N, d)
+            k = k.view(b, -1, heads, d).permute(0, 2, 3, 1)  # (B, h, d, M)
             attn = torch.matmul(q, k).softmax(dim=-1)  # (B, h, N, M)
-            out = torch.matmul(attn, v.view(b, m, heads, d).transpose(1, 2)).transpose(1, 2).reshape(-1, c)
-        return (F.linear(out, self.proj.weight, self.proj.bias) + residual.reshape(-1, c)).view(b, n, c)
+            out = torch.matmul(attn, v.view(b, -1, heads, d).transpose(1, 2)).transpose(1, 2)  # (B, N, h, d)
+        out = out.reshape(-1, c)  # (B*N, C)
+        return (out if heads == 1 else F.linear(out, self.proj.weight, self.proj.bias)) + residual
 
 
 class _OrtAttention(torch.autograd.Function):
@@ -154,15 +178,15 @@ class MixFFN(nn.Module):
         x = F.gelu(to_tokens(self.dwconv(to_map(_dense(x, self.fc1, residual is not None), hw))))
         return self.fc2(x) if residual is None else _linear_add(x, self.fc2, residual)
 
-    def forward_export(self, x: Tensor, hw: tuple[int, int], residual: Tensor) -> Tensor:
-        """`residual + ffn(x)` for ONNX Runtime: fc1 as a 1x1 conv, so that it and the depthwise conv run in ONNX
-        Runtime's blocked layout back to back (one layout reorder in, of the narrow input, and one out, which takes
-        the NHWC Transpose along); fc2 as a 2-D GEMM with its bias inside."""
-        b, n, _ = x.shape
-        c = self.fc2.out_features
-        y = F.conv2d(to_map(x, hw), self.fc1.weight[:, :, None, None], self.fc1.bias)  # (B, 4C, H, W), 1x1 conv
-        y = F.gelu(_nhwc_tokens(self.dwconv(y)).reshape(b * n, -1))  # (B*N, 4C)
-        return (F.linear(y, self.fc2.weight, self.fc2.bias) + residual.reshape(-1, c)).view(b, n, c)
+    def forward_export(self, x: Tensor, size: Sequence[int], residual: Tensor) -> Tensor:
+        """`residual + ffn(x)` on (B*N, C) tokens for ONNX Runtime: fc1 and fc2 as 1x1 convs around the depthwise
+        conv and the GELU, so that all of it runs in ONNX Runtime's blocked layout (its GELU is element-wise, layout
+        blind): one layout reorder in and one out, both of the narrow C channels. With fc2 as a GEMM on tokens the
+        wide 4C-channel map left the blocked layout instead, through ONNX Runtime's single-threaded NHWC reorder."""
+        c = self.fc1.in_features
+        y = F.conv2d(_export_map(x, size, c), self.fc1.weight[:, :, None, None], self.fc1.bias)  # (B, 4C, H, W)
+        y = F.conv2d(F.gelu(self.dwconv(y)), self.fc2.weight[:, :, None, None], self.fc2.bias)  # (B, C, H, W)
+        return _export_tokens(y, c) + residual
 
 
 class Block(nn.Module):
@@ -177,16 +201,20 @@ class Block(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: Tensor, hw: tuple[int, int], path: str = PLAIN) -> Tensor:
-        """`path` as `layers.execution_path`: FAST runs oneDNN's GEMMs and adds each residual in place, EXPORT writes
-        the graph ONNX Runtime runs fastest; both leave DropPath out (inference)."""
-        if path in EXPORTS and (self.drop_path.p == 0.0 or not self.training):
-            x = self.attn.forward_export(self.norm1(x), hw, residual=x, fused=path == EXPORT_ORT)
-            return self.ffn.forward_export(self.norm2(x), hw, residual=x)
+        """`path` as `layers.execution_path`: FAST runs oneDNN's GEMMs and adds each residual in place, the export paths
+        run `forward_export` on (B*N, C) tokens with `hw` = (B, H, W); neither has DropPath (inference)."""
+        if path in EXPORTS:
+            return self.forward_export(x, hw, fused=path == EXPORT_ORT)
         if path == FAST and (self.drop_path.p == 0.0 or not self.training):
             x = self.attn(self.norm1(x), hw, residual=x)
             return self.ffn(self.norm2(x), hw, residual=x)
         x = x + self.drop_path(self.attn(self.norm1(x), hw))
         return x + self.drop_path(self.ffn(self.norm2(x), hw))
+
+    def forward_export(self, x: Tensor, size: Sequence[int], fused: bool = False) -> Tensor:
+        """The block on (B*N, C) tokens for ONNX export, without DropPath (inference); `size` = (B, H, W)."""
+        x = self.attn.forward_export(self.norm1(x), size, residual=x, fused=fused)
+        return self.ffn.forward_export(self.norm2(x), size, residual=x)
 
 
 class Stage(nn.Module):
@@ -211,7 +239,10 @@ class Stage(nn.Module):
         self.grad_checkpointing = False
 
     def forward(self, x: Tensor, path: str = PLAIN) -> Tensor:
-        x, hw = self.patch_embed(x, path)
+        if path in EXPORTS and (not self.training or all(b.drop_path.p == 0.0 for b in self.blocks)):
+            return self.forward_export(x, path)
+        path = PLAIN if path in EXPORTS else path  # exporting a training model with DropPath
+        x, hw = self.patch_embed(x)
         for block in self.blocks:
             if self.grad_checkpointing and self.training:
                 from torch.utils.checkpoint import checkpoint
@@ -220,6 +251,16 @@ class Stage(nn.Module):
             else:
                 x = block(x, hw, path)
         return to_map(self.norm(x), hw)
+
+    def forward_export(self, x: Tensor, path: str = EXPORT) -> Tensor:
+        """The stage as exported to ONNX: every token tensor 2-D (B*N, C), so GEMMs, LayerNorms and residual Adds need
+        no Reshape, and the sizes (B, H, W) are found once (`OverlapPatchEmbed.forward_export`) for the few Reshapes
+        around the convs and the attention products. Returns the (B, C, H, W) map, a view of the tokens (its Shape reads
+        the tokens)."""
+        x, size = self.patch_embed(x, path)  # called as modules: node names keep their scopes
+        for block in self.blocks:
+            x = block(x, size, path)
+        return _export_map(self.norm(x), size, self.norm.normalized_shape[0])
 
 
 class MixTransformer(nn.Module):

@@ -48,7 +48,8 @@ FLOAT_GROUPS = {
     "gelu": "the GELU of the Mix-FFN (fused into one Gelu node; Div, Erf, Add, Mul, Mul before that)",
     "elementwise": "residual and bias Add, Mul (the attention scale), and the other element-wise ops",
     "attention": "MatMuls of two activations: attention QK^T and AV",
-    "upsampling": "the decoder's bilinear upsampling, MatMuls with interpolation matrices built from the input size",
+    "upsampling": "the decoder's bilinear upsampling of levels 2-4 (Resize; in older exports, MatMuls with "
+    "interpolation matrices built from the input size)",
     "first_conv": "the first convolution (stage 1 patch embedding, on the raw pixels)",
     "classifier": "the classifier: the last product with weights, whose output is the logits",
 }
@@ -191,7 +192,9 @@ def node_groups(proto: Any) -> dict[str, list[str]]:
     convs = [n for n in graph.node if n.op_type == "Conv"]
     products = [n for n in graph.node if n.op_type in ("Conv", "MatMul", "Gemm") and _weight_product(n, consts, data)]
     classifier = products[-1] if products else None  # the last product with weights makes the logits
+    decoder = True  # before the classifier: a later Resize upsamples the logits (a label-map graph's postprocessing)
     for n in graph.node:
+        decoder = decoder and n is not classifier
         if n.op_type == "LayerNormalization":
             groups["layernorm"].append(n.name)
         elif n.op_type == "Softmax":
@@ -211,6 +214,8 @@ def node_groups(proto: Any) -> dict[str, list[str]]:
                 groups["attention" if all(i in data for i in n.input[:2]) else "upsampling"].append(n.name)
         elif n.op_type == "Conv":
             groups["first_conv" if n is convs[0] else "weights"].append(n.name)
+        elif n.op_type == "Resize" and decoder:
+            groups["upsampling"].append(n.name)
     return groups
 
 
