@@ -67,9 +67,9 @@ class OutputStyle:
 
 def default_num_workers() -> int:
     """Reader (and as many writer) processes per model process: the cores this process shares with the other
-    torchrun processes of its machine, 1 to 8. On the CPU the writers compute the full-size label maps, which take
-    longer than the model itself (`benchmarks/predict_folder.py --breakdown`): 104 photos took 44 s with 2 writers
-    and 59 s with 1 on 2 cores. Readers mostly wait."""
+    torchrun processes of its machine, 1 to 8. On the CPU the writers compute the full-size label maps, about as
+    long as the model takes (`benchmarks/predict_folder.py --breakdown`): 104 photos took 22 s with 2 readers and 2
+    writers and 25-26 s with 1 of each on 2 cores. Readers mostly wait."""
     return max(1, min(8, cores_per_process()))
 
 
