@@ -86,6 +86,30 @@ def test_an_interrupted_write_leaves_no_partial_file(weights, tmp_path, monkeypa
         assert labels_of(png).shape in SIZES[:2]
 
 
+def _plus_ten(ids: np.ndarray) -> np.ndarray:
+    """A label convention's `encode` for the test: class k is written as value k + 10."""
+    return (ids + 10).astype(np.uint8)
+
+
+def test_raw_values_are_written_by_the_writers_never_rewritten_afterwards(weights, tmp_path, monkeypatch):
+    """`encode` (--raw-labels): each NAME.png is written once, already in the masks' values, so a run stopped
+    half-way never leaves class-id PNGs behind; the overlay still shows the classes."""
+    import segformer.predict
+
+    src, out = photos(tmp_path / "src", SIZES[:3], broken=False), tmp_path / "out"
+    writes = []
+    real = segformer.predict.write_label_png
+    monkeypatch.setattr(segformer.predict, "write_label_png", lambda *a: writes.append(a) or real(*a))
+    segmenter = Segmenter(load_model(weights), InferenceOptions(scale=(64, 48)))
+    summary = predict_files(segmenter, [src], out, palette=PALETTE, progress=False, num_workers=0, encode=_plus_ten)
+    assert len(summary.written) == 3 and writes == []  # no class-id palette PNG was ever written
+    for image in sorted(src.rglob("p*.jpg")):
+        stem = out / image.relative_to(src).with_suffix("")
+        with Image.open(stem.with_suffix(".png")) as png:
+            assert png.mode == "L"
+            np.testing.assert_array_equal(np.asarray(png), segmenter(image) + 10)
+
+
 @pytest.mark.slow
 def test_torchrun_splits_files_writes_each_once_and_fails_on_every_rank(weights, tmp_path):
     src = photos(tmp_path / "src")

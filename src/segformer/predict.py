@@ -57,12 +57,15 @@ class PredictSummary:
 
 @dataclass(frozen=True)
 class OutputStyle:
-    """How outputs look: class colours and names for the overlay, its opacity and legend."""
+    """How outputs look: class colours and names for the overlay, its opacity and legend; and `encode`, class ids
+    (H, W) -> the values NAME.png holds instead of the ids (e.g. a `LabelConvention.encode`: the training masks' own
+    values), applied by the writer so that no NAME.png is ever left in the other convention."""
 
     palette: np.ndarray
     class_names: Sequence[str] | None = None
     alpha: float = 0.5
     legend: bool = True
+    encode: Callable[[np.ndarray], np.ndarray] | None = None
 
 
 def default_num_workers() -> int:
@@ -246,7 +249,11 @@ def _write(job: _Job, style: OutputStyle) -> str | None:
     stem = job.stem
     try:
         stem.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(_named(stem, ".png"), lambda tmp: write_label_png(tmp, labels, style.palette))
+        if style.encode is None:
+            atomic_write(_named(stem, ".png"), lambda tmp: write_label_png(tmp, labels, style.palette))
+        else:
+            raw = Image.fromarray(style.encode(labels))
+            atomic_write(_named(stem, ".png"), lambda tmp: raw.save(tmp, format="PNG"))
         atomic_write(
             _named(stem, "_overlay.jpg"), lambda tmp: Image.fromarray(picture).save(tmp, format="JPEG", quality=90)
         )
@@ -372,6 +379,7 @@ def predict_files(
     report: Callable[[str, str], None] | None = None,
     num_workers: int | None = None,
     shard: tuple[int, int] | None = None,
+    encode: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> PredictSummary:
     """For every image in `inputs` (files, or folders searched recursively) write, under `out` keeping the
     relative path: NAME.png (palette PNG whose pixel values are the class ids, original size), NAME_overlay.jpg
@@ -381,6 +389,7 @@ def predict_files(
 
     `num_workers` reader and as many writer processes (default `default_num_workers()`; 0: all in this process).
     `shard` = (rank, world): this process does files rank, rank + world, ... (default: torch.distributed's).
+    `encode`: NAME.png holds `encode(class ids)` instead (as `OutputStyle.encode`); the overlay still shows classes.
     """
     out = Path(out)
     rank, world = shard or _rank_world()
@@ -401,7 +410,7 @@ def predict_files(
     for name, reason in planning if rank == 0 else ():  # every rank found them: one reports
         fail(name, reason)
     plan = plan[rank::world]
-    style = OutputStyle(palette, class_names, alpha, legend)
+    style = OutputStyle(palette, class_names, alpha, legend, encode)
     written = _run(segmenter, plan, style, probabilities, workers, fail, progress and rank == 0)
     return PredictSummary(written, failed)
 

@@ -13,7 +13,6 @@ each is written once, rank 0 prints the summary, and every process exits with 1 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .common import add_label_arguments
@@ -185,11 +184,9 @@ def _images(
         probabilities=args.probabilities,
         report=report,
         num_workers=args.num_workers,
+        encode=labels.encode if args.raw_labels else None,  # written so by the writers, never rewritten after
         **style,
     )
-    if args.raw_labels:
-        for path in summary.written:
-            _rewrite_raw(path, labels)
     shares = D.gather_objects((len(summary.written), summary.failed))
     written = sum(s[0] for s in shares)  # type: ignore[index]
     failed = [f for s in shares for f in s[1]]  # type: ignore[index]
@@ -202,16 +199,3 @@ def _images(
         else:
             print()
     return 1 if failed else 0
-
-
-def _rewrite_raw(path: Path, labels: LabelConvention) -> None:
-    """NAME.png (class ids) rewritten in the masks' own values, through a temporary file."""
-    import numpy as np
-    from PIL import Image
-
-    from ..fileio import atomic_write
-
-    with Image.open(path) as img:
-        ids = np.asarray(img)
-    raw = Image.fromarray(labels.encode(ids))
-    atomic_write(path, lambda tmp: raw.save(tmp, format="PNG"))
