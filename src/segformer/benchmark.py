@@ -93,48 +93,51 @@ class BenchmarkResult:
         return asdict(self)
 
     def table(self) -> str:
-        """A Markdown table, ratios against `baseline`."""
-        if self.kind == "train":
-            return self._train_table()
+        """A Markdown table, ratios against `baseline` (`_COLUMNS` of this kind)."""
+        train = self.kind == "train"
+        step = "training step (forward, loss, backward, AdamW step), " if train else ""
+        runs = "interleaved rounds" if train else "interleaved runs"
+        columns = _COLUMNS[self.kind]
         lines = [
-            f"{self.model}, batch {self.batch}, {self.size[0]}x{self.size[1]}, {self.device_name}, "
-            f"{self.threads} threads, median of {self.repeats} interleaved runs",
+            f"{self.model}, {step}batch {self.batch}, {self.size[0]}x{self.size[1]}, {self.device_name}, "
+            f"{self.threads} threads, median of {self.repeats} {runs}",
             "",
-            f"| implementation | ms (IQR) | x {self.baseline} | peak mem MB | mem x | max abs diff | argmax agree |",
-            "|---|---|---|---|---|---|---|",
+            "| implementation | " + " | ".join(name.format(self.baseline) for name, _ in columns) + " |",
+            "|---|" + "---|" * len(columns),
         ]
-        for r in self.rows:
-            lines.append(
-                f"| {r.name} | {r.latency_ms:.1f} ({r.q25_ms:.1f}-{r.q75_ms:.1f}) | {_fmt(r.ratio, '.3f')} "
-                f"| {_fmt(r.peak_mem_mb, '.0f')} | {_fmt(r.mem_ratio, '.2f')} | {_fmt(r.max_abs_diff, '.1e')} "
-                f"| {_fmt(r.agreement, '.2%')} |"
-            )
-        lines += [f"- {n}" for n in self.notes]
-        return "\n".join(lines)
-
-    def _train_table(self) -> str:
-        lines = [
-            f"{self.model}, training step (forward, loss, backward, AdamW step), batch {self.batch}, "
-            f"{self.size[0]}x{self.size[1]}, {self.device_name}, {self.threads} threads, median of {self.repeats} "
-            "interleaved rounds",
-            "",
-            f"| implementation | ms/step (IQR) | x {self.baseline} | speed-up | peak mem MB | mem x | loss "
-            "| grad error vs float64 |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for r in self.rows:
-            speedup = 1 / r.ratio if r.ratio else None
-            lines.append(
-                f"| {r.name} | {r.latency_ms:.1f} ({r.q25_ms:.1f}-{r.q75_ms:.1f}) | {_fmt(r.ratio, '.3f')} "
-                f"| {_fmt(speedup, '.2f')}x | {_fmt(r.peak_mem_mb, '.0f')} | {_fmt(r.mem_ratio, '.2f')} "
-                f"| {_fmt(r.loss, '.6f')} | {_fmt(r.grad_diff, '.1e')} |"
-            )
+        lines += [f"| {r.name} | " + " | ".join(cell(r) for _, cell in columns) + " |" for r in self.rows]
         lines += [f"- {n}" for n in self.notes]
         return "\n".join(lines)
 
 
 def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
+
+
+def _latency(row: Any) -> str:
+    return f"{row.latency_ms:.1f} ({row.q25_ms:.1f}-{row.q75_ms:.1f})"
+
+
+_RATIO = ("x {}", lambda r: _fmt(r.ratio, ".3f"))  # {}: the baseline's name
+_MEMORY = [("peak mem MB", lambda r: _fmt(r.peak_mem_mb, ".0f")), ("mem x", lambda r: _fmt(r.mem_ratio, ".2f"))]
+# The columns of `BenchmarkResult.table` per kind: (header, cell of a row).
+_COLUMNS: dict[str, list[tuple[str, Callable[[Any], str]]]] = {
+    "inference": [
+        ("ms (IQR)", _latency),
+        _RATIO,
+        *_MEMORY,
+        ("max abs diff", lambda r: _fmt(r.max_abs_diff, ".1e")),
+        ("argmax agree", lambda r: _fmt(r.agreement, ".2%")),
+    ],
+    "train": [
+        ("ms/step (IQR)", _latency),
+        _RATIO,
+        ("speed-up", lambda r: _fmt(1 / r.ratio if r.ratio else None, ".2f") + "x"),
+        *_MEMORY,
+        ("loss", lambda r: _fmt(r.loss, ".6f")),
+        ("grad error vs float64", lambda r: _fmt(r.grad_diff, ".1e")),
+    ],
+}
 
 
 def _amp(dtype: str, device: str) -> str:
