@@ -389,21 +389,14 @@ def run_benchmark(
     say("checking outputs")
     reference = fns["ours eager fp32"]().float().cpu()
     outputs = {name: torch.as_tensor(fn()).float().cpu() for name, fn in fns.items()}
-    if memory:
-        say("measuring peak memory")
-        mem = {name: max(peak_memory_mb(fn, device) or 0.0 for _ in range(2)) for name, fn in fns.items()}
-        if device == "cpu" and any(v == 0.0 for v in mem.values()):
-            mem = {}
+    mem = _peak_memories(fns, device, say) if memory else {}
     say(f"timing {len(fns)} implementations x {repeats} rounds")
     times = time_by_runtime(fns, repeats, warmup, sync)
-    base = statistics.median(times[result.baseline])
-    base_mem = mem.get(result.baseline) if memory else None
+    base_mem = mem.get(result.baseline)
     for name, t in times.items():
-        q = np.percentile(np.array(t) * 1000, [25, 75])
         out = outputs[name]
-        row = Row(name, statistics.median(t) * 1000, float(q[0]), float(q[1]))
-        row.ratio = row.latency_ms / (base * 1000)
-        if memory and name in mem and "ONNX Runtime" not in name:
+        row = _timed_row(name, t, times[result.baseline])
+        if name in mem and "ONNX Runtime" not in name:
             row.peak_mem_mb = mem[name]
             row.mem_ratio = mem[name] / base_mem if base_mem else None
         if out.shape == reference.shape:
@@ -423,6 +416,20 @@ def run_benchmark(
             result.notes.append(f"{name} / transformers' export = {lat[name] / lat[ORT_HF]:.3f}x latency")
     tmp.cleanup()
     return result
+
+
+def _peak_memories(fns: dict[str, Callable[[], Any]], device: str, say: Callable[[str], None]) -> dict[str, float]:
+    """Peak memory per implementation (the larger of two calls); none where the CPU's resident set is unreadable."""
+    say("measuring peak memory")
+    mem = {name: max(peak_memory_mb(fn, device) or 0.0 for _ in range(2)) for name, fn in fns.items()}
+    return {} if device == "cpu" and any(v == 0.0 for v in mem.values()) else mem
+
+
+def _timed_row(name: str, times: list[float], baseline: list[float]) -> Row:
+    """A row's median and inter-quartile range (ms) and its ratio to the baseline's median."""
+    q25, q75 = np.percentile(np.array(times) * 1000, [25, 75])
+    median = statistics.median(times)
+    return Row(name, median * 1000, float(q25), float(q75), ratio=median / statistics.median(baseline))
 
 
 def _ort_fn(session: Any, x_np: np.ndarray) -> Callable[[], np.ndarray]:
@@ -684,18 +691,11 @@ def run_train_benchmark(
     say("warming up (optimiser state)")
     for fn in fns.values():
         fn()
-    mem: dict[str, float] = {}
-    if memory:
-        say("measuring peak memory")
-        mem = {name: max(peak_memory_mb(fn, device) or 0.0 for _ in range(2)) for name, fn in fns.items()}
-        if device == "cpu" and any(v == 0.0 for v in mem.values()):
-            mem = {}
+    mem = _peak_memories(fns, device, say) if memory else {}
     say(f"timing {len(fns)} implementations x {repeats} rounds")
     times = time_interleaved(fns, repeats, warmup, sync)
-    base = statistics.median(times["transformers"])
     for name, t in times.items():
-        q = np.percentile(np.array(t) * 1000, [25, 75])
-        row = Row(name, statistics.median(t) * 1000, float(q[0]), float(q[1]), ratio=statistics.median(t) / base)
+        row = _timed_row(name, t, times["transformers"])
         if name in mem:
             row.peak_mem_mb = mem[name]
             row.mem_ratio = mem[name] / mem["transformers"] if mem.get("transformers") else None
