@@ -294,6 +294,14 @@ def _export_transformers(hf_model, x: Tensor, path: Path, opset: int = 17) -> No
         )
 
 
+def _prepare(threads: int | None, device: str) -> None:
+    """Torch's intra-op thread count, and one clear line when CUDA is asked for and PyTorch sees none."""
+    if threads:
+        torch.set_num_threads(threads)
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda: no CUDA device is visible to PyTorch")
+
+
 def run_benchmark(
     model: str | SegFormer = "b0",
     *,
@@ -318,10 +326,7 @@ def run_benchmark(
     The baseline of the ratios is transformers eager fp32 when compared, else our fp32 eager.
     """
     say = progress or (lambda s: None)
-    if threads:
-        torch.set_num_threads(threads)
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda: no CUDA device is visible to PyTorch")
+    _prepare(threads, device)
     _amp(dtype, device)
     if compare:
         try:
@@ -621,10 +626,7 @@ def run_train_benchmark(
     SegformerForSemanticSegmentation: same weights, same batch, interleaved rounds, medians, peak memory, and a
     check that both give the same loss and gradients (`compare_training_step`) before timing."""
     say = progress or (lambda s: None)
-    if threads:
-        torch.set_num_threads(threads)
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda: no CUDA device is visible to PyTorch")
+    _prepare(threads, device)
     amp = _amp(dtype, device)
     try:
         import transformers
