@@ -110,6 +110,22 @@ def test_raw_values_are_written_by_the_writers_never_rewritten_afterwards(weight
             np.testing.assert_array_equal(np.asarray(png), segmenter(image) + 10)
 
 
+def test_a_single_file_is_predicted_in_this_process(weights, tmp_path, monkeypatch):
+    """Worker processes only pay off when there is something to overlap: one file runs here (lower latency)."""
+    import segformer.predict
+
+    def no_processes(*args, **kwargs):
+        raise AssertionError("a worker process was started")
+
+    monkeypatch.setattr(segformer.predict, "ProcessPoolExecutor", no_processes)
+    src = photos(tmp_path / "src", SIZES[:2], broken=False)
+    segmenter = Segmenter(load_model(weights), InferenceOptions(scale=(64, 48)))
+    summary = predict_files(segmenter, [src / "p0.jpg"], tmp_path / "one", palette=PALETTE, progress=False)
+    assert len(summary.written) == 1
+    with pytest.raises(AssertionError, match="worker process"):  # two files: the default starts writers
+        predict_files(segmenter, [src], tmp_path / "two", palette=PALETTE, progress=False)
+
+
 @pytest.mark.slow
 def test_torchrun_splits_files_writes_each_once_and_fails_on_every_rank(weights, tmp_path):
     src = photos(tmp_path / "src")

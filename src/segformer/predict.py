@@ -387,7 +387,8 @@ def predict_files(
     (float16 (K, H, W) softmax). A file that cannot be read or predicted is reported through `report(name,
     reason)` (default: a logged warning) and skipped; the others are still written.
 
-    `num_workers` reader and as many writer processes (default `default_num_workers()`; 0: all in this process).
+    `num_workers` reader and as many writer processes (default `default_num_workers()`, or none for a single file,
+    which they would only slow down; 0: all in this process).
     `shard` = (rank, world): this process does files rank, rank + world, ... (default: torch.distributed's).
     `encode`: NAME.png holds `encode(class ids)` instead (as `OutputStyle.encode`); the overlay still shows classes.
     """
@@ -410,6 +411,8 @@ def predict_files(
     for name, reason in planning if rank == 0 else ():  # every rank found them: one reports
         fail(name, reason)
     plan = plan[rank::world]
+    if len(plan) < 2 and num_workers is None:  # nothing to overlap: starting processes would only add latency
+        workers = 0
     style = OutputStyle(palette, class_names, alpha, legend, encode)
     written = _run(segmenter, plan, style, probabilities, workers, fail, progress and rank == 0)
     return PredictSummary(written, failed)
