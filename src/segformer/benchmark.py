@@ -114,14 +114,14 @@ def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def _latency(row: Any) -> str:
+def _latency(row: Row) -> str:
     return f"{row.latency_ms:.1f} ({row.q25_ms:.1f}-{row.q75_ms:.1f})"
 
 
 _RATIO = ("x {}", lambda r: _fmt(r.ratio, ".3f"))  # {}: the baseline's name
 _MEMORY = [("peak mem MB", lambda r: _fmt(r.peak_mem_mb, ".0f")), ("mem x", lambda r: _fmt(r.mem_ratio, ".2f"))]
 # The columns of `BenchmarkResult.table` per kind: (header, cell of a row).
-_COLUMNS: dict[str, list[tuple[str, Callable[[Any], str]]]] = {
+_COLUMNS: dict[str, list[tuple[str, Callable[[Row], str]]]] = {
     "inference": [
         ("ms (IQR)", _latency),
         _RATIO,
