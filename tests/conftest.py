@@ -19,10 +19,14 @@ TINY = {"embed_dims": (8, 16, 40, 64), "depths": (1, 1, 1, 1), "decoder_dim": 32
 NAMES = ("sky", "road", "car")
 
 
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    """A tiny 3-class B0 (`TINY`, classes `NAMES`) saved once per test module; modules may define their own."""
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("weights")
+def save_tiny(folder: Path, seed: int = 0) -> Path:
+    """A tiny 3-class B0 (`TINY`, classes `NAMES`) with weights from `seed`, saved in `folder`."""
+    torch.manual_seed(seed)
     create_model("b0", num_classes=3, class_names=NAMES, **TINY).save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    """`save_tiny` once per test module; modules may define their own."""
+    return save_tiny(tmp_path_factory.mktemp("weights"))

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from conftest import NAMES, TINY
-from segformer import create_model, load_model
+from conftest import NAMES, save_tiny
+from segformer import load_model
 from segformer.app import (
     HUGE_PIXELS,
     HUGE_SCALE,
@@ -46,10 +45,7 @@ from segformer.visualize import overlay
 
 @pytest.fixture(scope="module")
 def weights2(tmp_path_factory) -> Path:
-    torch.manual_seed(1)
-    folder = tmp_path_factory.mktemp("weights2")
-    create_model("b0", num_classes=3, class_names=NAMES, **TINY).save_pretrained(folder)
-    return folder
+    return save_tiny(tmp_path_factory.mktemp("weights2"), seed=1)
 
 
 @pytest.fixture(scope="module")
