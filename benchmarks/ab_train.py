@@ -1,6 +1,6 @@
 """Training-step time (forward, loss, backward, AdamW) of this tree, another checkout and transformers, interleaved.
 
-The three start from the same weights and batch and run `segformer.benchmark`'s step functions (each tree its own,
+The three start from the same weights and batch and run `segformer.apps.benchmark`'s step functions (each tree its own,
 with its own optimiser options) in alternating order, so the ratios hold on a busy machine. Besides wall-clock
 medians it prints process CPU-time medians: at `--threads 1` those measure work and barely move with the load of
 other processes (at 2 threads they also count spinning threads, so prefer the wall clock on a quiet machine).
@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 import segformer
-from segformer.benchmark import _hf_train_step_fn, sample_image, sample_labels, train_step_fn
+from segformer.apps.benchmark import _hf_train_step_fn, sample_image, sample_labels, train_step_fn
 
 
 def _timed(fn) -> tuple[float, float]:

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 import segformer
-from segformer.benchmark import cpu_model
+from segformer.apps.benchmark import cpu_model
 
 CASES = {"b0-512": ("b0", (512, 512), 15), "b2-512": ("b2", (512, 512), 7), "b0-1024x2048": ("b0", (1024, 2048), 5)}
 

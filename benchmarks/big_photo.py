@@ -5,7 +5,7 @@ B0 with 150 classes (random weights, or `--model` a trained one) and the ADE20K 
 labels are written at 4032x3024; the 2048x512 image runs at its own size. Measured for `Segmenter(model)(path)`
 (read, EXIF-rotate, normalise, predict, labels) and for `predict_files` (that plus the label PNG and the overlay
 JPEG). Latencies are medians of interleaved rounds (the two images take turns, so load on a shared machine slows
-both alike); peak memory is resident-set growth during one call (`segformer.benchmark.peak_memory_mb`). With
+both alike); peak memory is resident-set growth during one call (`segformer.apps.benchmark.peak_memory_mb`). With
 `--argmax`, the label step alone, on the same logits (150x176x128, the model's output for the photo):
 `inference._argmax_resized(logits, size, via=(704, 512))` (for a photo this big: the first resize in full, then only
 the pixels where several classes can win) against the implementation before issue 12, which resized all 150 classes
@@ -32,14 +32,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from segformer import Segmenter, create_model, load_model
-from segformer.benchmark import device_name, environment_note, peak_memory_mb, time_interleaved
-from segformer.config import TestProtocol
+from segformer import InferenceOptions, Segmenter, create_model, load_model
+from segformer.apps.benchmark import device_name, environment_note, peak_memory_mb, time_interleaved
 from segformer.imageio import default_palette
-from segformer.inference import _argmax_resized
-from segformer.predict import predict_files
+from segformer.inference import argmax_resized as _argmax_resized
+from segformer.inference.files import predict_files
 
-ADE20K = TestProtocol(mode="whole", scale=(2048, 512), size_divisor=32)
+ADE20K = InferenceOptions(mode="whole", scale=(2048, 512), size_divisor=32)
 EXIF_ROTATED = 6  # what most phones write: the pixels are stored sideways, the viewer turns them
 
 

@@ -24,9 +24,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from segformer.benchmark import _export_transformers, sample_image  # noqa: E402
+from segformer.apps.benchmark import _export_transformers, sample_image  # noqa: E402
 from segformer.export import export_onnx, ort_session  # noqa: E402
-from segformer.loading import model_from_spec  # noqa: E402
+from segformer.model.loading import model_from_spec  # noqa: E402
 
 
 def _eager(model: torch.nn.Module, x: torch.Tensor, hf: bool):

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from data_throughput import write_dataset  # noqa: E402
 
-from segformer.benchmark import cpu_model  # noqa: E402
+from segformer.apps.benchmark import cpu_model  # noqa: E402
 from segformer.data import build_dataset, check_dataset  # noqa: E402
 from segformer.data.check import _summarize, scan  # noqa: E402
 

@@ -5,7 +5,7 @@
     python benchmarks/int8.py --ablation          # also each node group quantised in turn (what stays float, why)
     python benchmarks/int8.py --ablation --update BENCHMARKS.md   # and put the section into BENCHMARKS.md
 
-Each variant is made by `segformer.quantize.export_int8` (calibrated on --calib-count training images, checked on
+Each variant is made by `segformer.export.int8.export_int8` (calibrated on --calib-count training images, checked on
 the whole val split: pixel agreement with the float export and both mIoUs). Latency: the float export and every
 INT8 variant take turns on the same input (interleaved rounds, --threads intra-op threads, spinning off), medians
 with the inter-quartile range, at each --sizes. Prints a markdown section (CPU model and flags included) and
@@ -31,7 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from segformer.quantize import DEFAULT_KEEP_FLOAT, QuantizeOptions  # noqa: E402
+from segformer.export.int8 import DEFAULT_KEEP_FLOAT, QuantizeOptions  # noqa: E402
 
 TARGET_LATENCY, TARGET_AGREEMENT, TARGET_MIOU_PP = 0.5, 0.99, 1.0
 
@@ -61,7 +61,8 @@ WHY_FLOAT = [
     "- MatMul outputs stay float (`requantized-outputs` re-quantises them to 8 bits: QLinearMatMul, slower than "
     "float here) and weights are per channel (`per-tensor` is as fast and as accurate on this model; per channel "
     "is the safer default for convolutions).",
-    "- Not a choice but three rewrites of the INT8 graph (`segformer.quantize`), each measured faster on the previous "
+    "- Not a choice but three rewrites of the INT8 graph (`segformer.export.int8`), each measured faster on the "
+    "previous "
     "graph: GELU is fused into one node before quantising (ONNX Runtime gives each consumer of a DequantizeLinear "
     "its own copy, which broke its own GELU fusion and dequantised the tensor twice); Shape nodes read the INT8 "
     "tensors instead of dequantised copies made only to take their shape (together about 8% at 512x512); and each "
@@ -131,7 +132,7 @@ def float_time_split(path: Path, size: int, threads: int, runs: int) -> dict[str
     import onnx
     import onnxruntime as ort
 
-    from segformer.quantize import node_groups
+    from segformer.export.int8 import node_groups
 
     attention = node_groups(onnx.load(str(path)))["attention"]
     options = ort.SessionOptions()
@@ -190,8 +191,8 @@ def main() -> int:
 
     from segformer.data import build_dataset
     from segformer.export import export_onnx, ort_session
-    from segformer.loading import load_model
-    from segformer.quantize import export_int8, has_vnni
+    from segformer.export.int8 import export_int8, has_vnni
+    from segformer.model.loading import load_model
 
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()[0]

@@ -26,9 +26,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from segformer.benchmark import _export_transformers, sample_image  # noqa: E402
+from segformer.apps.benchmark import _export_transformers, sample_image  # noqa: E402
 from segformer.export import export_onnx  # noqa: E402
-from segformer.loading import model_from_spec  # noqa: E402
+from segformer.model.loading import model_from_spec  # noqa: E402
 
 
 def export_both(name: str, size: int, folder: Path) -> dict[str, Path]:

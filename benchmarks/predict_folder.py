@@ -1,7 +1,7 @@
 """Images/s of `segformer predict` on a folder of mixed-size JPEGs, against a loop over transformers'
 `pipeline("image-segmentation")` with the same weights, the same test scale and label maps at the original size.
 
-Ours: `segformer.predict.predict_files` (readers decode and resize in worker processes, batches by model input
+Ours: `segformer.inference.files.predict_files` (readers decode and resize in worker processes, batches by model input
 size, writers compute the label maps and write NAME.png + NAME_overlay.jpg). Theirs: for each file, the pipeline
 (its SegformerImageProcessor set to the size our test scale gives that image: (2048, 512), sides aligned to 32, the
 official ADE20K protocol), its masks assembled into the label map, written as the same palette PNG (no overlay: the
@@ -32,10 +32,10 @@ import torch
 from PIL import Image, ImageDraw
 
 from segformer import InferenceOptions, Segmenter, create_model
-from segformer.benchmark import cpu_model
+from segformer.apps.benchmark import cpu_model
 from segformer.imageio import default_palette, write_label_png
 from segformer.inference import resized_size
-from segformer.predict import default_num_workers, predict_files
+from segformer.inference.files import default_num_workers, predict_files
 
 # (H, W, share of the images): phone and camera sizes, landscape and portrait, a few 12 MP photos.
 SIZES = [(480, 640, 0.25), (600, 800, 0.25), (768, 1024, 0.2), (960, 1280, 0.15), (640, 480, 0.12), (3024, 4032, 0.03)]
@@ -107,20 +107,20 @@ def run_ours(model, paths: list[Path], out: Path, palette: np.ndarray, workers: 
 
 def breakdown(model, paths: list[Path], out: Path, palette: np.ndarray) -> dict[str, float]:
     """Seconds per stage of ours, one image at a time in this process (no overlap): where the time goes."""
-    from segformer.predict import OutputStyle, _labels_at, _predict_resized, _Reader, _write
+    from segformer.inference.files import OutputStyle, _predict_prepared, _Reader, _write
 
     segmenter, style = Segmenter(model, OPTIONS), OutputStyle(palette)
-    reader, plan = _Reader(paths, segmenter, resize=True), [(p, out / p.stem) for p in paths]
+    reader, plan = _Reader(paths, segmenter, prepare=True), [(p, out / p.stem) for p in paths]
     seconds = dict.fromkeys(("read + resize", "model", "label maps (1 thread)", "label maps + PNG + overlay"), 0.0)
     for i in range(len(paths)):
         start = time.perf_counter()
         item = reader[i]
         seconds["read + resize"] += (mid := time.perf_counter()) - start
-        (job,) = _predict_resized(segmenter, [item], plan)
+        (job,) = _predict_prepared(segmenter, [item], plan)
         seconds["model"] += (start := time.perf_counter()) - mid
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # as in a writer process
-        _labels_at(torch.from_numpy(job.logits)[None], job.input_size, job.image.shape[:2])
+        job.finish()  # stage 3, as a writer runs it
         seconds["label maps (1 thread)"] += (mid := time.perf_counter()) - start
         _write(job, style)
         seconds["label maps + PNG + overlay"] += time.perf_counter() - mid

@@ -107,7 +107,7 @@ def make_data(name: str, root: Path) -> Path:
     spec = DATASETS[name]
     folder = root / name
     if name == "synth":
-        from segformer.synth import write_dataset
+        from segformer.data.synth import write_dataset
 
         write_dataset(folder, spec.train, spec.val, spec.size[0], seed=0, progress=False)
     else:
@@ -323,7 +323,7 @@ def table(records: list[dict], recipes: list[str], datasets: list[str]) -> str:
 
 
 def machine() -> str:
-    from segformer.benchmark import cpu_model
+    from segformer.apps.benchmark import cpu_model
 
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
     return f"CPU {cpu_model()}, {os.cpu_count()} cores visible, load average {load}"

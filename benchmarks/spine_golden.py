@@ -60,8 +60,9 @@ def record(out: Path) -> dict:
         from segformer.inference import predict_files
     except ImportError:
         from segformer.predict import predict_files
-    from segformer.data import build_dataset
     from segformer.synth import CLASS_NAMES, write_dataset
+
+    from segformer.data import build_dataset
 
     torch.set_num_threads(2)
     out.mkdir(parents=True, exist_ok=True)
@@ -89,10 +90,8 @@ def record(out: Path) -> dict:
         )
         result[f"predict_{name}"] = _folder_digests(folder)
     folder = out / "predict_probabilities"
-    small = [p for p in sorted((out / "photos").glob("val*"))]
-    predict_files(
-        Segmenter(model, modes["whole"]), small, folder, palette=palette, progress=False, probabilities=True
-    )
+    small = sorted((out / "photos").glob("val*"))
+    predict_files(Segmenter(model, modes["whole"]), small, folder, palette=palette, progress=False, probabilities=True)
     result["predict_probabilities"] = _folder_digests(folder)
     folder = out / "predict_workers"
     predict_files(Segmenter(model, modes["whole"]), [out / "photos"], folder, palette=palette, progress=False)

@@ -17,7 +17,7 @@ from PIL import Image
 
 from conftest import NAMES, save_tiny
 from segformer import load_model
-from segformer.app import (
+from segformer.apps.app import (
     HUGE_PIXELS,
     HUGE_SCALE,
     PROTOCOL,
@@ -230,7 +230,7 @@ def test_app_without_gradio_names_the_extra(weights, capsys, monkeypatch):
 
 def test_build_app_side_by_side(entry):
     pytest.importorskip("gradio", reason="the app extra (gradio) is not installed")
-    from segformer.app import build_app
+    from segformer.apps.app import build_app
 
     page = build_app([entry, entry], describe=describe)
     ids = {b.elem_id for b in page.blocks.values() if getattr(b, "elem_id", None)}

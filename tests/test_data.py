@@ -78,8 +78,8 @@ def test_catalog_facts():
     ade, city, voc = DATASETS["ade20k"], DATASETS["cityscapes"], DATASETS["voc"]
     assert ade.class_names[:3] == ("wall", "building", "sky") and ade.class_names[-1] == "flag"
     assert ade.palette[0] == (120, 120, 120) and ade.palette[-1] == (92, 0, 255)
-    assert (ade.scale, ade.crop, ade.eval_mode) == ((2048, 512), (512, 512), "whole")
-    assert (city.scale, city.crop, city.eval_mode, city.eval_stride) == (
+    assert (ade.scale, ade.crop, ade.test.mode) == ((2048, 512), (512, 512), "whole")
+    assert (city.scale, city.crop, city.test.mode, city.test.stride) == (
         (2048, 1024),
         (1024, 1024),
         "slide",

@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
+from segformer.apps.demo import DemoConfig, run_demo
 from segformer.cli import main
-from segformer.demo import DemoConfig, run_demo
 
 TINY = DemoConfig(
     train_images=4, val_images=2, size=64, crop=48, iters=2, batch_size=2, warmup_iters=1, eval_every=1, grid_images=2
@@ -20,7 +20,7 @@ TINY = DemoConfig(
 
 def test_run_demo_writes_everything(tmp_path):
     from segformer import load_model
-    from segformer.synth import CLASS_NAMES
+    from segformer.data.synth import CLASS_NAMES
 
     out = tmp_path / "demo"
     summary = run_demo(out, tmp_path / "data", replace(TINY, onnx=False))

@@ -148,7 +148,7 @@ def test_export_without_onnx_says_what_to_install(model, tmp_path, monkeypatch):
 
 
 def test_benchmark_rows_and_ratios(model):
-    from segformer.benchmark import run_benchmark
+    from segformer.apps.benchmark import run_benchmark
 
     result = run_benchmark(model, size=(64, 64), threads=1, unfolded=True, onnx=False, repeats=2, warmup=1)
     names = [r.name for r in result.rows]
@@ -167,7 +167,7 @@ def test_benchmark_compare_needs_transformers(monkeypatch, capsys):
 
 def test_bf16_autocast_close_to_fp32(model):
     """bf16 changes the numbers a little, not the function: same shape, small error, most pixels agree."""
-    from segformer.benchmark import argmax_agreement, inference_fn, sample_image
+    from segformer.apps.benchmark import argmax_agreement, inference_fn, sample_image
 
     x = sample_image((96, 128))
     fp32 = inference_fn(model, x)()

@@ -10,7 +10,7 @@ from torch import nn
 
 from reference import randomize
 from segformer import VARIANTS, create_model
-from segformer.head import AllMLPHead
+from segformer.model.head import AllMLPHead
 
 TOL = 1e-5
 
@@ -154,7 +154,7 @@ def test_inference_fast_path_matches_autograd_path(b0_model):
 def test_dense_inference_is_linear(bias):
     """oneDNN's 1x1-conv GEMM of the fast path gives F.linear's values (batch 2, a width that is no SIMD multiple),
     and leaves bf16 tensors to F.linear."""
-    from segformer.layers import dense_inference
+    from segformer.model.layers import dense_inference
 
     x, weight = torch.randn(2, 37, 24), torch.randn(13, 24)
     b = torch.randn(13) if bias else None

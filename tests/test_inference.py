@@ -223,7 +223,8 @@ def test_bf16_autocast_stays_close_and_returns_float32(b0):
 
 def test_chunked_label_maps_equal_the_argmax_of_full_size_scores(b0):
     """predict_labels never builds (B, K, H, W) at the original size; its labels equal the full computation's."""
-    from segformer.inference import _argmax_resized, predict_labels
+    from segformer.inference import argmax_resized as _argmax_resized
+    from segformer.inference import predict_labels
 
     x = torch.randn(2, 3, 61, 83)
     options = InferenceOptions(scale=(48, 32))
@@ -238,8 +239,8 @@ def test_chunked_label_maps_equal_the_argmax_of_full_size_scores(b0):
 
 def test_stored_test_protocol_round_trips_and_drives_segmenter(b0, tmp_path):
     """The protocol saved with a model is what Segmenter (and predict) run by default; flags override it."""
+    from segformer import InferenceOptions as TestProtocol  # the stored protocol is the one settings type
     from segformer import load_model
-    from segformer.config import TestProtocol
 
     protocol = TestProtocol(mode="whole", scale=(64, 48), size_divisor=16)
     model = create_model("b0", num_classes=4, **TINY).eval()
@@ -290,7 +291,7 @@ def _near_ties(scores: torch.Tensor, margin: float = 1e-5) -> torch.Tensor:
 def test_banded_argmax_equals_the_argmax_of_full_size_interpolation(source, size):
     """Odd ratios, down- and upsampling (pruned and dense paths), one axis unchanged, many small bands: labels are
     F.interpolate's argmax."""
-    from segformer.inference import _argmax_resized
+    from segformer.inference import argmax_resized as _argmax_resized
 
     torch.manual_seed(sum(source) + sum(size))
     logits = torch.randn(2, 7, *source)
@@ -315,7 +316,7 @@ def test_banded_argmax_equals_the_argmax_of_full_size_interpolation(source, size
 def test_two_resizes_in_one_step_equal_two_interpolations(source, via, size):
     """`via`: the logits resized to the model input size, then to the image's, as mmseg does, with no (B, K) map at
     the input size; the labels are the argmax of two F.interpolate calls."""
-    from segformer.inference import _argmax_resized
+    from segformer.inference import argmax_resized as _argmax_resized
 
     torch.manual_seed(sum(source) + sum(size))
     logits = torch.randn(2, 7, *source)
@@ -331,7 +332,7 @@ def test_two_resizes_in_one_step_equal_two_interpolations(source, via, size):
 
 def test_banded_argmax_resolves_exact_ties_to_the_lower_class():
     """Integer logits and a duplicated class tie exactly in many pixels; torch.argmax picks the lower id there."""
-    from segformer.inference import _argmax_resized
+    from segformer.inference import argmax_resized as _argmax_resized
 
     torch.manual_seed(1)
     logits = torch.randint(0, 3, (1, 6, 9, 12)).float()
@@ -345,7 +346,7 @@ def test_banded_argmax_resolves_exact_ties_to_the_lower_class():
 def test_big_photo_through_segmenter_equals_full_size_interpolation(b0, tmp_path):
     """A 1500x1100 photo file with the ADE20K protocol stored: the label map is full size and equals the argmax of
     the logits interpolated to full size in one F.interpolate call (reference computed independently here)."""
-    from segformer.config import TestProtocol
+    from segformer import InferenceOptions as TestProtocol  # the stored protocol is the one settings type
 
     model = create_model("b0", num_classes=4, **TINY).eval()
     model.load_state_dict(b0.state_dict())

@@ -12,9 +12,9 @@ from PIL import Image
 
 from segformer import create_model, load_model
 from segformer.cli import main
-from segformer.config import SegFormerConfig
 from segformer.data import LabelConvention, LabelError, build_dataset, parse_label_map, read_palette
 from segformer.imageio import ImageReadError
+from segformer.model.config import SegFormerConfig
 
 COLOURS = {"background": (0, 0, 0), "road": (128, 64, 128), "car": (0, 0, 142)}
 

@@ -14,7 +14,7 @@ import torch
 
 from reference import hf_model, hf_to_official, hub_state_dict
 from segformer import CheckpointError, SegFormerConfig, create_model, load_model
-from segformer.convert import detect_format, from_ours, to_ours
+from segformer.model.convert import detect_format, from_ours, to_ours
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,7 @@ def test_num_classes_reinitialises_only_the_classifier(official_file, caplog):
 
 
 def test_licence_note_for_official_weights(official_file, caplog):
-    import segformer.loading as loading
+    import segformer.model.loading as loading
 
     loading._licence_shown = False
     with caplog.at_level("WARNING", logger="segformer"):

@@ -11,8 +11,8 @@ import torch
 
 from segformer import create_model
 from segformer.evaluation import evaluate, evaluate_confusion
+from segformer.evaluation.metrics import ConfusionMatrix
 from segformer.imageio import normalize
-from segformer.metrics import ConfusionMatrix
 
 TINY = {"embed_dims": (8, 16, 40, 64), "depths": (1, 1, 1, 1), "decoder_dim": 32}  # a fast stand-in for B0
 

@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from segformer import SegFormer, SegFormerConfig, create_model, list_models, load_model
-from segformer.config import VARIANTS
-from segformer.flops import count_macs, count_params
-from segformer.layers import DropPath, drop_path_rates
+from segformer.model.config import VARIANTS
+from segformer.model.flops import count_macs, count_params
+from segformer.model.layers import DropPath, drop_path_rates
 
 # Official parameter counts with 150 classes (segformer-facts.md section 9).
 OFFICIAL_PARAMS = {

@@ -9,11 +9,11 @@ import pytest
 import torch
 import yaml
 
+from segformer import InferenceOptions as Protocol
 from segformer import create_model, load_model
 from segformer.cli import main
-from segformer.config import SegFormerConfig
-from segformer.config import TestProtocol as Protocol  # not collected as a test class
-from segformer.modelcard import model_card, training_card
+from segformer.model.config import SegFormerConfig
+from segformer.model.modelcard import model_card, training_card
 from segformer.training import TrainConfig
 from test_train import make_folder, tiny_args, tiny_model_file
 

@@ -1,5 +1,5 @@
-"""Folder prediction with reader/writer processes and batches by model input size (`segformer.predict`), and split
-across torchrun processes: every label map equals `Segmenter(model)(image)` of that file alone."""
+"""Folder prediction with reader/writer processes and batches by model input size (`segformer.inference.files`),
+and split across torchrun processes: every label map equals `Segmenter(model)(image)` of that file alone."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from PIL import Image
 from segformer import InferenceOptions, Segmenter, load_model
 from segformer.cli import main
 from segformer.imageio import read_image
-from segformer.predict import predict_files
+from segformer.inference.files import predict_files
 
 PALETTE = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255]], np.uint8)
 # (H, W): the first three share the model input size at scale (64, 48); the last has its own.
@@ -94,12 +94,12 @@ def _plus_ten(ids: np.ndarray) -> np.ndarray:
 def test_raw_values_are_written_by_the_writers_never_rewritten_afterwards(weights, tmp_path, monkeypatch):
     """`encode` (--raw-labels): each NAME.png is written once, already in the masks' values, so a run stopped
     half-way never leaves class-id PNGs behind; the overlay still shows the classes."""
-    import segformer.predict
+    import segformer.inference.files
 
     src, out = photos(tmp_path / "src", SIZES[:3], broken=False), tmp_path / "out"
     writes = []
-    real = segformer.predict.write_label_png
-    monkeypatch.setattr(segformer.predict, "write_label_png", lambda *a: writes.append(a) or real(*a))
+    real = segformer.inference.files.write_label_png
+    monkeypatch.setattr(segformer.inference.files, "write_label_png", lambda *a: writes.append(a) or real(*a))
     segmenter = Segmenter(load_model(weights), InferenceOptions(scale=(64, 48)))
     summary = predict_files(segmenter, [src], out, palette=PALETTE, progress=False, num_workers=0, encode=_plus_ten)
     assert len(summary.written) == 3 and writes == []  # no class-id palette PNG was ever written
@@ -112,12 +112,12 @@ def test_raw_values_are_written_by_the_writers_never_rewritten_afterwards(weight
 
 def test_a_single_file_is_predicted_in_this_process(weights, tmp_path, monkeypatch):
     """Worker processes only pay off when there is something to overlap: one file runs here (lower latency)."""
-    import segformer.predict
+    import segformer.inference.files
 
     def no_processes(*args, **kwargs):
         raise AssertionError("a worker process was started")
 
-    monkeypatch.setattr(segformer.predict, "ProcessPoolExecutor", no_processes)
+    monkeypatch.setattr(segformer.inference.files, "ProcessPoolExecutor", no_processes)
     src = photos(tmp_path / "src", SIZES[:2], broken=False)
     segmenter = Segmenter(load_model(weights), InferenceOptions(scale=(64, 48)))
     summary = predict_files(segmenter, [src / "p0.jpg"], tmp_path / "one", palette=PALETTE, progress=False)

@@ -13,7 +13,7 @@ from PIL import Image
 
 from segformer import create_model
 from segformer.cli import main
-from segformer.synth import CLASS_NAMES, render_scene
+from segformer.data.synth import CLASS_NAMES, render_scene
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -50,7 +50,7 @@ def test_node_groups_find_the_segformer_structure(tmp_path):
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from segformer.export import export_onnx
-    from segformer.quantize import DEFAULT_KEEP_FLOAT, node_groups, quantization_plan, unfuse_gemm
+    from segformer.export.int8 import DEFAULT_KEEP_FLOAT, node_groups, quantization_plan, unfuse_gemm
 
     model = create_model("b0", num_classes=3, depths=(1, 1, 1, 1)).eval()
     path = export_onnx(model, tmp_path / "m.onnx", sample_size=(64, 64), check=False).path
@@ -134,8 +134,8 @@ def test_gate_refuses_a_bad_quantisation(weights, scenes, tmp_path, capsys):
 
 
 def test_gate_library_raises_with_the_report(weights, scenes, tmp_path):
-    from segformer.loading import load_model
-    from segformer.quantize import QuantizationRejected, QuantizeOptions, export_int8
+    from segformer.export.int8 import QuantizationRejected, QuantizeOptions, export_int8
+    from segformer.model.loading import load_model
 
     with pytest.raises(QuantizationRejected) as info:
         export_int8(

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from segformer import synth
 from segformer.cli import main
+from segformer.data import synth
 from segformer.imageio import read_image, read_mask
 
 

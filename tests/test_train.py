@@ -22,10 +22,11 @@ from torch import nn
 from torch.nn import functional as F
 
 import segformer
+from segformer import InferenceOptions
 from segformer.cli import main
-from segformer.config import SegFormerConfig, TestProtocol
 from segformer.data import DATASETS
-from segformer.model import SegFormer
+from segformer.model.config import SegFormerConfig
+from segformer.model.segformer import SegFormer
 from segformer.training import PRESETS, SCHEDULES, TrainConfig, lr_factor, param_groups, train
 from segformer.training import build as build_module
 from segformer.training.optim import build_optimizer, build_scheduler
@@ -337,7 +338,7 @@ def test_b0_trains_through_cli_on_64px_crops(tmp_path, capsys):
     assert saved["lr"] == 6e-5 and saved["crop"] == [64, 64] and saved["num_classes"] == 3
     assert len([line for line in (out / "metrics.jsonl").read_text().splitlines() if "loss" in line]) == 3
     # The test protocol is saved with the model: predict (Segmenter) runs whole images at the training scale.
-    assert model.config.test_protocol == TestProtocol(mode="whole", scale=(80, 72))
+    assert model.config.test_protocol == InferenceOptions(mode="whole", scale=(80, 72))
     assert segformer.Segmenter(model).options.scale == (80, 72)
 
 

@@ -1,15 +1,28 @@
 """SegFormer (Xie et al., NeurIPS 2021): Mix Transformer encoder + All-MLP decoder, exact and fast."""
 
-from .config import VARIANTS, SegFormerConfig
+from . import _moved
 from .constants import IGNORE_INDEX, MEAN, STD
 from .evaluation import evaluate
-from .head import AllMLPHead
-from .inference import InferenceOptions, Segmenter
-from .loading import CheckpointError, create_model, load_model, model_from_spec
-from .mit import EfficientSelfAttention, MixFFN, MixTransformer, OverlapPatchEmbed
-from .model import SegFormer
+from .inference import Segmenter, options_for_model, predict_files
+from .model import (
+    VARIANTS,
+    AllMLPHead,
+    CheckpointError,
+    EfficientSelfAttention,
+    MixFFN,
+    MixTransformer,
+    OverlapPatchEmbed,
+    SegFormer,
+    SegFormerConfig,
+    create_model,
+    load_model,
+    model_from_spec,
+)
+from .protocol import InferenceOptions
 
-__version__ = "0.1.0"
+_moved.install()  # old import paths (segformer.predict, segformer.config, ...) for one release
+
+__version__ = "0.2.0"
 
 __all__ = [
     "IGNORE_INDEX",
@@ -31,6 +44,8 @@ __all__ = [
     "list_models",
     "load_model",
     "model_from_spec",
+    "options_for_model",
+    "predict_files",
 ]
 
 

@@ -55,3 +55,12 @@ def cores_per_process() -> int:
     except AttributeError:  # not Linux
         cores = os.cpu_count() or 1
     return cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1) or 1))
+
+
+def rank_world() -> tuple[int, int]:
+    """(rank, world size) of this process in torch.distributed's default group; (0, 1) without one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1

@@ -65,9 +65,9 @@ def check_port(host: str, port: int) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from .. import app
+    from ..apps import app
     from ..data import DATASETS
-    from ..loading import load_model
+    from ..model.loading import load_model
     from ..runtime import resolve_device
     from .evaluate import describe, inference_options
     from .predict import palette_and_names

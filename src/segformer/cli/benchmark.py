@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     import json
     import sys
 
-    from ..benchmark import run_benchmark, run_train_benchmark
+    from ..apps.benchmark import run_benchmark, run_train_benchmark
 
     if args.repeats < 1 or args.batch < 1:
         raise ValueError("--repeats and --batch must be at least 1")

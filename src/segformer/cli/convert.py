@@ -11,7 +11,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..loading import load_model
+    from ..model.loading import load_model
 
     model = load_model(args.source)
     folder = model.save_pretrained(args.out)

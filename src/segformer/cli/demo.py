@@ -10,7 +10,7 @@ import argparse
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..demo import DemoConfig  # light: dataclasses only
+    from ..apps.demo import DemoConfig  # light: dataclasses only
 
     d = DemoConfig()
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo; an earlier demo is replaced)")
@@ -37,8 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..demo import DemoConfig, run_demo
-    from ..evaluation import format_table
+    from ..apps.demo import DemoConfig, run_demo
+    from ..evaluation.evaluate import format_table
 
     config = DemoConfig(
         train_images=args.train_images,

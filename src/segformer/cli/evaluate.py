@@ -13,9 +13,9 @@ from ..constants import AMP_DTYPES
 from .common import add_column_arguments, add_label_arguments, label_convention, parse_size
 
 if TYPE_CHECKING:
-    from ..config import SegFormerConfig
     from ..data import DatasetInfo
     from ..inference import InferenceOptions
+    from ..model.config import SegFormerConfig
 
 DEFAULT_TTA_SCALES = (0.75, 0.875, 1.0, 1.125, 1.25)  # --tta without a dataset preset or --scales (ADE20K's)
 
@@ -57,7 +57,7 @@ def inference_options(
 ) -> InferenceOptions:
     """InferenceOptions from the preset of `info` (a DatasetInfo), else the test protocol stored with the model
     (`model_config`; not with --native-size), else each image at its own size; overridden by the flags."""
-    from ..inference import InferenceOptions
+    from ..inference import InferenceOptions, options_for_model
 
     overrides = {
         "mode": args.mode,
@@ -76,7 +76,7 @@ def inference_options(
     if info is not None:
         options = InferenceOptions.for_dataset(info, tta=args.tta, **overrides)
     elif model_config is not None and not args.native_size:
-        options = InferenceOptions.for_model(model_config, **overrides)
+        options = options_for_model(model_config, **overrides)
     else:
         options = InferenceOptions(**{k: v for k, v in overrides.items() if v is not None})
     if args.scale == "original":
@@ -124,8 +124,8 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..data import DATASETS, build_dataset
-    from ..evaluation import evaluate_confusion, format_table, write_report
-    from ..loading import load_model
+    from ..evaluation.evaluate import evaluate_confusion, format_table, write_report
+    from ..model.loading import load_model
     from ..runtime import resolve_device
 
     model = load_model(args.weights)

@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     for flag in ("calibrate", "eval_dataset", "keep_float"):
         if getattr(args, flag) is not None:
             raise ValueError(f"--{flag.replace('_', '-')} only applies with --int8")
-    from ..export import export_onnx
+    from ..export.onnx import export_onnx
 
     model = _model(args)
     report = export_onnx(
@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _model(args: argparse.Namespace) -> Any:
     """The model to export (any spec `model_from_spec` takes), in eval mode; says so when its weights are random."""
-    from ..loading import model_from_spec, random_weights_note
+    from ..model.loading import model_from_spec, random_weights_note
 
     model = model_from_spec(args.weights, num_classes=args.num_classes)
     note = random_weights_note(args.weights, model)
@@ -112,7 +112,13 @@ def _export_flags(args: argparse.Namespace) -> dict[str, Any]:
 def _run_int8(args: argparse.Namespace) -> int:
     import sys
 
-    from ..quantize import DEFAULT_KEEP_FLOAT, QuantizationRejected, QuantizeOptions, export_int8, require_quantization
+    from ..export.int8 import (
+        DEFAULT_KEEP_FLOAT,
+        QuantizationRejected,
+        QuantizeOptions,
+        export_int8,
+        require_quantization,
+    )
 
     require_quantization()
     if args.calibrate is None:

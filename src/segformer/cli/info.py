@@ -14,9 +14,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import PAPER, variant_key
-    from ..flops import count_macs, count_params
-    from ..loading import model_from_spec
+    from ..model.config import PAPER, variant_key
+    from ..model.flops import count_macs, count_params
+    from ..model.loading import model_from_spec
 
     config = model_from_spec(args.model, num_classes=args.num_classes).config
     source = f"variant {config.name}" if variant_key(args.model) else f"checkpoint {args.model} (variant {config.name})"

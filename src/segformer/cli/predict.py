@@ -116,7 +116,7 @@ def _run(args: argparse.Namespace, device: Any) -> int:
 
     from ..data import DATASETS
     from ..inference import Segmenter
-    from ..loading import load_model
+    from ..model.loading import load_model
     from ..training import distributed as D
     from .common import label_convention
     from .evaluate import describe, inference_options
@@ -147,15 +147,15 @@ def _run(args: argparse.Namespace, device: Any) -> int:
 
 
 def _is_video(path: str) -> bool:
-    from ..video import is_video
+    from ..inference.video import is_video
 
     return is_video(path)
 
 
 def _videos(args: argparse.Namespace, segmenter: Any, style: dict[str, Any], report: Any) -> bool:
     """Overlay videos of this process's share of the video inputs; whether any failed (on any process)."""
+    from ..inference.video import predict_videos, require_av
     from ..training import distributed as D
-    from ..video import predict_videos, require_av
 
     videos = [i for i in args.inputs if _is_video(i)]
     if not videos:
@@ -174,7 +174,7 @@ def _images(
     args: argparse.Namespace, segmenter: Any, images: list[str], style: dict[str, Any], labels: Any, report: Any
 ) -> int:
     """Label maps and overlays of this process's share of the images; the summary (all processes) on rank 0."""
-    from ..predict import predict_files
+    from ..inference.files import predict_files
     from ..training import distributed as D
 
     summary = predict_files(

@@ -36,8 +36,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"repository id {args.repo_id!r} must look like owner/name")
     if not (folder / "README.md").is_file():
         from ..fileio import write_text
-        from ..loading import load_model
-        from ..modelcard import model_card_for
+        from ..model.loading import load_model
+        from ..model.modelcard import model_card_for
 
         write_text(folder / "README.md", model_card_for(load_model(folder)))
         print(f"wrote the model card {folder / 'README.md'}")

@@ -19,7 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..synth import CLASS_NAMES, write_dataset
+    from ..data.synth import CLASS_NAMES, write_dataset
 
     out = write_dataset(args.out, args.train, args.val, args.size, args.seed, overwrite=args.overwrite, progress=True)
     print(

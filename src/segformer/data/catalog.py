@@ -10,8 +10,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ..config import TestProtocol
 from ..constants import IGNORE_INDEX
+from ..protocol import InferenceOptions
 
 Palette = tuple[tuple[int, int, int], ...]
 
@@ -20,9 +20,9 @@ Palette = tuple[tuple[int, int, int], ...]
 class DatasetInfo:
     """A dataset's classes and the geometry of the paper recipe for it.
 
-    `scale` is mmseg's img_scale (long side, short side): an image is rescaled, keeping its aspect ratio, to the
-    largest size with long side <= scale[0] and short side <= scale[1]. `crop` and `eval_crop`/`eval_stride` are
-    (H, W). `eval_mode` is "whole" (rescale to `scale`, one forward) or "slide" (windows of `eval_crop`).
+    `scale` is mmseg's img_scale (long side, short side) of training: an image is rescaled, keeping its aspect
+    ratio, to the largest size with long side <= scale[0] and short side <= scale[1]; `crop` is (H, W). `test` is
+    the paper's test protocol (whole at the test scale, or slide windows), `tta_scales` its TTA ratios.
     """
 
     name: str
@@ -30,35 +30,22 @@ class DatasetInfo:
     palette: Palette
     scale: tuple[int, int] = (2048, 512)
     crop: tuple[int, int] = (512, 512)
-    eval_mode: str = "whole"
-    eval_crop: tuple[int, int] = (512, 512)
-    eval_stride: tuple[int, int] = (341, 341)
+    test: InferenceOptions = InferenceOptions(scale=(2048, 512))
     tta_scales: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
     ignore_index: int = field(default=IGNORE_INDEX)
-    # Whole-mode test sizes rounded up to a multiple of this (the official ADE20K AlignedResize uses 32).
-    size_divisor: int | None = None
 
     def __post_init__(self) -> None:
         if len(self.palette) != len(self.class_names):
             raise ValueError(f"dataset {self.name!r}: {len(self.palette)} colours for {len(self.class_names)} classes")
-        if self.eval_mode not in ("whole", "slide"):
-            raise ValueError(f"dataset {self.name!r}: eval_mode must be 'whole' or 'slide', not {self.eval_mode!r}")
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
     @property
-    def test_protocol(self) -> TestProtocol:
+    def test_protocol(self) -> InferenceOptions:
         """The paper's test settings for this dataset (ADE20K: whole at (2048, 512), 32-aligned; Cityscapes: slide)."""
-        slide = self.eval_mode == "slide"
-        return TestProtocol(
-            mode=self.eval_mode,
-            scale=self.scale,
-            crop=self.eval_crop if slide else None,
-            stride=self.eval_stride if slide else None,
-            size_divisor=self.size_divisor,
-        )
+        return self.test
 
     def palette_array(self) -> np.ndarray:
         """The palette as a (K, 3) uint8 array, the form `imageio.write_label_png` and `visualize` take."""
@@ -66,7 +53,7 @@ class DatasetInfo:
 
     def to_dict(self) -> dict:
         """JSON/YAML-ready (lists instead of tuples)."""
-        d = asdict(self)
+        d = {**asdict(self), "test": self.test.to_dict()}
         return {
             k: [list(x) for x in v] if k == "palette" else list(v) if isinstance(v, tuple) else v for k, v in d.items()
         }
@@ -75,8 +62,8 @@ class DatasetInfo:
     def from_dict(cls, data: dict) -> DatasetInfo:
         """Inverse of `to_dict` (lists back to tuples)."""
         values = {k: tuple(tuple(x) if isinstance(x, list) else x for x in v) if isinstance(v, list) else v
-                  for k, v in data.items()}  # fmt: skip
-        return cls(**values)
+                  for k, v in data.items() if k != "test"}  # fmt: skip
+        return cls(**values, test=InferenceOptions.from_dict(data.get("test")) or InferenceOptions())
 
 
 def _colours(hex_table: str) -> Palette:
@@ -229,11 +216,8 @@ DATASETS: dict[str, DatasetInfo] = {
         palette=_colours("".join(_ADE20K_COLOURS)),
         scale=(2048, 512),
         crop=(512, 512),
-        eval_mode="whole",
-        eval_crop=(512, 512),
-        eval_stride=(341, 341),
+        test=InferenceOptions(scale=(2048, 512), size_divisor=32),  # the official AlignedResize
         tta_scales=(0.75, 0.875, 1.0, 1.125, 1.25),
-        size_divisor=32,
     ),
     "cityscapes": DatasetInfo(
         name="cityscapes",
@@ -241,9 +225,7 @@ DATASETS: dict[str, DatasetInfo] = {
         palette=_colours(_CITYSCAPES_COLOURS),
         scale=(2048, 1024),
         crop=(1024, 1024),
-        eval_mode="slide",
-        eval_crop=(1024, 1024),
-        eval_stride=(768, 768),
+        test=InferenceOptions(mode="slide", scale=(2048, 1024), crop=(1024, 1024), stride=(768, 768)),
         tta_scales=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0),
     ),
     "voc": DatasetInfo(
@@ -252,9 +234,7 @@ DATASETS: dict[str, DatasetInfo] = {
         palette=voc_palette(len(VOC_CLASSES)),
         scale=(2048, 512),
         crop=(512, 512),
-        eval_mode="whole",
-        eval_crop=(512, 512),
-        eval_stride=(341, 341),
+        test=InferenceOptions(scale=(2048, 512)),
         tta_scales=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75),
     ),
     "coco-stuff": DatasetInfo(
@@ -263,9 +243,7 @@ DATASETS: dict[str, DatasetInfo] = {
         palette=_colours("".join(_COCO_STUFF_COLOURS)),
         scale=(2048, 512),
         crop=(512, 512),
-        eval_mode="whole",
-        eval_crop=(512, 512),
-        eval_stride=(341, 341),
+        test=InferenceOptions(scale=(2048, 512)),
         tta_scales=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75),
     ),
 }
@@ -277,7 +255,7 @@ DATASETS: dict[str, DatasetInfo] = {
 DATASET_NAMES: tuple[str, ...] = (*DATASETS, "folder", "hf")
 
 
-def protocol_for_classes(class_names: tuple[str, ...] | None) -> TestProtocol | None:
+def protocol_for_classes(class_names: tuple[str, ...] | None) -> InferenceOptions | None:
     """The paper's test protocol of the standard dataset whose classes these are (official/hub checkpoints)."""
     info = next((d for d in DATASETS.values() if class_names and tuple(class_names) == d.class_names), None)
     return info.test_protocol if info is not None else None

@@ -7,10 +7,11 @@ from typing import Any
 
 import numpy as np
 
-from ..config import SegFormerConfig, TestProtocol, channel_stats
 from ..constants import IGNORE_INDEX
 from ..data.catalog import DATASETS
-from ..model import SegFormer
+from ..model.config import SegFormerConfig, channel_stats
+from ..model.segformer import SegFormer
+from ..protocol import InferenceOptions
 from . import distributed as D
 from .config import TrainConfig
 from .losses import LossOptions, build_loss, resolve_class_weights
@@ -167,19 +168,19 @@ def warn_unseen_classes(dataset: Any, sample: int = 32) -> list[str]:
     return missing
 
 
-def protocol_for_run(config: TrainConfig, dataset: Any) -> TestProtocol | None:
+def protocol_for_run(config: TrainConfig, dataset: Any) -> InferenceOptions | None:
     """How `predict` should run the trained model, saved with it: a standard dataset's paper protocol, else whole
     images rescaled to the training scale (the one periodic evaluation uses)."""
     info = getattr(dataset, "info", None)
     if info is not None and DATASETS.get(info.name) == info:
         return info.test_protocol
-    return TestProtocol(mode="whole", scale=tuple(config.scale)) if config.scale else None
+    return InferenceOptions(scale=tuple(config.scale)) if config.scale else None
 
 
 def build_model(config: TrainConfig, num_classes: int, class_names: tuple[str, ...] | None) -> SegFormer:
     """A fresh SegFormer for `config.model` (what `loading.model_from_spec` takes: a variant name, a config file or
     a checkpoint), encoder from `config.pretrained`, with the config's drop rates."""
-    from ..loading import model_from_spec
+    from ..model.loading import model_from_spec
 
     overrides: dict[str, Any] = {"in_channels": config.in_channels}
     if config.mean is not None:

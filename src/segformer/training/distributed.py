@@ -35,6 +35,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from ..runtime import rank_world
+
 # Collectives after start-up: an evaluation or a checkpoint write on rank 0 may keep the others waiting this long.
 COLLECTIVE_TIMEOUT = timedelta(minutes=30)
 INIT_TIMEOUT_ENV = "SEGFORMER_DIST_INIT_TIMEOUT"  # seconds the group may take to come up (default 120)
@@ -165,11 +167,11 @@ def cleanup(failed: bool = False) -> None:
 
 
 def world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    return rank_world()[1]
 
 
 def rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    return rank_world()[0]
 
 
 def local_rank() -> int:

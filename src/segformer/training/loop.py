@@ -30,8 +30,8 @@ from torch import Tensor, nn
 
 from ..data.sampling import BatchPlan, SampleStream, next_batch, train_loader
 from ..fileio import write_json
-from ..model import SegFormer
-from ..modelcard import training_card
+from ..model.modelcard import training_card
+from ..model.segformer import SegFormer
 from ..runtime import autocast, resolve_device
 from ..visualize import plot_curves
 from . import distributed as D
@@ -547,7 +547,7 @@ def _validate(run: Trainer, state: TrainState) -> dict[str, Any] | None:
 
 
 def _evaluate(model: SegFormer, dataset: Any, config: TrainConfig, device: torch.device) -> dict[str, Any]:
-    from ..evaluation import evaluate
+    from ..evaluation.evaluate import evaluate
 
     info = getattr(dataset, "info", None)
     scale = config.scale or (tuple(info.scale) if info is not None else None)

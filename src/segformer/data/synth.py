@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .imageio import write_label_png
+from ..imageio import write_label_png
 
 log = logging.getLogger("segformer")
 

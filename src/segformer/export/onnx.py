@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import channel_stats
-from .fileio import atomic_write
-from .model import SegFormer
+from ..fileio import atomic_write
+from ..model.config import channel_stats
+from ..model.segformer import SegFormer
 
 MIN_OPSET = 17
 

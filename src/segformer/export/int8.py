@@ -30,14 +30,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .config import SegFormerConfig
-from .constants import IGNORE_INDEX, MEAN, STD
-from .export import export_onnx, ort_session
-from .fileio import atomic_write
-from .imageio import IMAGE_SUFFIXES, ImageReadError, read_image
-from .inference import InferenceOptions, normalize_batch, resized_size
-from .metrics import ConfusionMatrix
-from .model import SegFormer
+from ..constants import IGNORE_INDEX, MEAN, STD
+from ..evaluation.metrics import ConfusionMatrix
+from ..fileio import atomic_write
+from ..imageio import IMAGE_SUFFIXES, ImageReadError, read_image
+from ..inference import InferenceOptions, normalize_batch, resized_size
+from ..model.config import SegFormerConfig
+from ..model.segformer import SegFormer
+from .onnx import export_onnx, ort_session
 
 log = logging.getLogger("segformer")
 
@@ -615,7 +615,7 @@ def compare(
 ) -> Comparison:
     """Run both on every (image, mask-or-None) of `samples`. `net_size(h, w)` gives the network input size for an
     image (None: its own size)."""
-    from .evaluation import check_labels
+    from ..evaluation.evaluate import check_labels
 
     vs_float = ConfusionMatrix(num_classes)
     truth = [ConfusionMatrix(num_classes, ignore_index=ignore_index, class_names=class_names) for _ in range(2)]

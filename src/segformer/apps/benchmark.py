@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .constants import MEAN, STD
-from .model import SegFormer
-from .runtime import autocast, check_amp
+from ..constants import MEAN, STD
+from ..model.segformer import SegFormer
+from ..runtime import autocast, check_amp
 
 AGREEMENT_TARGET = 0.995  # low-precision argmax must match fp32 on at least this share of pixels
 ORT_HF = "ONNX Runtime, transformers' export"
@@ -338,7 +338,7 @@ def run_benchmark(
     if isinstance(model, SegFormer):
         ours, label = model, model.config.name
     else:
-        from .loading import model_from_spec, random_weights_note
+        from ..model.loading import model_from_spec, random_weights_note
 
         ours = model_from_spec(model, num_classes=num_classes)
         note = random_weights_note(model, ours)
@@ -448,7 +448,7 @@ def _onnx_peers(ours, hf, x, x_np, folder, threads, device, result, say) -> dict
     except ImportError:
         result.notes.append("onnxruntime not installed: ONNX Runtime rows skipped (pip install 'segformer[onnx]')")
         return {}
-    from .export import export_onnx, ort_session
+    from ..export.onnx import export_onnx, ort_session
 
     if device == "cuda":
         if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -510,7 +510,7 @@ def sample_labels(size: tuple[int, int], batch: int, num_classes: int, seed: int
 def train_step_fn(model: torch.nn.Module, x: Tensor, y: Tensor, lr: float = 6e-5) -> Callable[[], Tensor]:
     """`fn()` runs one training step of our model the way `segformer.training` does: forward, the paper's loss
     (`segmentation_loss`), backward, AdamW step; returns the loss."""
-    from .training.losses import segmentation_loss
+    from ..training.losses import segmentation_loss
 
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
@@ -574,8 +574,8 @@ def compare_training_step(ours: SegFormer, hf: torch.nn.Module, x: Tensor, y: Te
     float64 (the arbiter), all from the same weights; gradients compared per parameter (see GRAD_TOLERANCE)."""
     import copy
 
-    from .convert import to_ours
-    from .training.losses import segmentation_loss
+    from ..model.convert import to_ours
+    from ..training.losses import segmentation_loss
 
     exact = copy.deepcopy(hf).double()
     saved = _without_dropout(ours, hf, exact)
@@ -632,7 +632,7 @@ def run_train_benchmark(
         import transformers
     except ImportError:
         raise RuntimeError("--train compares with transformers (a dev dependency): pip install transformers") from None
-    from .config import SegFormerConfig
+    from ..model.config import SegFormerConfig
 
     # LayerNorm eps 1e-5 as transformers uses everywhere, so that the gradient check is tight (timing is the same).
     config = SegFormerConfig.from_name(

@@ -2,15 +2,15 @@
 
 Three stages overlap, each in its own processes:
 
-1. readers (a torch DataLoader over the file list) decode each file and, for whole-image inference with one pass,
-   normalise it and resize it to the model input size (the test scale), exactly as `Segmenter` does;
-2. this process batches images of the same *model input* size (photos of different original sizes often share
-   it after the keep-ratio resize) through the model;
-3. writers turn the logits into the label map at the original size (on the CPU; on a GPU that is done beside the
-   model) and write NAME.png, NAME_overlay.jpg and NAME_prob.npy, each atomically (`fileio.atomic_write`).
+1. readers (a torch DataLoader over the file list) decode each file and, for one pass without probabilities,
+   `prepare` it (normalise, resize to the model input size), as `Segmenter` does;
+2. this process batches prepared images of the same *model input* size (photos of different original sizes often
+   share it after the keep-ratio resize) and `run`s them through the segmenter's forward;
+3. writers `finish` each (the label map at the original size; on a GPU that is done beside the model) and write
+   NAME.png, NAME_overlay.jpg and NAME_prob.npy, each atomically (`fileio.atomic_write`).
 
-Slide mode, TTA and probabilities keep the reading and writing in workers and run the model through
-`Segmenter.predict_arrays` on same-size groups. Label maps equal `Segmenter(model)(image)` for every file.
+TTA and probabilities keep the reading and writing in workers and run all three stages here
+(`Segmenter.predict_arrays`) on same-size groups. Label maps equal `Segmenter(model)(image)` for every file.
 
 Under torch.distributed (torchrun) every rank builds the same plan of outputs and takes files rank, rank + world,
 ...; problems found while planning (missing inputs, outputs that would overwrite an input) are reported by rank 0.
@@ -32,17 +32,13 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from .fileio import atomic_write
-from .imageio import IMAGE_SUFFIXES, ImageReadError, display_rgb, write_label_png
-from .inference import (
-    Segmenter,
-    _argmax_resized,  # the same arithmetic as `Segmenter`: the label maps must be equal, not close
-    _resize,
-    normalize_batch,
-    resized_size,
-    stack_images,
-)
-from .runtime import autocast, cores_per_process
+from ..fileio import atomic_write
+from ..imageio import IMAGE_SUFFIXES, ImageReadError, display_rgb, write_label_png
+from ..runtime import cores_per_process, rank_world
+from .finish import finish
+from .prepare import Prepared, prepare, stack_images, to_model_array
+from .run import Pass
+from .segmenter import Segmenter
 
 log = logging.getLogger("segformer")
 
@@ -126,42 +122,32 @@ def _named(stem: Path, ending: str) -> Path:
     return stem.parent / f"{stem.name}{ending}"
 
 
-def _rank_world() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Stage 1: reading (DataLoader workers)
 # ---------------------------------------------------------------------------------------------------------------
 @dataclass
 class _Loaded:
-    """One file as a reader hands it over: the image the model reads (H, W, C), and, on the fast path, the
-    normalised model input x (C, h, w); or why it could not be read."""
+    """One file as a reader hands it over: the image the model reads (H, W, C), and, when the readers prepare, the
+    prepared model input (1, C, h, w); or why it could not be read."""
 
     index: int
     image: Tensor | None = None
-    x: Tensor | None = None
+    prepared: Prepared | None = None
     error: str | None = None
 
 
 class _Reader(torch.utils.data.Dataset):
-    """Item i of the plan, read (and on the fast path normalised and resized) in a worker process."""
+    """Item i of the plan, read (and, with `prepare`, prepared) in a worker process."""
 
-    def __init__(self, paths: Sequence[Path], segmenter: Segmenter, resize: bool) -> None:
+    def __init__(self, paths: Sequence[Path], segmenter: Segmenter, prepare: bool) -> None:
         self.paths = list(paths)
         self.channels, self.mean, self.std = segmenter.channels, segmenter.mean, segmenter.std
-        self.options = segmenter.options if resize else None
+        self.options = segmenter.options if prepare else None
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> _Loaded:
-        from .inference import to_model_array
-
         path = self.paths[i]
         try:
             array = to_model_array(path, self.channels)
@@ -170,10 +156,7 @@ class _Reader(torch.utils.data.Dataset):
         image = torch.from_numpy(np.require(array, requirements=["C", "W"]))  # crosses processes in shared memory
         if self.options is None:
             return _Loaded(i, image)
-        o = self.options
-        x = normalize_batch(stack_images([array]), self.mean, self.std)  # (1, C, H, W), as Segmenter
-        size = resized_size(*array.shape[:2], o.scale, (o.scales or (1.0,))[0], o.size_divisor)
-        return _Loaded(i, image, _resize(x, size)[0])  # (C, h, w) at the model input size
+        return _Loaded(i, image, prepare(stack_images([array]), self.options, self.mean, self.std))
 
 
 def _loader(reader: _Reader, num_workers: int) -> Iterable[_Loaded]:
@@ -212,8 +195,9 @@ def _batches(items: Iterable[_Loaded], size_of: Callable[[_Loaded], Any], limit:
 # ---------------------------------------------------------------------------------------------------------------
 @dataclass
 class _Job:
-    """What a writer needs for one file: the label map, or the model's logits (K, h', w') with the model input
-    size (h, w) to compute it from; the image for the overlay; the probabilities when asked for."""
+    """What a writer needs for one file: the label map, or the model's logits (K, h', w') for an input of
+    `input_size` and where `finish` puts them (`target`); the image for the overlay; the probabilities when asked
+    for."""
 
     index: int
     stem: Path
@@ -221,13 +205,17 @@ class _Job:
     labels: np.ndarray | None = None
     logits: np.ndarray | None = None
     input_size: tuple[int, int] | None = None
+    target: Prepared | None = None
     probs: np.ndarray | None = None
 
-
-def _labels_at(logits: Tensor, input_size: tuple[int, int], size: tuple[int, int]) -> Tensor:
-    """(B, H, W) class ids from logits (B, K, h', w'): resized to the model input size, then to `size`, in one step
-    (what `predict_labels` does for one whole-image pass)."""
-    return _argmax_resized(logits, size, via=input_size)
+    def finish(self) -> np.ndarray:
+        """The label map: given, or finished from the logits (stage 3, in the writer)."""
+        if self.labels is not None:
+            return self.labels
+        assert self.logits is not None and self.input_size is not None and self.target is not None
+        only = Pass(torch.from_numpy(self.logits)[None], self.input_size)  # (1, K, h', w')
+        with torch.inference_mode():
+            return _compact(finish([only], self.target).labels[0])
 
 
 def _compact(labels: Tensor | np.ndarray) -> np.ndarray:
@@ -238,13 +226,9 @@ def _compact(labels: Tensor | np.ndarray) -> np.ndarray:
 
 def _write(job: _Job, style: OutputStyle) -> str | None:
     """Write one file's outputs; None, or why they could not be written."""
-    from .visualize import overlay
+    from ..visualize import overlay
 
-    labels = job.labels
-    if labels is None:
-        assert job.logits is not None and job.input_size is not None
-        logits = torch.from_numpy(job.logits)[None]  # (1, K, h', w')
-        labels = _compact(_labels_at(logits, job.input_size, job.image.shape[:2])[0])
+    labels = job.finish()
     picture = overlay(display_rgb(job.image), labels, style.palette, style.class_names, style.alpha, style.legend)
     stem = job.stem
     try:
@@ -323,28 +307,28 @@ class _Writers:
 # ---------------------------------------------------------------------------------------------------------------
 # Stage 2: the model, and the whole run
 # ---------------------------------------------------------------------------------------------------------------
-def _fast(segmenter: Segmenter, probabilities: bool) -> bool:
-    """Whether readers can resize for the model: whole-image inference, one pass, label maps only."""
+def _prepared_by_readers(segmenter: Segmenter, probabilities: bool) -> bool:
+    """Whether readers prepare and writers finish: whole-image inference, one pass, label maps only."""
     return segmenter.options.mode == "whole" and segmenter.options.passes == 1 and not probabilities
 
 
-def _predict_resized(segmenter: Segmenter, group: list[_Loaded], plan: list[tuple[Path, Path]]) -> list[_Job]:
-    """Jobs for a batch of readers' model inputs of one size: the model runs here; on the CPU the writers compute
-    the label maps from the logits, on a GPU they are computed here."""
-    device = segmenter.device
-    x = torch.stack([item.x for item in group]).to(device)  # type: ignore[misc]  # (B, C, h, w)
-    with torch.inference_mode(), autocast(device, segmenter.options.amp):
-        logits = segmenter.model(x).float()  # (B, K, h/4, w/4)
-    input_size = tuple(x.shape[-2:])
+def _predict_prepared(segmenter: Segmenter, group: list[_Loaded], plan: list[tuple[Path, Path]]) -> list[_Job]:
+    """Jobs for a batch of readers' prepared inputs of one size: `run` here; on the CPU the writers `finish`, on a
+    GPU that is done here."""
+    prepared = Prepared.concat([item.prepared for item in group])  # type: ignore[misc]  # (B, C, h, w)
+    prepared = Prepared(prepared.x.to(segmenter.device), prepared.image_size, prepared.options)  # type: ignore[union-attr]
+    with torch.inference_mode():
+        (only,) = segmenter.run(prepared)  # logits (B, K, h/4, w/4)
     jobs = []
     for k, item in enumerate(group):
-        assert item.image is not None
-        job = _Job(item.index, plan[item.index][1], item.image.numpy())
-        if device.type == "cpu":
-            job.logits, job.input_size = logits[k].numpy(), input_size  # type: ignore[assignment]
+        assert item.image is not None and item.prepared is not None
+        target = item.prepared.without_input()
+        job = _Job(item.index, plan[item.index][1], item.image.numpy(), target=target)
+        if segmenter.device.type == "cpu":
+            job.logits, job.input_size = only.logits[k].numpy(), only.size
         else:
             with torch.inference_mode():
-                job.labels = _compact(_labels_at(logits[k : k + 1], input_size, job.image.shape[:2])[0].cpu())
+                job.labels = _compact(finish([Pass(only.logits[k : k + 1], only.size)], target).labels[0].cpu())
         jobs.append(job)
     return jobs
 
@@ -393,7 +377,7 @@ def predict_files(
     `encode`: NAME.png holds `encode(class ids)` instead (as `OutputStyle.encode`); the overlay still shows classes.
     """
     out = Path(out)
-    rank, world = shard or _rank_world()
+    rank, world = shard or rank_world()
     workers = default_num_workers() if num_workers is None else num_workers
     # Folders of an RGB model: .npy files there are more likely earlier NAME_prob.npy outputs than images.
     suffixes = IMAGE_SUFFIXES if segmenter.channels != 3 else tuple(x for x in IMAGE_SUFFIXES if x != ".npy")
@@ -430,7 +414,7 @@ def _run(
     """Read, predict and write every file of `plan`; the NAME.png written, in plan order."""
     from tqdm import tqdm
 
-    fast = _fast(segmenter, probabilities)
+    fast = _prepared_by_readers(segmenter, probabilities)
     ok: dict[int, Path] = {}
     bar = tqdm(total=len(plan), desc="predict", unit="img", disable=not progress)
 
@@ -441,8 +425,8 @@ def _run(
             fail(str(plan[index][0]), error)
         bar.update(1)
 
-    reader = _Reader([path for path, _ in plan], segmenter, resize=fast)
-    size_of = (lambda item: tuple(item.x.shape)) if fast else (lambda item: tuple(item.image.shape))
+    reader = _Reader([path for path, _ in plan], segmenter, prepare=fast)
+    size_of = (lambda item: tuple(item.prepared.x.shape)) if fast else (lambda item: tuple(item.image.shape))
     writers = _Writers(workers, style, done)
     try:
         for group in _batches(_loader(reader, workers), size_of, segmenter.options.batch_size):
@@ -471,7 +455,7 @@ def _predict_group(
     """The writer jobs of one batch; a batch the model fails on is reported file by file, with the first line."""
     try:
         if fast:
-            return _predict_resized(segmenter, group, plan)
+            return _predict_prepared(segmenter, group, plan)
         return _predict_arrays(segmenter, group, plan, probabilities)
     except (RuntimeError, ValueError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__

@@ -200,7 +200,7 @@ def _palette(config: SegFormerConfig, palette: Any) -> list[tuple[int, int, int]
     # package, so it does not guess a dataset from the class count.
     if palette is not None:
         return [tuple(int(c) for c in colour) for colour in palette]
-    from .imageio import default_palette
+    from ..imageio import default_palette
 
     return [tuple(int(c) for c in colour) for colour in default_palette(config.num_classes)]
 

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .fileio import write_json
+from ..fileio import write_json
 
 log = logging.getLogger("segformer")
 
@@ -81,11 +81,11 @@ def run_demo(
     and the training run itself in OUT/train/ (config.yaml, metrics.jsonl, last.pt). A previous demo run in OUT is
     replaced; DATA is reused when it holds the same synthetic spec.
     """
-    from .evaluation import evaluate
-    from .loading import create_model
-    from .modelcard import training_card
-    from .synth import CLASS_NAMES, PALETTE, write_dataset
-    from .training import TrainConfig, train
+    from ..data.synth import CLASS_NAMES, PALETTE, write_dataset
+    from ..evaluation.evaluate import evaluate
+    from ..model.loading import create_model
+    from ..model.modelcard import training_card
+    from ..training import TrainConfig, train
 
     config = config or DemoConfig()
     out, data = Path(out), Path(data)
@@ -132,7 +132,7 @@ def run_demo(
     timings["train_s"] = time.perf_counter() - tick
 
     # 3. Evaluate on val with the library's evaluation, at each image's own size.
-    from .data import build_dataset
+    from ..data import build_dataset
 
     val_ds = build_dataset("folder", data, "val")
     tick = time.perf_counter()
@@ -144,7 +144,7 @@ def run_demo(
     card = {**training_card(train_config.replace(eval_max_samples=None), config.iters, metrics), "palette": PALETTE}
     paths: dict[str, Path] = {"data": data, "model": model.save_pretrained(out / "model", card=card)}
     paths["predictions"] = save_predictions(model, val_ds, out / "predictions.png", config.grid_images)
-    from .visualize import plot_curves
+    from ..visualize import plot_curves
 
     curves = plot_curves(result.history, out / "curves.png")
     if curves is not None:
@@ -181,11 +181,11 @@ def _clear_previous(out: Path) -> None:
 
 def save_predictions(model: torch.nn.Module, dataset: Any, path: Path, count: int = 6) -> Path:
     """A grid of `count` val samples: image | ground-truth overlay | prediction overlay."""
-    from .inference import Segmenter
-    from .visualize import overlay, save_grid
+    from ..inference import Segmenter
+    from ..visualize import overlay, save_grid
 
     segmenter = Segmenter(model)
-    from .synth import PALETTE
+    from ..data.synth import PALETTE
 
     names = list(dataset.class_names)
     palette = PALETTE if len(names) == len(PALETTE) else np.asarray(dataset.palette)
@@ -210,6 +210,6 @@ def _export(model: torch.nn.Module, path: Path, size: tuple[int, int]) -> Path |
     except ImportError:
         log.info("onnx/onnxruntime not installed: no ONNX export (pip install 'segformer[onnx]')")
         return None
-    from .export import export_onnx
+    from ..export.onnx import export_onnx
 
     return export_onnx(model, path, sample_size=size).path

@@ -27,9 +27,9 @@ import numpy as np
 from PIL import Image
 from torch import nn
 
-from .imageio import IMAGE_SUFFIXES, ImageReadError, read_image, write_label_png
-from .inference import InferenceOptions, Segmenter
-from .visualize import overlay
+from ..imageio import IMAGE_SUFFIXES, ImageReadError, read_image, write_label_png
+from ..inference import InferenceOptions, Segmenter
+from ..visualize import overlay
 
 # Slide mode chosen on the page for a model without a window of its own: the catalog's default (DatasetInfo).
 SLIDE_CROP = (512, 512)

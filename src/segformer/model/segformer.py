@@ -8,9 +8,9 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
+from ..fileio import atomic_folder
 from .config import SegFormerConfig, to_hf_config
 from .convert import from_ours
-from .fileio import atomic_folder
 from .head import AllMLPHead
 from .layers import execution_path, init_classifier, init_weights
 from .mit import MixTransformer

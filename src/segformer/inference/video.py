@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .imageio import write_label_png
+from ..imageio import write_label_png
 
 log = logging.getLogger("segformer")
 
@@ -138,7 +138,7 @@ def predict_video(
     """
     from tqdm import tqdm
 
-    from .visualize import overlay
+    from ..visualize import overlay
 
     av = require_av()
     path, out = Path(path), Path(out)

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .constants import IGNORE_INDEX, MEAN, STD
-from .fileio import write_text
+from ..constants import IGNORE_INDEX, MEAN, STD
+from ..fileio import write_text
+from ..protocol import InferenceOptions
 
 # name -> (embed_dims, depths, decoder_dim). Heads (1, 2, 5, 8), sr ratios (8, 4, 2, 1), mlp ratio 4 are shared.
 VARIANTS: dict[str, tuple[tuple[int, ...], tuple[int, ...], int]] = {
@@ -78,40 +79,6 @@ PAPER = {
 }
 
 
-@dataclass(frozen=True)
-class TestProtocol:
-    """How a model is meant to be run at test time, stored with it so `predict` needs no flags (mmseg test_cfg).
-
-    `scale` is mmseg's img_scale (long side, short side) for a keep-ratio resize; None runs images at their own size.
-    `mode` "slide" runs `crop`-sized windows every `stride` pixels (H, W). `size_divisor` rounds resized sides up.
-    """
-
-    __test__ = False  # not a pytest test class, despite its name
-
-    mode: str = "whole"
-    scale: tuple[int, int] | None = None
-    crop: tuple[int, int] | None = None
-    stride: tuple[int, int] | None = None
-    size_divisor: int | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("scale", "crop", "stride"):
-            value = getattr(self, name)
-            if value is not None:
-                object.__setattr__(self, name, tuple(int(v) for v in value))
-        if self.mode not in ("whole", "slide") or (self.mode == "slide" and self.crop is None):
-            raise ValueError(f"test protocol: mode {self.mode!r} must be 'whole' or 'slide' (slide needs a crop)")
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | TestProtocol | None) -> TestProtocol | None:
-        if data is None or isinstance(data, TestProtocol):
-            return data
-        return cls(**data)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-
 def variant_key(name: str) -> str | None:
     """'b0'..'b5' for a variant name ('B2', 'mit-b2', 'mit_b2', 'segformer-b2', 'segformer_b2'), else None."""
     key = name.lower()
@@ -141,7 +108,7 @@ class SegFormerConfig:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     # Test-time protocol (scale, mode, window) written by training and known for official checkpoints; None = unknown.
-    test_protocol: TestProtocol | None = None
+    test_protocol: InferenceOptions | None = None
     # How the training masks' values became class ids: `segformer.data.LabelConvention.to_dict()` (label map, reduce
     # zero label, ignore index, palette), so eval/predict of the saved model apply the same; None = ids as stored.
     labels: dict[str, Any] | None = field(default=None, hash=False)
@@ -151,7 +118,7 @@ class SegFormerConfig:
         for f in dataclasses.fields(self):  # lists from JSON/YAML become tuples: the config stays hashable
             if isinstance(getattr(self, f.name), list):
                 object.__setattr__(self, f.name, tuple(getattr(self, f.name)))
-        object.__setattr__(self, "test_protocol", TestProtocol.from_dict(self.test_protocol))
+        object.__setattr__(self, "test_protocol", InferenceOptions.from_dict(self.test_protocol))
         if self.labels is not None and not isinstance(self.labels, dict):
             raise ValueError(f"config.labels must be a mapping (LabelConvention.to_dict()), got {type(self.labels)}")
         n = len(self.embed_dims)
@@ -286,7 +253,20 @@ def from_hf_config(data: dict[str, Any]) -> dict[str, Any]:
         if all(isinstance(n, str) for n in names) and not all(n == f"LABEL_{i}" for i, n in enumerate(names)):
             out["class_names"] = tuple(names)
     if data.get("segformer_test_protocol"):
-        out["test_protocol"] = TestProtocol.from_dict(data["segformer_test_protocol"])
+        out["test_protocol"] = InferenceOptions.from_dict(data["segformer_test_protocol"])
     if isinstance(data.get("segformer_labels"), dict):  # the label convention our training stored
         out["labels"] = data["segformer_labels"]
     return out
+
+
+def __getattr__(name: str) -> object:
+    if name == "TestProtocol":  # 0.1's name of the stored test protocol, now the one settings type
+        import warnings
+
+        warnings.warn(
+            "segformer.model.config.TestProtocol is now segformer.InferenceOptions (segformer.protocol)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return InferenceOptions
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -17,8 +17,8 @@ from torch import Tensor
 
 from .config import SegFormerConfig, from_hf_config, variant_key
 from .convert import detect_format, infer_config_fields, normalize_keys, to_ours
-from .model import SegFormer
 from .modelcard import derives_from_nvidia
+from .segformer import SegFormer
 
 log = logging.getLogger("segformer")
 

@@ -9,7 +9,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from .config import SegFormerConfig
-from .model import SegFormer
+from .segformer import SegFormer
 
 
 def count_macs(config: SegFormerConfig, size: tuple[int, int], batch: int = 1) -> int:

@@ -15,20 +15,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import channel_stats
-from .fileio import write_json
-from .inference import InferenceOptions, _model_device, iter_same_size, normalize_batch, predict_labels, stack_images
+from ..fileio import write_json
+from ..inference import InferenceOptions, Segmenter, iter_same_size
+from ..runtime import rank_world
 from .metrics import ConfusionMatrix
 
 log = logging.getLogger("segformer")
-
-
-def _rank_world() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 class _Samples(torch.utils.data.Dataset):
@@ -99,13 +91,12 @@ def evaluate_confusion(
     cm = ConfusionMatrix(num_classes, ignore_index=ignore_index, class_names=names)
 
     total = len(dataset) if max_samples is None else min(len(dataset), max_samples)
-    rank, world = _rank_world()
+    rank, world = rank_world()
     indices = range(rank, total, world)
     was_training = model.training
     if device is not None:
         model.to(device)
-    model.eval()
-    device = _model_device(model)
+    segmenter = Segmenter(model, options)  # eval mode
     loader = torch.utils.data.DataLoader(
         _Samples(dataset, indices), batch_size=None, shuffle=False, num_workers=num_workers, collate_fn=_identity
     )
@@ -116,10 +107,11 @@ def evaluate_confusion(
         for group in iter_same_size(loader, lambda s: s[1].shape, limit):
             for i, _, mask, name in group:
                 check_labels(np.asarray(mask), num_classes, ignore_index, _sample_path(dataset, i, name))
-            images = stack_images([s[1] for s in group]).to(device)  # (B, H, W, C), uint8 for RGB
-            preds = predict_labels(model, normalize_batch(images, *channel_stats(model.config)), options)  # (B, H, W)
+            preds = segmenter.segment(segmenter.prepare([s[1] for s in group])).labels  # (B, H, W)
             for k, (_, _, mask, _) in enumerate(group):
-                cm.update(preds[k], torch.from_numpy(np.array(mask)).to(device))  # copy: read-only arrays warn
+                cm.update(
+                    preds[k], torch.from_numpy(np.array(mask)).to(segmenter.device)
+                )  # copy: read-only arrays warn
             bar.update(len(group))
     finally:
         bar.close()
@@ -174,7 +166,7 @@ def format_table(metrics: dict[str, Any]) -> str:
 def write_report(folder: str | Path, metrics: dict[str, Any], cm: ConfusionMatrix) -> dict[str, Path]:
     """metrics.json (fractions; NaN written as null), confusion.npy (raw counts, rows = ground truth) and
     confusion.png (row-normalised heatmap) in `folder`."""
-    from .visualize import save_confusion
+    from ..visualize import save_confusion
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
