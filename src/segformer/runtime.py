@@ -64,3 +64,19 @@ def rank_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def compile_unavailable(device: torch.device | str) -> str | None:
+    """Why `torch.compile` cannot compile for `device` here (None when it can): its CPU backend needs a C++
+    compiler, its CUDA backend Triton. Checked up front so that a run falls back in one line, not a traceback."""
+    import shutil
+
+    kind = torch.device(device).type
+    if kind == "cuda":
+        from torch.utils._triton import has_triton
+
+        return None if has_triton() else "Triton is not installed (pip install triton)"
+    if kind == "cpu":
+        compiler = os.environ.get("CXX", "g++")
+        return None if shutil.which(compiler) else f"no C++ compiler ({compiler}) for its CPU backend"
+    return f"no torch.compile backend for {kind} here"
