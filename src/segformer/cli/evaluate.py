@@ -20,8 +20,8 @@ if TYPE_CHECKING:
 DEFAULT_TTA_SCALES = (0.75, 0.875, 1.0, 1.125, 1.25)  # --tta without a dataset preset or --scales (ADE20K's)
 
 
-def add_inference_arguments(p: argparse.ArgumentParser) -> None:
-    """Options shared by `eval` and `predict`: mode, test scale, window, TTA, device, batch."""
+def add_inference_arguments(p: argparse.ArgumentParser, compile: bool = True) -> None:
+    """Options shared by `eval`, `predict` and `app`: mode, test scale, window, TTA, device, batch (and --compile)."""
     p.add_argument("--mode", choices=("whole", "slide"), default=None, help="inference mode (default: the preset's)")
     p.add_argument(
         "--scale",
@@ -43,6 +43,10 @@ def add_inference_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="images (whole) or windows (slide) per forward")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     p.add_argument("--amp", choices=tuple(AMP_DTYPES), default="none", help="autocast the model (GPU speed)")
+    if compile:
+        p.add_argument(
+            "--compile", action="store_true", help="torch.compile the model (same labels; eager where it cannot)"
+        )
 
 
 def _parse_scale(text: str) -> tuple[int, int] | str:
@@ -105,7 +109,7 @@ def describe(options: InferenceOptions) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("weights", help="anything load_model accepts: file, folder or hub id")
+    p.add_argument("weights", help="anything load_model accepts (file, folder, hub id), or an exported .onnx / .pte")
     from ..data.catalog import DATASET_NAMES
 
     p.add_argument("--dataset", required=True, choices=DATASET_NAMES, help="dataset layout and test preset")
@@ -125,10 +129,11 @@ def run(args: argparse.Namespace) -> int:
 
     from ..data import DATASETS, build_dataset
     from ..evaluation.evaluate import evaluate_confusion, format_table, write_report
-    from ..model.loading import load_model
+    from ..export.runtimes import runtime_options
     from ..runtime import resolve_device
+    from .common import load_for_inference
 
-    model = load_model(args.weights)
+    model = load_for_inference(args.weights)
     labels = label_convention(args, base=model.config.labels)  # the model's convention unless flags change it
     num_classes = None
     if args.dataset == "hf" or (
@@ -148,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
     if len(dataset) == 0:
         raise ValueError(f"{args.data_root}: no samples in split {args.split!r}")
     known = args.dataset in DATASETS
-    options = inference_options(args, dataset.info if known else None, model.config)
+    options = runtime_options(model, inference_options(args, dataset.info if known else None, model.config))
     print(f"evaluating {args.weights} on {args.dataset}/{args.split} ({len(dataset)} images): {describe(options)}")
     if not labels.is_default:
         print(f"labels: {labels.describe()}")
@@ -160,6 +165,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         max_samples=args.max_samples,
         num_workers=args.num_workers,
+        compile=args.compile,
     )
     metrics = cm.compute()
     print(format_table(metrics))

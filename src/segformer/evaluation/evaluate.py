@@ -71,12 +71,15 @@ def evaluate_confusion(
     progress: bool = True,
     max_samples: int | None = None,
     num_workers: int = 0,
+    compile: bool = False,
 ) -> ConfusionMatrix:
     """The all-reduced confusion matrix of `model` over `dataset` (anything with `len`, `load(i)` -> (image
     (H, W, C): uint8 RGB, or the bands of a multi-band model; mask (H, W), name), and optionally `class_names`,
     `ignore_index`, `samples`). Images are normalised with the statistics in the model's config.
 
-    The model is put in eval mode and given back in the mode it had (training calls this periodically).
+    The model is put in eval mode and given back in the mode it had (training calls this periodically). `model` may
+    also be an exported runtime (`export.runtimes.load_runtime`: a forward with a `config`); `compile` runs a PyTorch
+    model through `torch.compile` (`Segmenter`).
     """
     from tqdm import tqdm
 
@@ -93,10 +96,11 @@ def evaluate_confusion(
     total = len(dataset) if max_samples is None else min(len(dataset), max_samples)
     rank, world = rank_world()
     indices = range(rank, total, world)
-    was_training = model.training
-    if device is not None:
+    module = isinstance(model, nn.Module)
+    was_training = module and model.training
+    if device is not None and module:
         model.to(device)
-    segmenter = Segmenter(model, options)  # eval mode
+    segmenter = Segmenter(model, options, compile=compile)  # eval mode
     loader = torch.utils.data.DataLoader(
         _Samples(dataset, indices), batch_size=None, shuffle=False, num_workers=num_workers, collate_fn=_identity
     )
@@ -115,7 +119,8 @@ def evaluate_confusion(
             bar.update(len(group))
     finally:
         bar.close()
-        model.train(was_training)
+        if module:
+            model.train(was_training)
     cm.all_reduce()
     return cm
 
@@ -129,6 +134,7 @@ def evaluate(
     progress: bool = True,
     max_samples: int | None = None,
     num_workers: int = 0,
+    compile: bool = False,
     **overrides: Any,
 ) -> dict[str, Any]:
     """aAcc, mIoU, mAcc, mDice (fractions) and per-class IoU/Acc/Dice of `model` on `dataset`.
@@ -139,7 +145,14 @@ def evaluate(
     """
     options = InferenceOptions.build(options, **overrides)
     cm = evaluate_confusion(
-        model, dataset, options, device=device, progress=progress, max_samples=max_samples, num_workers=num_workers
+        model,
+        dataset,
+        options,
+        device=device,
+        progress=progress,
+        max_samples=max_samples,
+        num_workers=num_workers,
+        compile=compile,
     )
     return cm.compute()
 
