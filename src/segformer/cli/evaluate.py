@@ -10,6 +10,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 from ..constants import AMP_DTYPES
+from ..protocol import MODES
 from .common import add_column_arguments, add_label_arguments, label_convention, parse_size
 
 if TYPE_CHECKING:
@@ -22,7 +23,7 @@ DEFAULT_TTA_SCALES = (0.75, 0.875, 1.0, 1.125, 1.25)  # --tta without a dataset 
 
 def add_inference_arguments(p: argparse.ArgumentParser) -> None:
     """Options shared by `eval` and `predict`: mode, test scale, window, TTA, device, batch."""
-    p.add_argument("--mode", choices=("whole", "slide"), default=None, help="inference mode (default: the preset's)")
+    p.add_argument("--mode", choices=tuple(MODES), default=None, help="inference mode (default: the preset's)")
     p.add_argument(
         "--scale",
         type=_parse_scale,
@@ -83,8 +84,6 @@ def inference_options(
         options = options.replace(scale=None)
     elif args.scale is not None:
         options = options.replace(scale=args.scale)
-    if options.mode == "slide" and options.crop is None:
-        raise ValueError("--mode slide needs --crop (and usually --stride), e.g. --crop 1024 --stride 768")
     return options
 
 
