@@ -76,6 +76,7 @@ def test_band_layouts_and_channel_checks(tmp_path):
         read_image(tmp_path / "photo.png", 4)
 
 
+@pytest.mark.onnx
 def test_four_band_tiff_dataset_trains_evaluates_predicts_and_exports(tmp_path, capsys):
     data = make_multiband_folder(tmp_path / "data")
     model_file = tiny_model_file(tmp_path / "tiny.json")
@@ -112,7 +113,6 @@ def test_four_band_tiff_dataset_trains_evaluates_predicts_and_exports(tmp_path, 
     assert (tmp_path / "pred" / "000_overlay.jpg").is_file()
     assert np.array_equal(Segmenter(model)(image_path), labels)
 
-    pytest.importorskip("onnxruntime")
     for extra in ([], ["--with-preprocess", "--with-postprocess"]):
         out = tmp_path / f"model{len(extra)}.onnx"
         assert main(["export", str(run / "final"), str(out), "--size", "64", *extra]) == 0
