@@ -12,10 +12,11 @@ import torch
 from PIL import Image
 
 import segformer
+from conftest import tiny_model_file
 from segformer.cli import main
 from segformer.imageio import ChannelMismatchError, read_bands, read_image
 from segformer.inference import Segmenter
-from test_train import synthetic_pair, tiny_model_file
+from test_train import synthetic_pair
 
 tifffile = pytest.importorskip("tifffile")
 
