@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The CPU build of torch; set TORCH= to keep whatever torch the venv already has.
 TORCH ?= torch==2.13.0
 
-.PHONY: venv dev demo app test lint format clean
+.PHONY: venv dev demo app test test-fast lint format clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,14 @@ test: dev
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
+
+# The fast lane while working: lint, then every test but the `slow` ones (multi-process DDP, kill/resume, full-size
+# variants), which include the timing-sensitive torchrun kill/restart tests (`elastic`). CI runs `make test`.
+test-fast: dev
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/lint-imports
+	$(BIN)/python -m pytest -q -m "not slow and not elastic"
 
 lint: dev
 	$(BIN)/ruff check src tests benchmarks

@@ -12,6 +12,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from conftest import tiny_model_file
 from segformer.cli import main
 from segformer.data import LabelConvention, build_dataset, check_dataset, class_pixel_counts, class_weights
 from segformer.data.check import dataset_splits
@@ -263,10 +264,6 @@ def test_splits_of_each_layout(tmp_path):
 
 
 # ------------------------------------------------------------------------------------- the fix, end to end
-TINY = {"embed_dims": [8, 16, 24, 32], "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 2], "decoder_dim": 16,
-        "drop_path_rate": 0.0, "classifier_dropout": 0.0}  # fmt: skip
-
-
 def binary_objects(root: Path, n_train: int = 16, n_val: int = 4, size: int = 64) -> Path:
     """Red rectangles on blue-grey noise, masks saved as 0/255 (the way many tools write binary masks)."""
     rng = np.random.default_rng(0)
@@ -290,8 +287,7 @@ def test_binary_masks_train_with_the_suggested_flag_and_the_model_keeps_it(tmp_p
     code, out = check(capsys, root)
     assert code == 1 and "pass --label-map 255:1" in out  # the unfixed set is flagged
 
-    model = tmp_path / "tiny.json"
-    model.write_text(json.dumps(TINY))
+    model = tiny_model_file(tmp_path / "tiny.json")
     run = tmp_path / "run"
     argv = ["train", "--model", str(model), "--dataset", "folder", "--data-root", str(root), "--out", str(run)]
     argv += ["--crop", "64", "--scale", "64x64", "--ratio-range", "0.75,1.5", "--batch-size", "4", "--num-workers"]

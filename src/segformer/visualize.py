@@ -165,10 +165,7 @@ def save_grid(
             canvas.paste(Image.fromarray(cell), (x, y + title_h))
             x += col_w[c] + gap
         y += row_h[r] + gap
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path)
-    return path
+    return save_image(canvas, path)
 
 
 def _as_rgb(cell: np.ndarray) -> np.ndarray:
@@ -220,10 +217,17 @@ def confusion_image(
 
 def save_confusion(path: str | Path, matrix: np.ndarray, class_names: Sequence[str] | None = None) -> Path:
     """Write `confusion_image` as a PNG (see there)."""
+    return save_image(Image.fromarray(confusion_image(matrix, class_names)), path)
+
+
+def save_image(image: Image.Image, path: str | Path) -> Path:
+    """`image` written atomically (a temporary file, then renamed) in the format its name says (.png, .jpg, ...)."""
     path = Path(path)
+    form = Image.registered_extensions().get(path.suffix.lower())
+    if form is None:
+        raise ValueError(f"{path}: no image format ends in {path.suffix!r}; name the file .png or .jpg")
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(confusion_image(matrix, class_names)).save(path)
-    return path
+    return atomic_write(path, lambda tmp: image.save(tmp, format=form))
 
 
 def plot_curves(history: list[dict[str, Any]], path: Path) -> Path | None:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..fileio import write_json
+from ..fileio import write_json, write_npy
 from ..inference import InferenceOptions, Segmenter, iter_same_size
 from ..runtime import rank_world
 from .metrics import ConfusionMatrix
@@ -173,6 +173,6 @@ def write_report(folder: str | Path, metrics: dict[str, Any], cm: ConfusionMatri
     paths = {"metrics": folder / "metrics.json", "matrix": folder / "confusion.npy", "png": folder / "confusion.png"}
     write_json(paths["metrics"], metrics)
     matrix = cm.matrix.cpu().numpy()
-    np.save(paths["matrix"], matrix)
+    write_npy(paths["matrix"], matrix)
     save_confusion(paths["png"], matrix, cm.class_names)
     return paths
