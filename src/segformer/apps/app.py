@@ -31,7 +31,7 @@ from torch import nn
 
 from ..fileio import atomic_write
 from ..imageio import IMAGE_SUFFIXES, ImageReadError, read_image, write_label_png
-from ..inference import InferenceOptions, Segmenter
+from ..inference import MODES, InferenceOptions, Segmenter
 from ..visualize import overlay
 
 # Slide mode chosen on the page for a model without a window of its own: the catalog's default (DatasetInfo).
@@ -482,7 +482,7 @@ def _input_column(gr: Any, page: Page, alpha: float, examples: Sequence[str]) ->
         opacity = gr.Slider(0.0, 1.0, value=alpha, step=0.05, label="Overlay opacity", elem_id="opacity")
         with gr.Row(equal_height=True):
             mode = gr.Radio(
-                [PROTOCOL, "whole", "slide"],
+                [PROTOCOL, *MODES],
                 value=PROTOCOL,
                 label="Mode",
                 info="protocol: each model's own (see its facts)",
