@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from ..datasets import SegmentationDataset
 from ..labels import LabelConvention, LabelError
@@ -42,18 +43,7 @@ def check_dataset(
     k_unknown = not _class_names_known(layout, root, num_classes, labels)
     options = {"num_classes": 255 if k_unknown else num_classes, "skip_bad": True, "labels": labels,
                "image_column": image_column, "mask_column": mask_column}  # fmt: skip
-    reports: dict[str, SplitReport] = {}
-    totals: dict[str, Totals] = {}
-    with _quiet():
-        for split in names:
-            try:
-                ds = build_dataset(name, root, split, **options)
-            except (FileNotFoundError, ValueError) as e:
-                if layout.rows or isinstance(e, LabelError):  # columns, class names, palette: the arguments
-                    raise
-                reports[split] = SplitReport(split, error=str(e), orphan_masks=_orphan_masks(layout, root, split, None))
-                continue
-            reports[split], totals[split] = _scan_split(layout, root, split, ds, workers, progress)
+    reports, totals = _scan_splits(layout, root, names, options, workers, progress)
     seconds = time.perf_counter() - start
     info = next((t.dataset.info for t in totals.values()), None)
     k = None if k_unknown or info is None else info.num_classes
@@ -86,6 +76,26 @@ def _split_names(layout: Layout, root: str | Path, splits: Sequence[str] | None)
     if unknown:
         raise ValueError(f"{root}: no split {unknown[0]!r} (splits: {', '.join(known)})")
     return list(splits)
+
+
+def _scan_splits(
+    layout: Layout, root: str | Path, splits: list[str], options: dict[str, Any], workers: int | None, progress: bool
+) -> tuple[dict[str, SplitReport], dict[str, Totals]]:
+    """Each split built (`build_dataset` with `options`) and scanned; a split that cannot be built is reported, not
+    raised, unless the arguments are at fault."""
+    reports: dict[str, SplitReport] = {}
+    totals: dict[str, Totals] = {}
+    with _quiet():
+        for split in splits:
+            try:
+                ds = build_dataset(layout.name, root, split, **options)
+            except (FileNotFoundError, ValueError) as e:
+                if layout.rows or isinstance(e, LabelError):  # columns, class names, palette: the arguments
+                    raise
+                reports[split] = SplitReport(split, error=str(e), orphan_masks=_orphan_masks(layout, root, split, None))
+                continue
+            reports[split], totals[split] = _scan_split(layout, root, split, ds, workers, progress)
+    return reports, totals
 
 
 def _class_names_known(layout: Layout, root: str | Path, num_classes: int | None, labels: LabelConvention) -> bool:
