@@ -69,7 +69,7 @@ class Layout:
 
     name: str
     build: Builder  # (layout, root, split, options) -> the dataset
-    shape: str  # the files, in words, for messages and --help
+    shape: str  # the files, in words, for messages
     info: DatasetInfo | None = None
     marker: str = ""  # the folder that marks the dataset root ("": the root as given)
     root_aliases: tuple[str, ...] = ()  # subfolders of the given root that may be the dataset root
