@@ -105,7 +105,7 @@ def describe(options: InferenceOptions) -> str:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("weights", help="anything load_model accepts: file, folder or hub id")
-    from ..data.catalog import DATASET_NAMES
+    from ..data.layouts import DATASET_NAMES
 
     p.add_argument("--dataset", required=True, choices=DATASET_NAMES, help="dataset layout and test preset")
     p.add_argument("--data-root", required=True, help="dataset root folder (--dataset hf: hub id or local folder)")
@@ -122,18 +122,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..data import DATASETS, build_dataset
+    from ..data import LAYOUTS, build_dataset
     from ..evaluation.evaluate import evaluate_confusion, format_table, write_report
     from ..model.loading import load_model
     from ..runtime import resolve_device
 
     model = load_model(args.weights)
     labels = label_convention(args, base=model.config.labels)  # the model's convention unless flags change it
-    num_classes = None
-    if args.dataset == "hf" or (
-        args.dataset == "folder" and labels.palette is None and not (Path(args.data_root) / "classes.txt").is_file()
-    ):
-        num_classes = model.config.num_classes  # no class names with the data: the model's classes
+    layout = LAYOUTS[args.dataset]
+    # No class names with the data: the model's classes.
+    num_classes = None if layout.names_classes(args.data_root, labels) else model.config.num_classes
     dataset = build_dataset(
         args.dataset,
         args.data_root,
@@ -146,8 +144,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if len(dataset) == 0:
         raise ValueError(f"{args.data_root}: no samples in split {args.split!r}")
-    known = args.dataset in DATASETS
-    options = inference_options(args, dataset.info if known else None, model.config)
+    options = inference_options(args, layout.info, model.config)
     print(f"evaluating {args.weights} on {args.dataset}/{args.split} ({len(dataset)} images): {describe(options)}")
     if not labels.is_default:
         print(f"labels: {labels.describe()}")

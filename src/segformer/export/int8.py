@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..constants import IGNORE_INDEX, MEAN, STD
+from ..data.base import SampleSource, as_dataset
 from ..evaluation.metrics import ConfusionMatrix
 from ..fileio import atomic_write
 from ..imageio import IMAGE_SUFFIXES, ImageReadError, read_image
@@ -680,7 +681,7 @@ def export_int8(
     check_count: int = 32,
     min_agreement: float = 0.99,
     force: bool = False,
-    eval_dataset: Any = None,
+    eval_dataset: SampleSource | None = None,
     eval_options: InferenceOptions | None = None,
     eval_max_samples: int | None = None,
     options: QuantizeOptions | None = None,
@@ -779,7 +780,7 @@ def export_int8(
                 samples,
                 config.num_classes,
                 net_size=net_size,
-                ignore_index=int(getattr(eval_dataset, "ignore_index", IGNORE_INDEX)),
+                ignore_index=as_dataset(eval_dataset).ignore_index,
                 class_names=config.class_names,
             )
             source = "images of the eval dataset"
@@ -832,7 +833,7 @@ def export_int8(
     return report
 
 
-def _dataset_samples(dataset: Any, limit: int | None) -> Any:
+def _dataset_samples(dataset: SampleSource, limit: int | None) -> Any:
     for i in range(len(dataset) if limit is None else min(limit, len(dataset))):
         image, mask, _ = dataset.load(i)
         yield image, mask
