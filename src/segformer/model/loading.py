@@ -335,27 +335,35 @@ def create_model(
     sd, fields, file = load_state(pretrained, provenance)
     if name == "auto":
         name = encoder_variant(fields) or ""
-        if not name:
-            raise CheckpointError(f"{file}: holds {_describe(fields)}, none of the variants; name a config instead")
     record = dict(fields["licence"])
-    config = SegFormerConfig.from_name(
-        name, num_classes=num_classes, in_channels=in_channels, class_names=class_names,
-        **{"licence": record, **overrides},
-    )  # fmt: skip
+    settings = {"num_classes": num_classes, "in_channels": in_channels, "class_names": class_names}
+    settings.update(licence=record, **overrides)
+    if name:
+        config = SegFormerConfig.from_name(name, **settings)
+    else:  # "auto" and no variant has these shapes: the architecture the weights (and their config) record
+        arch = ("embed_dims", "depths", "num_heads", "sr_ratios", "mlp_ratio", "layer_norm_eps", "decoder_dim")
+        config = SegFormerConfig(**{**{k: fields[k] for k in arch if k in fields}, **settings})
     _check_fits(config, fields, file, partial)
     model = SegFormer(config)
     model.card = {"base_model": str(pretrained), "nvidia_weights": provenance["nvidia_weights"]}
+    load_encoder(model, sd, file, partial)
+    return model
+
+
+def load_encoder(model: SegFormer, sd: dict[str, Tensor], file: str | Path, partial: bool = False) -> None:
+    """The `encoder.*` tensors of `sd` (our layout) into `model.encoder`, the first conv adapted to the model's input
+    channels; strict, or with `partial` every tensor that fits (the rest listed in the log and the licence record)."""
     encoder = {k.removeprefix("encoder."): v for k, v in sd.items() if k.startswith("encoder.")}
     key = "stages.0.patch_embed.proj.weight"
     if key in encoder:
-        encoder[key] = adapt_input_conv(encoder[key], in_channels)
-    if partial:
-        skipped = load_partial(model.encoder, encoder, file)
-        if skipped:
-            record["history"] = [*record.get("history", []), f"{len(skipped)} encoder tensors re-initialised"]
-    else:
+        encoder[key] = adapt_input_conv(encoder[key], model.config.in_channels)
+    if not partial:
         load_into(model.encoder, encoder, file)
-    return model
+        return
+    skipped = load_partial(model.encoder, encoder, file)
+    if skipped and model.config.licence is not None:
+        history = [*model.config.licence.get("history", []), f"{len(skipped)} encoder tensors re-initialised"]
+        model.config = model.config.replace(licence={**model.config.licence, "history": history})
 
 
 def load_classifier(source: str | Path, **overrides: Any) -> MiTClassifier:
@@ -404,9 +412,11 @@ def model_from_spec(
             key, num_classes=150 if num_classes is None else num_classes, pretrained=pretrained,
             class_names=class_names, partial=partial, **overrides,
         )  # fmt: skip
-    if pretrained is not None:
-        raise ValueError(f"pretrained encoder weights need a variant name (b0..b5, auto) as the model, not {spec!s}")
     path = Path(spec)
+    if pretrained is not None and path.suffix not in CONFIG_SUFFIXES:
+        raise ValueError(
+            f"pretrained encoder weights need a variant name (b0..b5, auto) or a config file as the model, not {spec!s}"
+        )
     if path.suffix in CONFIG_SUFFIXES:
         import yaml
 
@@ -415,7 +425,14 @@ def model_from_spec(
         data = {k: v for k, v in (yaml.safe_load(path.read_text()) or {}).items() if k != "variant"}  # JSON is YAML
         fields = {"num_classes": num_classes, "class_names": class_names}
         config = SegFormerConfig.from_dict(data).replace(**{k: v for k, v in fields.items() if v is not None})
-        return SegFormer(config.replace(**overrides))
+        if pretrained is None:
+            return SegFormer(config.replace(**{"licence": lic.record("scratch"), **overrides}))
+        sd, found, file = load_state(pretrained)
+        config = config.replace(**{"licence": found["licence"], **overrides})
+        _check_fits(config, found, file, partial)
+        model = SegFormer(config)
+        load_encoder(model, sd, file, partial)
+        return model
     model = load_model(spec, num_classes=num_classes, class_names=class_names)
     if overrides:  # config-only fields (drop rates): same weights in a model built with them
         rebuilt = SegFormer(model.config.replace(**overrides))
