@@ -165,3 +165,30 @@ def test_recipe_defaults_follow_pvtv2():
     assert c.lr == pytest.approx(1e-3 * 128 / 1024) and c.drop_path_rate == 0.1 and c.clip_grad == 0 and c.amp == "fp16"
     assert (c.epochs, c.warmup_epochs, c.warmup_lr, c.min_lr, c.weight_decay) == (300, 5, 1e-6, 1e-5, 0.05)
     assert (c.mixup, c.cutmix, c.smoothing, c.repeated_aug, c.reprob) == (0.8, 1.0, 0.1, 3, 0.25)
+
+
+@pytest.mark.slow
+def test_two_process_gloo_matches_one_process_at_the_same_global_batch(data, tiny, tmp_path):
+    """torchrun, 2 processes of batch 4 against 1 of batch 8: the same samples, augmented alike (seeded by their
+    global position), gradients averaged by DDP. Mixup and DropPath off: they mix and drop within each process's
+    batch, which differs by construction."""
+    import os
+    import subprocess
+    import sys
+
+    common = ["--model", str(tiny), "--data-root", str(data), *SMALL, "--epochs", "1", "--mixup", "0", "--cutmix", "0"]
+    common += ["--drop-path-rate", "0", "--eval-every", "0", "--device", "cpu", "--lr", "2e-4", "--warmup-epochs", "0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m"]
+    two = subprocess.run(
+        [*launch, "segformer", "pretrain", *common, "--out", str(tmp_path / "two"), "--batch-size", "4"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert main(["pretrain", *common, "--out", str(tmp_path / "one"), "--batch-size", "8"]) == 0
+    a = load_file(tmp_path / "one" / "final" / "model.safetensors")
+    b = load_file(tmp_path / "two" / "final" / "model.safetensors")
+    P._seed_everything(0)  # the run's seed: its initial weights
+    init = P.build_model(P.PretrainConfig(model=str(tiny), drop_path_rate=0.0), 4)
+    assert max((a[k] - v).abs().max().item() for k, v in init.state_dict().items()) > 1e-3  # it trained
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
