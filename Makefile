@@ -17,7 +17,8 @@ venv: $(BIN)/python
 
 dev: $(BIN)/python
 	$(if $(TORCH),$(BIN)/pip install -q "$(TORCH)")
-	$(BIN)/pip install -q -e ".[dev]"
+	# torch pinned in the same command: timm (the pretrain extra) pulls torchvision, whose newest release would replace it
+	$(BIN)/pip install -q -e ".[dev]" $(if $(TORCH),"$(TORCH)")
 	# The reference of the Dice/Focal/Lovasz tests, pinned (its Focal changed between 0.5 and 0.6). --no-deps: its
 	# encoders need timm and torchvision, whose newest builds would replace the CPU torch; the losses need neither.
 	$(BIN)/pip install -q --no-deps segmentation-models-pytorch==0.6.0

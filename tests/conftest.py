@@ -6,6 +6,11 @@ import pytest
 import torch
 
 from segformer import create_model
+from segformer.runtime import import_torchvision
+
+# torchvision (from timm, the pretrain extra) beside this CPU torch fails to import unless imported through this, and
+# transformers' image processors import it: first here, before any test imports transformers.
+import_torchvision()
 
 # Reproducible and bounded: CI has 2 cores.
 torch.set_num_threads(min(2, os.cpu_count() or 1))

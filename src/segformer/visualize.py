@@ -230,8 +230,9 @@ def save_image(image: Image.Image, path: str | Path) -> Path:
     return atomic_write(path, lambda tmp: image.save(tmp, format=form))
 
 
-def plot_curves(history: list[dict[str, Any]], path: Path) -> Path | None:
-    """Training loss and validation mIoU against iterations (a run's metrics.jsonl records) as a PNG.
+def plot_curves(history: list[dict[str, Any]], path: Path, metric: str = "mIoU") -> Path | None:
+    """Training loss and the validation `metric` (mIoU; top1 for pretraining) against iterations (a run's
+    metrics.jsonl records) as a PNG.
 
     Skipped, with one log line, without matplotlib.
     """
@@ -244,14 +245,14 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> Path | None:
         log.info("matplotlib is not installed: no %s (pip install 'segformer[plot]')", path.name)
         return None
     train_pts = [(r["iter"], r["loss"]) for r in history if "loss" in r]
-    val_pts = [(r["iter"], r["mIoU"]) for r in history if "mIoU" in r]
+    val_pts = [(r["iter"], r[metric]) for r in history if metric in r]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     if train_pts:
         axes[0].plot(*zip(*train_pts, strict=True), color="tab:blue")
     axes[0].set(title="training loss", xlabel="iteration", ylabel="cross-entropy")
     if val_pts:
         axes[1].plot(*zip(*val_pts, strict=True), marker="o", color="tab:green")
-    axes[1].set(title="validation mIoU", xlabel="iteration", ylabel="mIoU")
+    axes[1].set(title=f"validation {metric}", xlabel="iteration", ylabel=metric)
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.tight_layout()

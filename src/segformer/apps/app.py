@@ -191,7 +191,10 @@ def count_parameters(model: nn.Module) -> int:
 def model_facts(
     entry: ModelEntry, describe: Callable[[InferenceOptions], str] = repr, rescale_huge: bool = True
 ) -> str:
-    """Markdown: source, variant, parameters, classes and the test protocol the page runs the model with."""
+    """Markdown: source, variant, parameters, classes, the test protocol the page runs the model with, and the
+    weights' licence (`segformer.model.licence`)."""
+    from ..model.licence import summary as licence_summary
+
     config = entry.model.config
     names = entry.class_names
     k = entry.num_classes
@@ -207,6 +210,7 @@ def model_facts(
             f"- **parameters**: {count_parameters(entry.model) / 1e6:.2f} M",
             f"- **classes** ({k}): {html.escape(shown)}",
             f"- **test protocol**: {html.escape(protocol)}",
+            f"- **licence**: {html.escape(licence_summary(getattr(config, 'licence', None)))}",
         ]
     )
 

@@ -199,6 +199,18 @@ def build_model(config: TrainConfig, num_classes: int, class_names: tuple[str, .
         overrides["drop_path_rate"] = config.drop_path_rate
     if config.classifier_dropout is not None:
         overrides["classifier_dropout"] = config.classifier_dropout
-    return model_from_spec(
-        config.model, num_classes=num_classes, pretrained=config.pretrained, class_names=class_names, **overrides
+    from ..model.licence import trained
+
+    model = model_from_spec(
+        config.model, num_classes=num_classes, pretrained=config.pretrained, class_names=class_names,
+        partial=config.pretrained_partial, **overrides,
+    )  # fmt: skip
+    model.config = model.config.replace(licence=trained(model.config.licence, dataset_label(config)))
+    return model
+
+
+def dataset_label(config: TrainConfig) -> str:
+    """The training data as the licence record names it: the dataset, and the folder or hub id it was read from."""
+    return config.dataset + (
+        f" ({config.data_root})" if config.dataset in ("folder", "hf") and config.data_root else ""
     )
