@@ -32,7 +32,7 @@ from torch import Tensor
 
 from ..constants import MEAN, STD
 from ..model.segformer import SegFormer
-from ..runtime import autocast
+from ..runtime import autocast, import_torchvision
 from .peers import (
     ORT_HF,
     ORT_OURS,
@@ -363,6 +363,7 @@ def _our_runners(ours: SegFormer, x: Tensor, o: BenchmarkOptions, result: Benchm
 
 
 def _transformers_notes(hf: torch.nn.Module, result: BenchmarkResult) -> None:
+    import_torchvision()  # transformers' image code imports it; see runtime.import_torchvision
     import transformers
 
     result.versions["transformers"] = transformers.__version__
@@ -565,6 +566,7 @@ def run_train_benchmark(
     amp = amp_mode(o.dtype, o.device)
     if importlib.util.find_spec("transformers") is None:
         raise RuntimeError("--train compares with transformers (a dev dependency): pip install transformers")
+    import_torchvision()  # transformers' image code imports it; see runtime.import_torchvision
     import transformers
 
     from ..model.config import SegFormerConfig

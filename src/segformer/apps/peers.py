@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from ..fileio import atomic_write
 from ..model.segformer import SegFormer
-from ..runtime import autocast, check_amp
+from ..runtime import autocast, check_amp, import_torchvision
 
 Runner = Callable[[], Any]
 
@@ -89,6 +89,7 @@ def transformers_model(ours: SegFormer, device: str | torch.device = "cpu") -> n
     """transformers' SegformerForSemanticSegmentation with our weights (saved in the Hugging Face layout and loaded
     by transformers), in eval mode; one clear line when transformers is not installed."""
     try:
+        import_torchvision()  # transformers' image code imports it; see runtime.import_torchvision
         import transformers
     except ImportError:
         raise RuntimeError(
