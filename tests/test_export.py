@@ -160,3 +160,61 @@ def test_dynamo_exporter_dynamic_sizes(model, tmp_path):
     got = _session(report.path).run(None, {"pixel_values": x.numpy()})[0]
     with torch.no_grad():
         np.testing.assert_allclose(got, model(x).numpy(), atol=1e-4, rtol=0)
+
+
+@pytest.mark.onnx
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"scale": (96, 64)},
+        {"mode": "slide", "crop": (48, 48), "stride": (32, 32)},
+        {"scale": (96, 64), "flip": True, "scales": (0.75, 1.0)},
+    ],
+    ids=["whole", "slide", "tta"],
+)
+def test_onnx_forward_through_the_spine_gives_the_model_labels(model, tmp_path, options):
+    """A float ONNX export as `Segmenter(OnnxForward(path), options)` labels images as `Segmenter(model, options)`:
+    the same prepare, test mode and finish around a forward that differs by ONNX Runtime's float rounding only."""
+    from segformer.export import OnnxForward, export_onnx
+    from segformer.inference import InferenceOptions, Segmenter
+
+    path = export_onnx(model, tmp_path / "m.onnx", sample_size=(64, 64), check=False).path
+    options = InferenceOptions(**options)
+    forward = OnnxForward(path)
+    assert forward.config == model.config  # read back from the file's metadata
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, size, dtype=np.uint8) for size in ((70, 90, 3), (120, 61, 3), (64, 64, 3))]
+    want = Segmenter(model, options).predict_arrays(images)
+    got = Segmenter(forward, options).predict_arrays(images)
+    for a, b in zip(want, got, strict=True):
+        assert a.shape == b.shape and np.mean(a == b) > 0.999  # a near-tie may flip under ORT's 1e-6 rounding
+
+
+@pytest.mark.onnx
+def test_onnx_forward_pixels_in_labels_out(model, tmp_path):
+    """A graph with pre- and postprocessing as a forward: the spine's normalised input is turned back into uint8
+    pixels, and the class ids it returns at the input size are resized to the image by nearest (`finish`); slide
+    mode and TTA need logits and say so."""
+    from segformer.export import OnnxForward, export_onnx
+    from segformer.inference import InferenceOptions, Segmenter
+
+    path = export_onnx(
+        model, tmp_path / "app.onnx", sample_size=(64, 64), check=False, with_preprocess=True, with_postprocess=True
+    ).path
+    image = np.random.default_rng(1).integers(0, 256, (75, 101, 3), dtype=np.uint8)
+    options = InferenceOptions(scale=(64, 48))  # the network sees 48x64, the labels come back at 75x101
+    labels = Segmenter(OnnxForward(path), options)(image)
+    # Independent path: normalise, resize to the input size, the model, bilinear to the input size, argmax, nearest
+    # to the image.
+    x = (torch.from_numpy(image).permute(2, 0, 1)[None].float() - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(
+        STD
+    ).view(3, 1, 1)
+    x = F.interpolate(x, size=(48, 64), mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        small = F.interpolate(model(x), size=(48, 64), mode="bilinear", align_corners=False).argmax(1)
+    expected = F.interpolate(small[:, None].float(), size=(75, 101), mode="nearest")[0, 0].long().numpy()
+    assert labels.shape == (75, 101) and np.mean(labels == expected) > 0.99  # uint8 rounding of the input
+    with pytest.raises(ValueError, match="outputs class ids"):
+        Segmenter(OnnxForward(path), options.replace(flip=True))(image)
+    with pytest.raises(ValueError, match="outputs class ids"):
+        Segmenter(OnnxForward(path), InferenceOptions(mode="slide", crop=(48, 48), stride=(32, 32)))(image)

@@ -50,7 +50,8 @@ def test_node_groups_find_the_segformer_structure(tmp_path):
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from segformer.export import export_onnx
-    from segformer.export.int8 import DEFAULT_KEEP_FLOAT, node_groups, quantization_plan, unfuse_gemm
+    from segformer.export.graph import node_groups, quantization_plan, unfuse_gemm
+    from segformer.export.int8 import DEFAULT_KEEP_FLOAT
 
     model = create_model("b0", num_classes=3, depths=(1, 1, 1, 1)).eval()
     path = export_onnx(model, tmp_path / "m.onnx", sample_size=(64, 64), check=False).path
