@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from ..constants import IGNORE_INDEX
+from ..data.base import SampleSource
 from ..evaluation.evaluate import check_labels
 from ..evaluation.metrics import ConfusionMatrix
 from ..imageio import IMAGE_SUFFIXES, ImageReadError, read_image
@@ -196,7 +197,7 @@ def load_images(paths: Sequence[Path], size: tuple[int, int], unreadable: list[s
     return images
 
 
-def dataset_samples(dataset: Any, limit: int | None) -> Iterable[tuple[np.ndarray, np.ndarray]]:
+def dataset_samples(dataset: SampleSource, limit: int | None) -> Iterable[tuple[np.ndarray, np.ndarray]]:
     """(image, mask) of the first `limit` samples (all: None) of anything with `len` and `load(i)`."""
     for i in range(len(dataset) if limit is None else min(limit, len(dataset))):
         image, mask, _ = dataset.load(i)

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from ..constants import IGNORE_INDEX
+from ..data.base import SampleSource, as_dataset
 from ..fileio import atomic_write
 from ..inference import InferenceOptions, Segmenter
 from ..model.segformer import SegFormer
@@ -309,7 +310,7 @@ def export_int8(
     check_count: int = 32,
     min_agreement: float = 0.99,
     force: bool = False,
-    eval_dataset: Any = None,
+    eval_dataset: SampleSource | None = None,
     eval_options: InferenceOptions | None = None,
     eval_max_samples: int | None = None,
     options: QuantizeOptions | None = None,
@@ -403,7 +404,7 @@ def compare_exports(
     model: SegFormer,
     int8_path: Path,
     held_out: Sequence[np.ndarray],
-    eval_dataset: Any,
+    eval_dataset: SampleSource | None,
     eval_options: InferenceOptions | None,
     eval_max_samples: int | None,
 ) -> tuple[Comparison, str]:
@@ -426,7 +427,7 @@ def compare_exports(
         Segmenter(candidate, options),
         samples,
         config.num_classes,
-        ignore_index=int(getattr(eval_dataset, "ignore_index", IGNORE_INDEX)),
+        ignore_index=as_dataset(eval_dataset).ignore_index if eval_dataset is not None else IGNORE_INDEX,
         class_names=config.class_names,
     )
     return result, source
