@@ -189,29 +189,36 @@ def test_predict_eval_and_app_accept_a_pte(pte, weights, scenes, tmp_path, capsy
 
 @pytest.mark.slow
 @pytest.mark.executorch
-def test_pte_int8_calibrated_and_gated(weights, scenes, tmp_path, capsys):
-    """PT2E int8 with XNNPACK's quantizer: calibrated on the images, checked on the labelled dataset (mIoU change),
-    written with what stayed fp32 and why."""
+def test_pte_int8_fixed_size_calibrated_gated_and_predicted(weights, scenes, tmp_path, capsys):
+    """PT2E int8 with XNNPACK's quantizer, fixed to 64x64: calibrated on the images, checked on the labelled dataset
+    (mIoU change), written with what stayed fp32 and why; predict runs it on 64x64 windows of a larger image (the
+    size in its metadata) and the program refuses another size in one line."""
     out = tmp_path / "int8.pte"
     args = ["--format", "executorch", "--int8", "--calibrate", str(scenes / "images" / "val"), "--calib-count", "6"]
-    args += ["--size", "64", "--max-size", "128", "--min-agreement", "0.9"]
+    args += ["--size", "64", "--fixed-size", "--min-agreement", "0.9"]
     args += ["--eval-dataset", "folder", "--eval-root", str(scenes)]
     assert main(["export", str(weights), str(out), *args]) == 0
     text = capsys.readouterr().out
     assert "ExecuTorch int8: kept in higher precision:" in text and "layer_norm" in text
     assert "int8: " in text and "conv2d" in text and "mIoU: float" in text and f"wrote {out}" in text
     from segformer.export.runtimes import load_runtime
-
-    forward = load_runtime(out)
-    assert forward.metadata["int8"] is True
-    x = torch.randn(1, 3, 64, 64)
     from segformer.model.loading import load_model
 
+    forward = load_runtime(out)
+    assert forward.metadata["int8"] is True and forward.fixed_size == (64, 64)
+    x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         reference = load_model(weights)(x)
     logits = forward(x)
     assert logits.shape == reference.shape and not torch.equal(logits, reference)  # quantised, close
     assert (logits - reference).abs().max() < 0.25 * reference.abs().max()
+    with pytest.raises(ValueError, match="exported for 64x64 inputs only, got 64x96"):
+        forward(torch.zeros(1, 3, 64, 96))
+    image = np.random.default_rng(1).integers(0, 256, (90, 131, 3), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "big.png")
+    assert main(["predict", str(out), str(tmp_path / "big.png"), "--out", str(tmp_path / "pred")]) == 0
+    assert "slide, original size, crop 64x64" in capsys.readouterr().out
+    assert np.asarray(Image.open(tmp_path / "pred" / "big.png")).shape == (90, 131)
 
 
 def test_executorch_missing_says_what_to_install(weights, tmp_path, capsys, monkeypatch):
@@ -243,7 +250,7 @@ def test_compiled_segmenter_gives_the_eager_labels(weights, scenes):
     options = InferenceOptions(scale=(96, 64))
     images = _images(scenes)[:3]
     compiled = Segmenter(model, options, compile=True)
-    x = compiled.prepare(images[:1]).x
+    x = compiled.prepare(images).x  # the batch predict_arrays runs: one shape, compiled once
     with torch.no_grad():
         torch.testing.assert_close(compiled.forward(x), model(x), atol=1e-4, rtol=0)
     eager = Segmenter(model, options).predict_arrays(images)
@@ -269,6 +276,31 @@ def test_compile_unavailable_falls_back_in_one_line(weights, scenes, monkeypatch
         assert np.array_equal(a, b)
     with pytest.raises(ValueError, match="PyTorch models"):
         Segmenter(lambda x: x, InferenceOptions(), compile=True)
+
+
+def test_train_compile_flag_compiles_the_training_net_or_says_why_not(monkeypatch, caplog):
+    """`segformer train --compile` sets TrainConfig.compile; the loop wraps the net in torch.compile (compiled on its
+    first step), or trains the plain net with one line where compile cannot run."""
+    import argparse
+
+    from segformer.cli import train as train_cli
+    from segformer.runtime import compile_unavailable
+    from segformer.training import loop
+
+    parser = argparse.ArgumentParser()
+    train_cli.add_arguments(parser)
+    assert train_cli.resolve_config(parser.parse_args(["--compile"])).compile is True
+    assert train_cli.resolve_config(parser.parse_args([])).compile is False
+    net = torch.nn.Linear(2, 2)
+    if compile_unavailable("cpu") is None:
+        compiled = loop._compiled(net, torch.device("cpu"), say=True)
+        assert compiled is not net and compiled._orig_mod is net  # checkpoints keep saving the plain model
+    monkeypatch.setattr(loop, "compile_unavailable", lambda device: "no C++ compiler (g++) for its CPU backend")
+    with caplog.at_level(logging.WARNING, logger="segformer"):
+        assert loop._compiled(net, torch.device("cpu"), say=True) is net
+    assert [r.getMessage() for r in caplog.records] == [
+        "torch.compile is not available here (no C++ compiler (g++) for its CPU backend); training eagerly"
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -182,8 +182,6 @@ def _run_int8(args: argparse.Namespace) -> int:
     require_quantization()
     if args.calibrate is None:
         raise ValueError("--int8 needs --calibrate IMAGES: a folder of images like those the model will see")
-    if args.eval_dataset is not None and args.eval_root is None:
-        raise ValueError("--eval-dataset needs --eval-root (the dataset's root folder)")
     keep = DEFAULT_KEEP_FLOAT
     if args.keep_float is not None:
         keep = () if args.keep_float.strip().lower() == "none" else tuple(g.strip() for g in args.keep_float.split(","))
@@ -220,6 +218,8 @@ def _run_int8(args: argparse.Namespace) -> int:
 def _eval_dataset(args: argparse.Namespace, num_classes: int):
     if args.eval_dataset is None:
         return None, None
+    if args.eval_root is None:
+        raise ValueError("--eval-dataset needs --eval-root (the dataset's root folder)")
 
     from ..data import LAYOUTS, LabelConvention, build_dataset
     from ..inference import InferenceOptions

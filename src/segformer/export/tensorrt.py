@@ -9,8 +9,8 @@ through the same accuracy gate as every export before it is written.
 The engine takes a normalised float (B, C, H, W) batch between `min_shape` and `max_shape` and returns float logits;
 `TensorRTForward` runs it as a forward for the inference spine (CUDA tensors in and out).
 
-tensorrt is not an extra of this package (it comes with the CUDA stack: pip install tensorrt); it is imported inside
-functions.
+tensorrt is the optional `tensorrt` extra (pip install 'segformer[tensorrt]' on a machine with CUDA); it is imported
+inside functions.
 """
 
 from __future__ import annotations
@@ -37,7 +37,9 @@ def require_tensorrt() -> None:
     try:
         import tensorrt  # noqa: F401
     except ImportError:
-        raise RuntimeError("--format tensorrt needs TensorRT and an NVIDIA GPU: pip install tensorrt") from None
+        raise RuntimeError(
+            "--format tensorrt needs TensorRT and an NVIDIA GPU: pip install 'segformer[tensorrt]'"
+        ) from None
     if not torch.cuda.is_available():
         raise RuntimeError("--format tensorrt needs an NVIDIA GPU (torch.cuda.is_available() is False)")
 
