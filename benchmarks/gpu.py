@@ -30,14 +30,13 @@ from typing import Any
 import torch
 
 from segformer import create_model
-from segformer.apps.benchmark import (
-    device_name,
+from segformer.apps.benchmark import device_name, peak_memory_mb, sample_image, sample_labels, time_interleaved
+from segformer.apps.peers import (
     inference_fn,
-    peak_memory_mb,
-    sample_image,
-    sample_labels,
-    time_interleaved,
     train_step_fn,
+    transformers_fn,
+    transformers_model,
+    transformers_train_step_fn,
 )
 from segformer.runtime import autocast, compile_unavailable
 
@@ -59,36 +58,6 @@ class Budget:
         return time.perf_counter() + estimate < self.deadline
 
 
-def _hf_model(ours: torch.nn.Module, folder: Path) -> torch.nn.Module:
-    import transformers
-
-    return transformers.SegformerForSemanticSegmentation.from_pretrained(ours.save_pretrained(folder))
-
-
-def _hf_inference(hf: torch.nn.Module, x: torch.Tensor) -> Callable[[], torch.Tensor]:
-    hf.eval()
-
-    def fn() -> torch.Tensor:
-        with torch.inference_mode():
-            return hf(pixel_values=x).logits
-
-    return fn
-
-
-def _hf_train(hf: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], torch.Tensor]:
-    hf.train()
-    optimizer = torch.optim.AdamW(hf.parameters(), lr=6e-5)
-
-    def fn() -> torch.Tensor:
-        loss = hf(pixel_values=x, labels=y).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
-
-    return fn
-
-
 def _amp_train(step: Callable[[], torch.Tensor], device: str, amp: str) -> Callable[[], torch.Tensor]:
     def fn() -> torch.Tensor:
         with autocast(device, amp):
@@ -97,16 +66,32 @@ def _amp_train(step: Callable[[], torch.Tensor], device: str, amp: str) -> Calla
     return fn
 
 
-def _tensorrt_fn(model: torch.nn.Module, x: torch.Tensor, folder: Path) -> Callable[[], torch.Tensor]:
+def _tensorrt_fn(
+    model: torch.nn.Module, x: torch.Tensor, folder: Path, max_batch: int, engines: dict[Any, Any]
+) -> Callable[[], torch.Tensor]:
+    """TensorRT fp16 (LayerNorm and Softmax in fp32) of `model` on `x`: one engine per model and input size, built
+    once for batches 1..`max_batch` (kept in `engines`), so batch 1 and 32 share a build."""
     from segformer.export.onnx import export_onnx
     from segformer.export.tensorrt import TensorRTForward, build_engine
 
-    onnx_path, engine = folder / "model.onnx", folder / "model.engine"
-    export_onnx(model.cpu(), onnx_path, sample_size=tuple(x.shape[-2:]), check=False)
-    shape = tuple(x.shape)
-    build_engine(onnx_path, engine, model.config, min_shape=shape, opt_shape=shape, max_shape=shape)
-    model.to(x.device)
-    forward = TensorRTForward(engine)
+    size = tuple(x.shape[-2:])
+    key = (repr(model.config.to_dict()), size)
+    if key not in engines:
+        onnx_path, engine = folder / f"model{len(engines)}.onnx", folder / f"model{len(engines)}.engine"
+        device = x.device
+        export_onnx(model.cpu(), onnx_path, sample_size=size, check=False)
+        model.to(device)
+        c = x.shape[1]
+        build_engine(
+            onnx_path,
+            engine,
+            model.config,
+            min_shape=(1, c, *size),
+            opt_shape=tuple(x.shape),
+            max_shape=(max_batch, c, *size),
+        )
+        engines[key] = TensorRTForward(engine)
+    forward = engines[key]
     return lambda: forward(x)
 
 
@@ -131,40 +116,59 @@ def inference_rows(args: argparse.Namespace, budget: Budget, notes: list[str]) -
     settings = [("b0", (512, 512), 1), ("b0", (512, 512), 32), ("b5", (1024, 2048), 1)]
     if args.dry_run:
         settings = [("b0", (64, 64), 1), ("b0", (64, 64), 2)]
-    out = []
-    for variant, size, batch in settings:
-        if not budget.allows(60 if variant == "b0" else 150):
-            notes.append(f"skipped inference {variant} {size} batch {batch}: time budget")
-            continue
-        torch.manual_seed(0)
-        ours = create_model(variant, num_classes=150).to(args.device).eval()
-        x = sample_image(size, batch).to(args.device)
-        fns: dict[str, Callable[[], Any]] = {}
-        with tempfile.TemporaryDirectory() as tmp:
-            try:
-                fns["transformers eager fp32"] = _hf_inference(_hf_model(ours, Path(tmp) / "hf").to(args.device), x)
-            except ImportError:
-                notes.append("transformers not installed: no transformers rows")
-            fns["ours eager fp32"] = inference_fn(ours, x)
-            fns["ours eager bf16"] = inference_fn(ours, x, dtype="bf16")
-            reason = compile_unavailable(args.device) if args.compile else "--no-compile"
-            if reason is None:
-                fns["ours bf16 + torch.compile"] = inference_fn(ours, x, dtype="bf16", compile=True)
-            else:
-                notes.append(f"no torch.compile row: {reason}")
-            if args.device == "cuda" and budget.allows(240):
-                try:
-                    fns["TensorRT fp16 (LN, softmax fp32)"] = _tensorrt_fn(ours, x, Path(tmp))
-                except (ImportError, RuntimeError) as e:
-                    notes.append(f"no TensorRT row for {variant}: {str(e).splitlines()[0]}")
-            elif args.device != "cuda":
-                notes.append("no TensorRT row: needs an NVIDIA GPU")
-            rows = _measure(fns, batch, args.device, args.repeats, "transformers eager fp32")
-        for r in rows:
-            r.update(kind="inference", model=variant, size=list(size), batch=batch)
-        out += rows
-        _print(rows)
+    out: list[dict[str, Any]] = []
+    max_batch = {(v, size): max(b for v2, s2, b in settings if (v2, s2) == (v, size)) for v, size, _ in settings}
+    engines: dict[Any, Any] = {}
+    with tempfile.TemporaryDirectory() as engine_dir:
+        for variant, size, batch in settings:
+            out += _inference_setting(args, budget, notes, variant, size, batch, max_batch, engines, Path(engine_dir))
     return out
+
+
+def _inference_setting(
+    args: argparse.Namespace,
+    budget: Budget,
+    notes: list[str],
+    variant: str,
+    size: tuple[int, int],
+    batch: int,
+    max_batch: dict[Any, int],
+    engines: dict[Any, Any],
+    engine_dir: Path,
+) -> list[dict[str, Any]]:
+    """The rows of one (variant, size, batch): transformers and ours, each way, measured side by side."""
+    if not budget.allows(60 if variant == "b0" else 150):
+        notes.append(f"skipped inference {variant} {size} batch {batch}: time budget")
+        return []
+    torch.manual_seed(0)
+    ours = create_model(variant, num_classes=150).to(args.device).eval()
+    x = sample_image(size, batch).to(args.device)
+    fns: dict[str, Callable[[], Any]] = {}
+    try:
+        fns["transformers eager fp32"] = transformers_fn(transformers_model(ours, args.device), x)
+    except RuntimeError as e:
+        notes.append(f"no transformers rows: {e}")
+    fns["ours eager fp32"] = inference_fn(ours, x)
+    fns["ours eager bf16"] = inference_fn(ours, x, dtype="bf16")
+    reason = compile_unavailable(args.device) if args.compile else "--no-compile"
+    if reason is None:
+        fns["ours bf16 + torch.compile"] = inference_fn(ours, x, dtype="bf16", compile=True)
+    else:
+        notes.append(f"no torch.compile row: {reason}")
+    if args.device == "cuda" and budget.allows(240):
+        try:
+            fns["TensorRT fp16 (LN, softmax fp32)"] = _tensorrt_fn(
+                ours, x, engine_dir, max_batch[(variant, size)], engines
+            )
+        except (ImportError, RuntimeError) as e:
+            notes.append(f"no TensorRT row for {variant}: {str(e).splitlines()[0]}")
+    elif args.device != "cuda":
+        notes.append("no TensorRT row: needs an NVIDIA GPU")
+    rows = _measure(fns, batch, args.device, args.repeats, "transformers eager fp32")
+    for r in rows:
+        r.update(kind="inference", model=variant, size=list(size), batch=batch)
+    _print(rows)
+    return rows
 
 
 def training_rows(args: argparse.Namespace, budget: Budget, notes: list[str]) -> list[dict[str, Any]]:
@@ -179,17 +183,17 @@ def training_rows(args: argparse.Namespace, budget: Budget, notes: list[str]) ->
         x = sample_image(size, batch).to(args.device)
         y = sample_labels(size, batch, 150).to(args.device)
         fns: dict[str, Callable[[], Any]] = {}
-        with tempfile.TemporaryDirectory() as tmp:
-            base = create_model(variant, num_classes=150)
-            try:
-                fns["transformers eager fp32"] = _hf_train(_hf_model(base, Path(tmp) / "hf").to(args.device), x, y)
-            except ImportError:
-                notes.append("transformers not installed: no transformers rows")
-            fns["ours bf16"] = _amp_train(train_step_fn(base.to(args.device), x, y), args.device, amp)
-            if args.compile and compile_unavailable(args.device) is None:
-                compiled = torch.compile(create_model(variant, num_classes=150).to(args.device))
-                fns["ours bf16 + torch.compile"] = _amp_train(train_step_fn(compiled, x, y), args.device, amp)
-            rows = _measure(fns, batch, args.device, max(3, args.repeats // 2), "transformers eager fp32")
+        base = create_model(variant, num_classes=150)
+        try:
+            hf = transformers_model(base, args.device).train()
+            fns["transformers eager fp32"] = transformers_train_step_fn(hf, x, y)
+        except RuntimeError as e:
+            notes.append(f"no transformers rows: {e}")
+        fns["ours bf16"] = _amp_train(train_step_fn(base.to(args.device), x, y), args.device, amp)
+        if args.compile and compile_unavailable(args.device) is None:
+            compiled = torch.compile(create_model(variant, num_classes=150).to(args.device))
+            fns["ours bf16 + torch.compile"] = _amp_train(train_step_fn(compiled, x, y), args.device, amp)
+        rows = _measure(fns, batch, args.device, max(3, args.repeats // 2), "transformers eager fp32")
         for r in rows:
             r.update(kind="training", model=variant, size=list(size), batch=batch)
         out += rows

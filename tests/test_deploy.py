@@ -328,3 +328,20 @@ def test_compiled_segmenter_on_cuda_gives_the_eager_labels(weights, scenes):
     eager = Segmenter(model, options).predict_arrays(images)
     compiled = Segmenter(model, options, compile=True).predict_arrays(images)
     assert all(np.mean(a == b) > 0.999 for a, b in zip(eager, compiled, strict=True))
+
+
+def test_gpu_benchmark_script_says_it_needs_cuda(capsys):
+    """benchmarks/gpu.py (the GPU table, one script) parses its arguments and stops in one line without CUDA."""
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: run python benchmarks/gpu.py itself")
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "benchmarks" / "gpu.py"
+    spec = importlib.util.spec_from_file_location("gpu_benchmark", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main(["--repeats", "3", "--budget", "400"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["benchmarks/gpu.py: no CUDA device here; use --dry-run to check the script on the CPU"]
+
