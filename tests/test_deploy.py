@@ -344,4 +344,3 @@ def test_gpu_benchmark_script_says_it_needs_cuda(capsys):
     assert script.main(["--repeats", "3", "--budget", "400"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["benchmarks/gpu.py: no CUDA device here; use --dry-run to check the script on the CPU"]
-
