@@ -100,6 +100,19 @@ def test_gate_refuses_a_broken_export(weights, scenes, tmp_path, capsys, monkeyp
     assert "written below --min-agreement" in capsys.readouterr().out and out.read_bytes() != b"previous"
 
 
+@pytest.mark.onnx
+def test_format_int8_is_the_onnx_int8_path_and_says_what_stays_float(weights, scenes, tmp_path, capsys):
+    """`--format int8` is ONNX Runtime's INT8 behind the same gate (`--int8` still works): the report names each
+    group kept in float and why."""
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "m_int8.onnx"
+    args = ["--format", "int8", "--calibrate", str(scenes / "images" / "val"), "--calib-count", "4"]
+    assert main(["export", str(weights), str(out), *args, "--size", "64", "--min-agreement", "0"]) == 0
+    text = capsys.readouterr().out
+    assert "INT8:" in text and "layernorm: per-token statistics" in text and "pixel agreement" in text
+    assert out.is_file()
+
+
 def test_gate_library_call_reports_the_mIoU_change(weights, scenes):
     """`compare` through the spine: a candidate equal to the reference agrees on every pixel and has its mIoU."""
     from segformer.data import build_dataset
