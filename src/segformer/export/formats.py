@@ -176,7 +176,7 @@ def _write_onnx(model: SegFormer, path: Path, settings: GateSettings, calibratio
 def _write_executorch(
     model: SegFormer, path: Path, settings: GateSettings, calibration: Any, options: dict
 ) -> Candidate:
-    from .pte import export_pte
+    from .pte import WHY_FP32, WHY_FP32_OTHER, export_pte
 
     inputs = None
     if calibration is not None:  # each image normalised as the spine prepares it, at its own size
@@ -187,8 +187,7 @@ def _write_executorch(
     forward = PteForward(path)
     if plan is None:
         return Candidate(path, forward, dict(FP32_KEPT), [])
-    why = "in fp32 (XNNPACK has no int8 kernel for them, or its quantizer leaves them there)"
-    kept = {op: f"{n} nodes {why}" for op, n in sorted(plan.kept_float.items())}
+    kept = {op: f"{n} nodes: {WHY_FP32.get(op, WHY_FP32_OTHER)}" for op, n in sorted(plan.kept_float.items())}
     quantized = ", ".join(f"{op} ({n})" for op, n in sorted(plan.quantized.items()))
     return Candidate(path, forward, kept, [f"int8: {quantized}; calibrated on {len(calibration)} images"])
 

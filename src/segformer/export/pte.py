@@ -50,6 +50,17 @@ COMPUTE_OPS = (
     "add", "mul", "matmul", "relu", "cat", "batch_norm",
 )  # fmt: skip
 INT8_KERNELS = ("conv2d", "linear", "add", "mul", "cat")  # what XNNPACK runs in int8 among COMPUTE_OPS
+# Why an operation stays fp32 in the int8 program (printed by the gate's report).
+WHY_FP32 = {
+    "layer_norm": "XNNPACK has no int8 LayerNorm (per-token statistics)",
+    "softmax": "XNNPACK has no int8 softmax (the attention probabilities)",
+    "gelu": "XNNPACK has no int8 GELU",
+    "matmul": "products of two activations (q k^T, attention x v), whose ranges change with every image; "
+    "XNNPACK's quantizer leaves them fp32",
+    "upsample_bilinear2d": "the decoder's bilinear resizes: no int8 kernel",
+    "scaled_dot_product_attention": "no int8 kernel",
+}
+WHY_FP32_OTHER = "not annotated by XNNPACK's quantizer (no int8 pattern matched it here)"
 MAX_SIZE = 1024  # default largest height/width of a dynamic program (memory is planned for it)
 
 
