@@ -563,6 +563,11 @@ def check_dataset(
 
     if weight_method not in WEIGHT_METHODS:
         raise ValueError(f"unknown class weight method {weight_method!r}; choose one of {', '.join(WEIGHT_METHODS)}")
+    if name == "raster":  # rasters are read whole, in strips: bands, nodata, grids (data/raster.py)
+        from .raster import check_rasters
+
+        return check_rasters(root, splits, num_classes=num_classes, labels=labels, progress=progress,
+                             weight_method=weight_method)  # fmt: skip
     labels = labels or LabelConvention()
     start = time.perf_counter()
     names = list(splits) if splits else dataset_splits(name, root)

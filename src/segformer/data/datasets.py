@@ -31,6 +31,7 @@ from .catalog import (
     folder_info,
 )
 from .labels import LabelConvention, LabelError, read_raw_mask
+from .raster import raster_folder
 
 log = logging.getLogger("segformer")
 
@@ -435,6 +436,7 @@ BUILDERS: dict[str, Callable[..., SegmentationDataset]] = {
     "coco-stuff": coco_stuff,
     "folder": image_folder,
     "hf": hugging_face,
+    "raster": raster_folder,
 }
 assert tuple(BUILDERS) == DATASET_NAMES, "a dataset name without a builder, or the reverse"
 

@@ -9,6 +9,7 @@ import numpy as np
 
 from ..constants import IGNORE_INDEX
 from ..data.catalog import DATASETS
+from ..data.raster import RasterDataset, raster_protocol
 from ..model.config import SegFormerConfig, channel_stats
 from ..model.segformer import SegFormer
 from ..protocol import InferenceOptions
@@ -174,6 +175,8 @@ def protocol_for_run(config: TrainConfig, dataset: Any) -> InferenceOptions | No
     info = getattr(dataset, "info", None)
     if info is not None and DATASETS.get(info.name) == info:
         return info.test_protocol
+    if isinstance(dataset, RasterDataset):  # tiles of the training crop at the rasters' resolution
+        return raster_protocol(config.crop or info.crop)
     return InferenceOptions(scale=tuple(config.scale)) if config.scale else None
 
 

@@ -12,7 +12,10 @@ log = logging.getLogger("segformer")
 
 def dataset_channel_stats(dataset: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and (population) std of the raw pixel values over every image of `dataset` (`len`,
-    `load(i)` -> (image (H, W, C), mask, name)), accumulated in float64."""
+    `load(i)` -> (image (H, W, C), mask, name)), accumulated in float64. A dataset with its own `channel_stats()`
+    (rasters: over every pixel with data) gives them."""
+    if hasattr(dataset, "channel_stats"):
+        return dataset.channel_stats()
     total = total_sq = None
     count = 0
     for i in range(len(dataset)):

@@ -28,10 +28,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..data.raster import RasterDataset, raster_protocol
 from ..data.sampling import BatchPlan, SampleStream, next_batch, train_loader
 from ..fileio import write_json
 from ..model.modelcard import training_card
 from ..model.segformer import SegFormer
+from ..protocol import InferenceOptions
 from ..runtime import autocast, resolve_device
 from ..visualize import plot_curves
 from . import distributed as D
@@ -550,14 +552,16 @@ def _evaluate(model: SegFormer, dataset: Any, config: TrainConfig, device: torch
     from ..evaluation.evaluate import evaluate
 
     info = getattr(dataset, "info", None)
-    scale = config.scale or (tuple(info.scale) if info is not None else None)
+    if isinstance(dataset, RasterDataset):  # whole rasters in tiles of the training crop, as `protocol_for_run`
+        options = raster_protocol(config.crop or info.crop)
+    else:
+        options = InferenceOptions(scale=config.scale or (tuple(info.scale) if info is not None else None))
     model.eval()
     with torch.no_grad():
         return evaluate(
             model,
             dataset,
-            mode="whole",
-            scale=scale,
+            options,
             device=device,
             progress=False,
             max_samples=config.eval_max_samples,

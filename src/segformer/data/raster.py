@@ -1,0 +1,572 @@
+"""Training and evaluation data from rasters (GeoTIFF): image rasters with label rasters on the same grid.
+
+Layout (`--dataset raster`): ROOT/images/SPLIT/NAME.tif with ROOT/masks/SPLIT/NAME.tif (matched by path without
+suffix, subfolders allowed), class names from ROOT/classes.txt or `num_classes`; or `RasterDataset(pairs, names)`
+for (image, label) pairs anywhere. A label raster must be on its image's grid (CRS, transform, size): anything else
+is one error line naming both files and both grids; labels are never resampled here.
+
+Training reads random windows (`load(i)`): window i is drawn from `np.random.default_rng([seed, i])`, so a sample is
+a pure function of its index and the stream (`sampling.SampleStream`) stays seeded and resumable. A window is
+centred near a random pixel with data (from a coarse validity map read once per raster), the raster chosen in
+proportion to its pixels with data; windows with less than `min_valid` of their pixels with data are redrawn.
+Windows are `window` pixels square (the smallest raster side at most), at the raster's resolution: the dataset's
+`scale` is the window, so the training pipeline rescales only by its ratio jitter. Pixels without image data are
+filled with the window's band means and ignored in the labels; label nodata is ignored (255).
+
+Validation and `eval` run whole rasters through the tiled prediction of `inference.raster` (`evaluation.raster`), so
+their metrics are those of predict's output, pixel for pixel; `check_rasters` is `segformer data check` for rasters.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..constants import IGNORE_INDEX
+from ..geoio import (
+    RASTER_SUFFIXES,
+    Grid,
+    RasterError,
+    gdal_env,
+    open_raster,
+    read_band,
+    read_window,
+    row_blocks,
+)
+from ..protocol import InferenceOptions
+from .catalog import DatasetInfo, folder_info
+from .labels import LabelConvention, LabelError
+
+WINDOW = 1024  # side of the training windows (the smallest raster side at most)
+MIN_VALID = 0.5  # windows with less data than this share are redrawn
+DRAWS = 10  # redraws before the window with the most data is taken
+MAP_SIDE = 512  # long side of the coarse validity map of each raster
+
+
+@dataclass(frozen=True)
+class RasterPair:
+    """An image raster and its label raster: the grid, band count and type, label nodata; the coarse validity map
+    (image data and label data, every `step`-th pixel) that training windows are drawn from."""
+
+    image: Path
+    label: Path
+    grid: Grid
+    bands: int
+    dtype: str
+    label_nodata: float | None
+    valid_map: np.ndarray
+    step: int
+
+    @property
+    def valid_pixels(self) -> float:
+        """About how many pixels have image and label data."""
+        return float(self.valid_map.sum()) * self.step * self.step
+
+
+def raster_protocol(crop: Sequence[int]) -> InferenceOptions:
+    """How a model trained on `crop` windows of rasters is run (stored with it): tiles of the crop at the raster's
+    resolution, overlapping by a quarter, blended (`inference.raster`)."""
+    th, tw = int(crop[0]), int(crop[1])
+    return InferenceOptions(mode="slide", crop=(th, tw), stride=(th - th // 4, tw - tw // 4))
+
+
+def open_pair(image: str | Path, label: str | Path, channels: int | None = None) -> RasterPair:
+    """Read the grids and validity maps of one pair; a label raster on another grid than its image, a band count
+    other than `channels` or an image with no data at all raise RasterError (one line naming the files)."""
+    image, label = Path(image), Path(label)
+    with gdal_env(), open_raster(image) as src, open_raster(label) as lab:
+        grid = _same_grid(image, src, label, lab)
+        if channels is not None and src.count != channels:
+            raise RasterError(
+                f"{image}: has {src.count} band{'s' if src.count != 1 else ''} but {channels} channels are expected "
+                "(--in-channels for training; a trained model takes the channels it was trained with)"
+            )
+        step = max(1, math.ceil(max(src.height, src.width) / MAP_SIDE))
+        image_valid = _coarse_valid(src, range(1, src.count + 1), step)
+        if not image_valid.any() and band_sums(image)[2] == 0:  # the map samples; a full read is sure
+            raise RasterError(f"{image}: every pixel is nodata; remove it or fix its nodata value")
+        valid = image_valid & _coarse_valid(lab, (1,), step)
+        return RasterPair(image, label, grid, int(src.count), str(src.dtypes[0]), lab.nodata, valid, step)
+
+
+def _coarse_valid(src: Any, bands: Sequence[int], step: int) -> np.ndarray:
+    """Every `step`-th pixel: whether all `bands` have data there (GDAL masks, decimated nearest)."""
+    from rasterio.enums import Resampling
+
+    shape = (len(bands), math.ceil(src.height / step), math.ceil(src.width / step))
+    masks = src.read_masks(list(bands), out_shape=shape, resampling=Resampling.nearest)
+    return (masks > 0).all(axis=0)
+
+
+def label_ids(
+    raw: np.ndarray, nodata: float | None, labels: LabelConvention, num_classes: int, where: str | Path
+) -> np.ndarray:
+    """Label raster values (h, w) -> uint8 class ids 0..K-1 or 255 (ignore): nodata ignored, then the label
+    convention; a value that is >= K and not nodata raises RasterError (one line naming the file)."""
+    raw = np.asarray(raw)
+    nod = None if nodata is None else np.isnan(raw) if np.isnan(nodata) else raw == nodata
+    if nod is not None and nod.any():
+        raw = np.where(nod, 0, raw)
+    if raw.dtype.kind == "f":
+        raw = raw.astype(np.int64)
+    try:
+        ids = labels.apply(raw, str(where))
+    except LabelError as e:
+        raise RasterError(str(e)) from None
+    if nod is not None:
+        ids[nod] = IGNORE_INDEX
+    bad = (ids != IGNORE_INDEX) & (ids >= num_classes)
+    if bad.any():
+        value = raw[bad].flat[0]
+        nodata_text = f"its nodata is {nodata:g}" if nodata is not None else "it has no nodata value"
+        raise RasterError(
+            f"{where}: label value {value:g} is >= num_classes {num_classes} and not nodata ({nodata_text}); "
+            f"ids must be 0..{num_classes - 1}, or map the value with --label-map {value:g}:255"
+        )
+    return ids
+
+
+class RasterDataset(torch.utils.data.Dataset):
+    """Image/label raster pairs with class names: random training windows through `load(i)`, whole rasters for
+    evaluation (`pairs`). The interface of `datasets.SegmentationDataset` (len, load, info, transform, ...)."""
+
+    def __init__(
+        self,
+        pairs: Sequence[tuple[str | Path, str | Path]],
+        class_names: Sequence[str],
+        *,
+        labels: LabelConvention | None = None,
+        window: int = WINDOW,
+        min_valid: float = MIN_VALID,
+        seed: int = 0,
+        transform: Callable[..., Any] | None = None,
+        channels: int | None = None,
+        where: str = "",
+        colours: np.ndarray | None = None,
+    ) -> None:
+        if not pairs:
+            raise ValueError(f"{where or 'rasters'}: no image/label raster pairs (empty split)")
+        self.pairs = [open_pair(image, label, channels) for image, label in pairs]
+        counts = {p.bands for p in self.pairs}
+        if len(counts) > 1:
+            other = next(p for p in self.pairs if p.bands != self.pairs[0].bands)
+            raise RasterError(
+                f"{other.image}: has {other.bands} bands but {self.pairs[0].image} has {self.pairs[0].bands}; "
+                "the rasters of a dataset must have the same bands"
+            )
+        self.samples = [(p.image, p.label) for p in self.pairs]
+        self.labels = labels or LabelConvention()
+        self.window = min([window] + [min(p.grid.height, p.grid.width) for p in self.pairs])
+        self.info = _info(class_names, self.window, colours)
+        self.min_valid, self.seed, self.transform, self.where = min_valid, seed, transform, where
+        self.channels = self.pairs[0].bands
+        self.dropped, self.missing, self.skip_bad = 0, [], False
+        weights = np.array([p.valid_pixels for p in self.pairs])
+        self._share = weights / weights.sum() if weights.sum() > 0 else np.full(len(weights), 1 / len(weights))
+        self._length = max(len(self.pairs), math.ceil(weights.sum() / (self.window * self.window)))
+
+    # -- the dataset interface ------------------------------------------------------------------------------------
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.info.class_names
+
+    @property
+    def num_classes(self) -> int:
+        return self.info.num_classes
+
+    @property
+    def palette(self) -> np.ndarray:
+        return self.info.palette_array()
+
+    @property
+    def ignore_index(self) -> int:
+        return IGNORE_INDEX
+
+    def __len__(self) -> int:
+        """Training windows per epoch: about the pixels with data over the window area (one per raster at least)."""
+        return self._length
+
+    def __repr__(self) -> str:
+        rasters, k = len(self.pairs), self.num_classes
+        return f"RasterDataset({self.where!r}, {rasters} rasters, {len(self)} windows, {k} classes)"
+
+    def with_transform(self, transform: Callable[..., Any] | None) -> RasterDataset:
+        other = copy.copy(self)
+        other.transform = transform
+        return other
+
+    def __getitem__(self, index: int) -> Any:
+        image, mask, name = self.load(index)
+        return (image, mask, name) if self.transform is None else self.transform(image, mask, np.random.default_rng())
+
+    # -- reading ----------------------------------------------------------------------------------------------
+    def window_of(self, index: int) -> tuple[int, int, int]:
+        """(raster, row, column) of training window `index`: a pure function of (seed, index)."""
+        rng = np.random.default_rng([self.seed, index])
+        r = int(rng.choice(len(self.pairs), p=self._share))
+        pair, best = self.pairs[r], (-1.0, 0, 0)
+        cells = np.argwhere(pair.valid_map)
+        for _ in range(DRAWS):
+            cell = cells[rng.integers(len(cells))] if len(cells) else np.zeros(2, np.int64)
+            pixel = cell * pair.step + rng.integers(pair.step, size=2)  # a pixel with data (about)
+            corner = pixel - rng.integers(self.window, size=2)  # a window holding it
+            limit = (pair.grid.height - self.window, pair.grid.width - self.window)
+            y, x = int(np.clip(corner[0], 0, limit[0])), int(np.clip(corner[1], 0, limit[1]))
+            share = _share_valid(pair, y, x, self.window)
+            if share > best[0]:
+                best = (share, y, x)
+            if share >= self.min_valid:
+                break
+        return r, best[1], best[2]
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray, str]:
+        """Training window `index`: (image (window, window, C) in the raster's type, ids uint8 (window, window),
+        name 'NAME@row,col')."""
+        r, y, x = self.window_of(index)
+        pair, size = self.pairs[r], self.window
+        rows, cols = (y, y + size), (x, x + size)
+        with gdal_env(), open_raster(pair.image) as src, open_raster(pair.label) as lab:
+            image, valid = read_window(src, range(1, pair.bands + 1), rows, cols)
+            raw = read_band(lab, rows, cols)
+        ids = label_ids(raw, pair.label_nodata, self.labels, self.num_classes, pair.label)
+        ids[~valid] = IGNORE_INDEX
+        return fill_nodata(image, valid), ids, f"{pair.image.stem}@{y},{x}"
+
+    def channel_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Per-band mean and (population) std over every pixel with data of every image raster, read in strips."""
+        total = np.zeros(self.channels)
+        total_sq = np.zeros(self.channels)
+        count = 0
+        for pair in self.pairs:
+            s, sq, n = band_sums(pair.image)
+            total, total_sq, count = total + s, total_sq + sq, count + n
+        if count == 0:
+            raise ValueError(f"{self.where or 'rasters'}: no pixels with data to compute channel statistics from")
+        mean = total / count
+        std = np.sqrt(np.maximum(total_sq / count - mean * mean, 0.0))
+        std = np.where(std > 0, std, 1.0)
+        return tuple(float(m) for m in mean), tuple(float(v) for v in std)
+
+    def check(self) -> list[str]:
+        """Read every label raster whole (in strips); the errors, one line each."""
+        errors = []
+        for pair in self.pairs:
+            try:
+                with gdal_env(), open_raster(pair.label) as lab:
+                    for rows in row_blocks(lab.height, lab.width, 8):
+                        label_ids(read_band(lab, rows, (0, lab.width)), pair.label_nodata, self.labels,
+                                  self.num_classes, pair.label)  # fmt: skip
+            except (RasterError, OSError) as e:
+                errors.append(str(e))
+        return errors
+
+
+def _info(class_names: Sequence[str], window: int, colours: np.ndarray | None) -> DatasetInfo:
+    """The dataset's classes; the training scale is the window (no rescale but the ratio jitter), the crop 512 at
+    most, the test protocol tiles of the crop."""
+    info = folder_info(tuple(class_names), name="raster", colours=colours)
+    crop = (min(512, window), min(512, window))
+    return DatasetInfo(info.name, info.class_names, info.palette, scale=(window, window), crop=crop,
+                       test=raster_protocol(crop))  # fmt: skip
+
+
+def _share_valid(pair: RasterPair, y: int, x: int, size: int) -> float:
+    s = pair.step
+    cells = pair.valid_map[y // s : (y + size - 1) // s + 1, x // s : (x + size - 1) // s + 1]
+    return float(cells.mean()) if cells.size else 0.0
+
+
+def fill_nodata(image: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """`image` (h, w, C) with the pixels without data set to the band means of those with data (in its type)."""
+    if valid.all() or not valid.any():
+        return image
+    image = image.copy()
+    mean = image[valid].astype(np.float64).mean(axis=0)
+    image[~valid] = np.round(mean).astype(image.dtype) if image.dtype.kind in "iu" else mean.astype(image.dtype)
+    return image
+
+
+def band_sums(path: str | Path) -> tuple[np.ndarray, np.ndarray, int]:
+    """(sum, sum of squares) per band over the pixels with data of a raster, and their count (float64)."""
+    with gdal_env(), open_raster(path) as src:
+        bands = range(1, src.count + 1)
+        total, total_sq, count = np.zeros(src.count), np.zeros(src.count), 0
+        for rows in row_blocks(src.height, src.width, 8 * src.count):
+            pixels, valid = read_window(src, bands, rows, (0, src.width))
+            values = pixels[valid].astype(np.float64)  # (n, C)
+            total += values.sum(axis=0)
+            total_sq += (values * values).sum(axis=0)
+            count += len(values)
+    return total, total_sq, count
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The folder layout
+# ---------------------------------------------------------------------------------------------------------------
+def raster_pairs(root: str | Path, split: str) -> list[tuple[Path, Path]]:
+    """(image, label) rasters of ROOT/images/SPLIT and ROOT/masks/SPLIT, matched by path without suffix; an image
+    without a label raster is an error naming the file expected."""
+    root = Path(root).expanduser()
+    image_dir, mask_dir = root / "images" / split, root / "masks" / split
+    if not image_dir.is_dir():
+        have = sorted(p.name for p in (root / "images").iterdir() if p.is_dir()) if (root / "images").is_dir() else []
+        raise FileNotFoundError(f"{image_dir}: no such raster split folder (found: {', '.join(have) or 'none'})")
+    masks = {p.relative_to(mask_dir).with_suffix("").as_posix(): p for p in _rasters(mask_dir)}
+    pairs = []
+    for image in _rasters(image_dir):
+        key = image.relative_to(image_dir).with_suffix("").as_posix()
+        if key not in masks:
+            raise FileNotFoundError(f"{image}: no label raster for this image (expected {mask_dir / key}.tif)")
+        pairs.append((image, masks[key]))
+    if not pairs:
+        raise ValueError(f"{image_dir}: no rasters ({' '.join(RASTER_SUFFIXES)}) in this split")
+    return pairs
+
+
+def _rasters(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    found = (p for p in folder.rglob("*") if p.suffix.lower() in RASTER_SUFFIXES and not p.name.startswith("."))
+    return sorted(p for p in found if p.is_file())
+
+
+def raster_folder(
+    root: str | Path,
+    split: str = "train",
+    *,
+    num_classes: int | None = None,
+    labels: LabelConvention | None = None,
+    transform: Callable[..., Any] | None = None,
+    skip_bad: bool = False,
+    channels: int | None = None,
+) -> RasterDataset:
+    """`--dataset raster`: the pairs of ROOT/images/SPLIT and ROOT/masks/SPLIT, classes from ROOT/classes.txt (or
+    the palette file, or `num_classes`)."""
+    from .datasets import folder_class_names
+
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: dataset root does not exist")
+    labels = labels or LabelConvention()
+    names = folder_class_names(root, num_classes, labels)
+    where = str(root / "images" / split)
+    return RasterDataset(raster_pairs(root, split), names, labels=labels, transform=transform, channels=channels,
+                         where=where, colours=labels.class_colours(len(names)))  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# `segformer data check --dataset raster`
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass
+class _PairScan:
+    """What one full read of a pair found: band sums over pixels with data, the image's nodata share, the label's
+    raw values (value -> pixels) and nodata pixels."""
+
+    grid: Grid
+    bands: str
+    labels: str
+    sums: np.ndarray
+    sums_sq: np.ndarray
+    valid: int
+    values: dict[int, int]
+    label_nodata: int
+
+
+def _scan_pair(image: Path, label: Path) -> _PairScan:
+    """Read a pair whole, in strips (RasterError for a file GDAL cannot read or a label on another grid)."""
+    with gdal_env(), open_raster(image) as src, open_raster(label) as lab:
+        grid = _same_grid(image, src, label, lab)
+        bands = range(1, src.count + 1)
+        sums, sums_sq, valid, nodata = np.zeros(src.count), np.zeros(src.count), 0, 0
+        values: dict[int, int] = {}
+        for rows in row_blocks(src.height, src.width, 8 * (src.count + 1)):
+            pixels, ok = read_window(src, bands, rows, (0, src.width))
+            data = pixels[ok].astype(np.float64)
+            sums, sums_sq, valid = sums + data.sum(0), sums_sq + (data * data).sum(0), valid + len(data)
+            raw, labelled = read_window(lab, (1,), rows, (0, src.width))
+            nodata += int((~labelled).sum())
+            found, counts = np.unique(raw[..., 0][labelled], return_counts=True)
+            for v, n in zip(found.tolist(), counts.tolist(), strict=True):
+                values[int(v)] = values.get(int(v), 0) + int(n)
+        label_type = f"{lab.dtypes[0]} (nodata {lab.nodata:g})" if lab.nodata is not None else lab.dtypes[0]
+        return _PairScan(grid, f"{src.count} x {src.dtypes[0]}", label_type, sums, sums_sq, valid, values, nodata)
+
+
+def _same_grid(image: Path, src: Any, label: Path, lab: Any) -> Grid:
+    """The image's grid; RasterError (one line naming both files and both grids) when the label's differs."""
+    grid, label_grid = Grid.of(src), Grid.of(lab)
+    if not grid.matches(label_grid):
+        raise RasterError(
+            f"{label}: label raster is on another grid than its image {image}: label {label_grid.describe()}; "
+            f"image {grid.describe()}; reproject the labels onto the image grid (e.g. gdalwarp with the image's "
+            "-t_srs, -tr and -te, nearest resampling): labels are never resampled here"
+        )
+    return grid
+
+
+def check_rasters(
+    root: str | Path,
+    splits: Sequence[str] | None = None,
+    *,
+    num_classes: int | None = None,
+    labels: LabelConvention | None = None,
+    progress: bool = True,
+    weight_method: str = "enet",
+) -> Any:
+    """`check_dataset` for `--dataset raster`: read every pair whole and report per-band mean/std (the statistics
+    a model with --in-channels stores), label values, nodata shares, grids that differ (label vs image: an error;
+    between rasters: a warning) and label values >= K that are not nodata, as a `check.DataReport`."""
+    import time
+
+    from tqdm import tqdm
+
+    from .check import DataReport, Diagnosis, SplitReport, class_weights
+    from .datasets import folder_class_names
+
+    start, root, labels = time.perf_counter(), Path(root).expanduser(), labels or LabelConvention()
+    out: list[Diagnosis] = []
+    try:
+        names: list[str] | None = list(folder_class_names(root, num_classes, labels))
+    except FileNotFoundError as e:
+        names = None
+        out.append(Diagnosis("no_class_names", str(e), "--num-classes", "problem"))
+    k = len(names) if names else None
+    reports, grids = {}, {}
+    for split in splits or _raster_splits(root):
+        report = reports[split] = SplitReport(split, pixel_counts=[0] * 256, image_counts=[0] * 256)
+        try:
+            pairs = raster_pairs(root, split)
+        except (FileNotFoundError, ValueError) as e:
+            report.error = str(e)
+            out.append(Diagnosis("split_unreadable", str(e), None, "error", split))
+            continue
+        report.images = len(pairs)
+        stats = np.zeros((3, 0))
+        for image, label in tqdm(pairs, desc=f"check {split}", unit="raster", disable=not progress, leave=False):
+            report.scanned += 1
+            try:
+                scan = _scan_pair(image, label)
+            except RasterError as e:
+                (report.size_mismatches if "another grid" in str(e) else report.unreadable).append(str(e))
+                out.append(Diagnosis("raster_unreadable", str(e), None, "error", split))
+                continue
+            grids[image] = scan.grid
+            stats = _add_pair(report, scan, stats, labels, k, image, split, out)
+        if stats.shape[1] and stats[2, 0] > 0:
+            mean = stats[0] / stats[2]
+            std = np.sqrt(np.maximum(stats[1] / stats[2] - mean * mean, 0))
+            text = f"per-band mean {' '.join(f'{m:.6g}' for m in mean)}, std {' '.join(f'{s:.6g}' for s in std)}"
+            hint = f"train with --in-channels {len(mean)} (the statistics are computed and stored with the model)"
+            out.append(Diagnosis("band_statistics", f"{text}; {hint}", None, "note", split))
+    out += _grid_findings(grids)
+    train = next((s for s in ("train", "training") if s in reports), next(iter(reports), None))
+    if k is not None and train is not None and names is not None:
+        absent = [names[c] for c in range(k) if reports[train].pixel_counts[c] == 0]
+        if absent:
+            out.append(
+                Diagnosis(
+                    "classes_never_present",
+                    f"classes never present in '{train}': {', '.join(absent[:10])}",
+                    None,
+                    "warning",
+                    train,
+                )
+            )
+    weights = None
+    if k is not None and train is not None and sum(reports[train].pixel_counts[:k]) > 0:
+        weights = [round(float(w), 4) for w in class_weights(reports[train].pixel_counts[:k], weight_method)]
+    seconds = time.perf_counter() - start
+    scanned = sum(r.scanned for r in reports.values())
+    order = {"error": 0, "problem": 1, "warning": 2, "note": 3}
+    return DataReport("raster", str(root), labels.to_dict(), k, names, reports,
+                      sorted(out, key=lambda d: order[d.severity]), weights, weight_method, train, round(seconds, 3),
+                      round(scanned / seconds, 1) if seconds > 0 else 0.0, 0)  # fmt: skip
+
+
+def _raster_splits(root: Path) -> list[str]:
+    base = root / "images"
+    if not base.is_dir():
+        raise FileNotFoundError(f"{base}: missing; the raster layout is ROOT/images/SPLIT and ROOT/masks/SPLIT")
+    return sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _add_pair(
+    report: Any, scan: _PairScan, stats: np.ndarray, labels: LabelConvention, k: int | None, image: Path,
+    split: str, out: list[Any],
+) -> np.ndarray:  # fmt: skip
+    """Add one scanned pair to its split's report and findings; the running (sum, sum of squares, count) per band."""
+    from .check import Diagnosis
+
+    report.image_modes[scan.bands] = report.image_modes.get(scan.bands, 0) + 1
+    size = (scan.grid.height, scan.grid.width)
+    report.size_min = min(report.size_min or size, size)
+    report.size_max = max(report.size_max or size, size)
+    pixels = scan.grid.height * scan.grid.width
+    nodata = 1 - scan.valid / pixels
+    g, (rx, ry) = scan.grid, scan.grid.resolution
+    where = f"{image.name}: {g.crs_name}, {g.width}x{g.height} pixels of {rx:g} x {ry:g} {g.units}, {scan.bands}"
+    out.append(Diagnosis("raster", f"{where}, {100 * nodata:.1f}% nodata", None, "note", report.name))
+    report.mask_modes[scan.labels] = report.mask_modes.get(scan.labels, 0) + 1
+    if scan.valid == 0:
+        out.append(
+            Diagnosis(
+                "all_nodata",
+                f"{image}: every pixel is nodata; remove it or fix its nodata value",
+                None,
+                "problem",
+                report.name,
+            )
+        )
+    elif nodata > 1 - MIN_VALID:
+        out.append(
+            Diagnosis(
+                "mostly_nodata", f"{image}: {100 * nodata:.0f}% of its pixels are nodata", None, "warning", report.name
+            )
+        )
+    bad = []
+    for v, n in scan.values.items():
+        entry = report.values.setdefault(v, [0, 0])
+        entry[0], entry[1] = entry[0] + n, entry[1] + 1
+        target = int(labels.lut[v]) if 0 <= v <= 255 else None
+        if target is None or (target != IGNORE_INDEX and k is not None and target >= k):
+            bad.append(v)
+        elif target != IGNORE_INDEX or v == IGNORE_INDEX:
+            report.pixel_counts[target] += n
+            report.image_counts[target] += 1
+    if bad:
+        held = ", ".join(map(str, bad[:10]))
+        fix = f"map them with --label-map {bad[0]}:255 or set the label raster's nodata"
+        text = f"{image.name}'s labels hold {held}: >= num_classes {k} and not the raster's nodata; {fix}"
+        out.append(Diagnosis("labels_beyond_classes", text, "--label-map", "problem", report.name))
+    if stats.shape[1] not in (0, len(scan.sums)):
+        out.append(
+            Diagnosis(
+                "band_counts",
+                f"{image}: {scan.bands} bands unlike the split's first raster",
+                None,
+                "problem",
+                report.name,
+            )
+        )
+        return stats
+    add = np.stack([scan.sums, scan.sums_sq, np.full(len(scan.sums), scan.valid)])
+    return add if stats.shape[1] == 0 else stats + add
+
+
+def _grid_findings(grids: dict[Path, Grid]) -> list[Any]:
+    """A warning when the image rasters differ in CRS or pixel size (the model learns pixels, not metres)."""
+    from .check import Diagnosis
+
+    kinds = {(g.crs_name, tuple(round(r, 9) for r in g.resolution)) for g in grids.values()}
+    if len(kinds) < 2:
+        return []
+    shown = "; ".join(f"{crs} {res[0]:g} x {res[1]:g}" for crs, res in sorted(kinds)[:4])
+    text = f"the image rasters differ in CRS or resolution ({shown}); the model sees pixels, so resample them to one"
+    return [Diagnosis("grids_differ", f"{text} resolution for training and prediction", None, "warning")]
