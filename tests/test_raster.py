@@ -389,6 +389,8 @@ def test_training_windows_are_seeded_and_skip_windows_without_data(tmp_path):
         assert other_name == name and np.array_equal(other_image, image)
     names = {ds.load(i)[2] for i in range(12)}
     assert len(names) > 6
+    # --class-weights auto counts the whole label raster where the image has data.
+    assert ds.class_pixel_counts().tolist() == np.bincount(labels[:, 140:].ravel(), minlength=3).tolist()
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -254,15 +254,32 @@ class RasterDataset(torch.utils.data.Dataset):
         std = np.where(std > 0, std, 1.0)
         return tuple(float(m) for m in mean), tuple(float(v) for v in std)
 
+    def class_pixel_counts(self) -> np.ndarray:
+        """Labelled pixels per class id 0..K-1 over every label raster whole (pixels without image data and label
+        nodata left out), read in strips: what `--class-weights auto` weighs."""
+        counts = np.zeros(256, np.int64)
+        for pair in self.pairs:
+            for ids in self._label_strips(pair):
+                counts += np.bincount(ids.ravel(), minlength=256)
+        return counts[: self.num_classes]
+
+    def _label_strips(self, pair: RasterPair) -> Any:
+        """The class ids (uint8, 255 = ignore) of a pair, strip by strip."""
+        with gdal_env(), open_raster(pair.image) as src, open_raster(pair.label) as lab:
+            for rows in row_blocks(src.height, src.width, 8 * (pair.bands + 1)):
+                _, valid = read_window(src, range(1, pair.bands + 1), rows, (0, src.width))
+                ids = label_ids(read_band(lab, rows, (0, src.width)), pair.label_nodata, self.labels,
+                                self.num_classes, pair.label)  # fmt: skip
+                ids[~valid] = IGNORE_INDEX
+                yield ids
+
     def check(self) -> list[str]:
         """Read every label raster whole (in strips); the errors, one line each."""
         errors = []
         for pair in self.pairs:
             try:
-                with gdal_env(), open_raster(pair.label) as lab:
-                    for rows in row_blocks(lab.height, lab.width, 8):
-                        label_ids(read_band(lab, rows, (0, lab.width)), pair.label_nodata, self.labels,
-                                  self.num_classes, pair.label)  # fmt: skip
+                for _ in self._label_strips(pair):
+                    pass
             except (RasterError, OSError) as e:
                 errors.append(str(e))
         return errors

@@ -434,7 +434,10 @@ def read_class_weights(path: str | Path) -> tuple[float, ...]:
 def count_class_pixels(dataset: Any, num_classes: int, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
     """Labelled pixels per class 0..K-1 over the training masks. Datasets read from files or Hugging Face rows
     (`segformer.data`) are counted by `data.check.class_pixel_counts`, which reads the masks alone, in parallel;
-    any other dataset (`len`, `load(i)` -> (image, mask, name)) through `load`."""
+    any other dataset (`len`, `load(i)` -> (image, mask, name)) through `load`; one with its own
+    `class_pixel_counts()` (rasters, read whole) counts itself."""
+    if hasattr(dataset, "class_pixel_counts"):
+        return np.asarray(dataset.class_pixel_counts(), np.int64)[:num_classes]
     if hasattr(dataset, "labels") and (hasattr(dataset, "samples") or hasattr(dataset, "raw")):
         from ..data.check import class_pixel_counts
 
