@@ -9,6 +9,10 @@ the baseline run one after the other at each size, in one invocation, and the cl
 
     python benchmarks/raster.py --sizes 20000                  # the issue's size (B0 on 2 CPU cores: hours)
     python benchmarks/raster.py --sizes 2048 4096 8192 --baseline-sizes 2048 4096
+    python benchmarks/raster.py --sizes 1024x20000 --baseline-sizes   # a 20000-wide strip: 20000^2's peak memory
+
+Peak memory depends on the raster's width (one row of tiles is held, up to `ACCUMULATOR_BYTES` of blended
+probabilities, then column bands), not on its height: a 1024x20000 raster has the peak of a 20000x20000 one.
 """
 
 from __future__ import annotations
@@ -96,10 +100,8 @@ def agreement(a: Path, b: Path) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sizes", type=int, nargs="+", default=[20000], help="raster sides (square), ours")
-    p.add_argument(
-        "--baseline-sizes", type=int, nargs="*", default=None, help="sides for the baseline too (default: all)"
-    )
+    p.add_argument("--sizes", nargs="+", default=["20000"], help="raster sizes, SIDE or HxW: ours")
+    p.add_argument("--baseline-sizes", nargs="*", default=None, help="those the baseline runs too (default: all)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--workdir", default=None, help="keep the generated rasters here (default: a temporary folder)")
     p.add_argument("--worker", nargs=3, default=None, metavar=("KIND", "RASTER", "OUT"), help=argparse.SUPPRESS)
@@ -111,14 +113,15 @@ def main() -> None:
 
     baseline_sizes = args.sizes if args.baseline_sizes is None else args.baseline_sizes
     print(f"CPU {cpu_model()} ({platform.machine()}), torch {torch.__version__}, {args.threads} threads")
-    columns = ["side", "MP", "ours s", "ours MP/s", "ours peak MB", "baseline s", "baseline MP/s", "baseline peak MB"]
+    columns = ["size", "MP", "ours s", "ours MP/s", "ours peak MB", "baseline s", "baseline MP/s", "baseline peak MB"]
     print("| " + " | ".join([*columns, "speed x", "same labels"]) + " |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         for side in args.sizes:
+            h, w = (int(v) for v in side.split("x")) if "x" in side else (int(side), int(side))
             raster = Path(tmp) / f"scene{side}.tif"
-            write_raster_scene(raster, side, side)
-            mp = side * side / 1e6
+            write_raster_scene(raster, h, w)
+            mp = h * w / 1e6
             a = measure("ours", raster, Path(tmp) / f"ours{side}", args.threads)
             row = f"| {side} | {mp:.1f} | {a['seconds']:.1f} | {mp / a['seconds']:.3f} | {a['rss_mb']:.0f} |"
             if side in baseline_sizes:

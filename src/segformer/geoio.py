@@ -26,7 +26,7 @@ from .fileio import atomic_write
 from .imageio import ImageReadError
 
 RASTER_SUFFIXES = (".tif", ".tiff")
-GDAL_CACHE_MB = 64  # GDAL's block cache (reads and scratch writes)
+GDAL_CACHE_MB = 32  # GDAL's block cache (reads and scratch writes)
 BLOCK = 512  # tile size of the files written
 
 
@@ -47,7 +47,7 @@ def require_rasterio() -> Any:
 def gdal_env() -> Iterator[None]:
     """GDAL settings for this library's reads and writes: a small block cache, no scan of sidecar files."""
     rasterio = require_rasterio()
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB, GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB << 20, GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):  # in bytes
         yield
 
 

@@ -260,10 +260,9 @@ class Quicklook:
         if self.valid.any() and not self.valid.all():
             image[~self.valid] = np.median(self.image[self.valid], axis=0).astype(image.dtype)
         rgb = display_rgb(image)
+        rgb[~self.valid] = 0  # no data: black (labels 255 keep the image's colour), under the legend
         labels = np.where(self.valid, self.labels, 255)
-        picture = np.array(overlay(rgb, labels, palette, names, alpha, legend and bool(self.valid.any())))
-        picture[~self.valid] = 0
-        return picture
+        return overlay(rgb, labels, palette, names, alpha, legend and bool(self.valid.any()))
 
 
 def predict_raster(
