@@ -84,8 +84,11 @@ def worker(kind: str, path: str, out: str, threads: int) -> None:
 
 
 def measure(kind: str, path: Path, out: Path, threads: int) -> dict:
-    done = subprocess.run([sys.executable, __file__, "--worker", kind, str(path), str(out), "--threads", str(threads)],
-                          capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, __file__, "--worker", kind, str(path), str(out), "--threads", str(threads)],
+        capture_output=True,
+        text=True,
+    )
     if done.returncode:
         raise SystemExit(f"{kind} failed on {path}:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])

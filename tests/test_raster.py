@@ -355,6 +355,29 @@ def test_training_data_errors_are_one_line_each(tmp_path, capsys):
     _one_line(out, "problem: [empty]", "every pixel is nodata")
 
 
+def test_data_check_reports_band_statistics_label_values_and_nodata(tmp_path):
+    from segformer.data.raster import check_rasters
+
+    rng = np.random.default_rng(10)
+    root, values = tmp_path / "d", []
+    for name in ("a.tif", "b.tif"):
+        bands, labels = scene(rng, 60, 50), rng.integers(0, 3, (60, 50))
+        bands[:, :20] = 0
+        labels[:5] = 255
+        pair(root, "train", name, bands, labels)
+        values.append(bands.reshape(4, -1)[:, bands.reshape(4, -1)[0] > 0].astype(np.float64))
+    (root / "classes.txt").write_text("a\nb\nc\n")
+    report = check_rasters(root, progress=False)
+    assert report.ok
+    (stats,) = [d.message for d in report.diagnoses if d.code == "band_statistics"]
+    mean_text, std_text = stats.split("per-band mean ")[1].split("; ")[0].split(", std ")
+    every = np.concatenate(values, axis=1)
+    assert np.allclose([float(v) for v in mean_text.split()], every.mean(1), rtol=1e-5)
+    assert np.allclose([float(v) for v in std_text.split()], every.std(1), rtol=1e-5)
+    assert [d.message.split(", ")[-1] for d in report.diagnoses if d.code == "raster"] == ["33.3% nodata"] * 2
+    assert sum(report.splits["train"].values[v][0] for v in (0, 1, 2)) == 2 * 55 * 50  # label nodata left out
+
+
 def test_label_ids_map_nodata_and_the_label_convention():
     raw = np.array([[0, 1, 2], [7, 3, 0]], np.uint16)
     ids = label_ids(raw, 7, LabelConvention(label_map=((3, 255),)), 3, "x.tif")

@@ -247,9 +247,19 @@ def _rasters(
         )
     if not files:
         return PredictSummary([], []), wanted
-    output = RasterOutput(args.probabilities, args.confidence, cog=not args.no_cog, alpha=args.alpha,
-                          legend=not args.no_legend)  # fmt: skip
+    output = RasterOutput(
+        args.probabilities, args.confidence, cog=not args.no_cog, alpha=args.alpha, legend=not args.no_legend
+    )
     bands = parse_bands(args.bands) if args.bands is not None else None
-    summary = predict_rasters(segmenter, files, args.out, bands=bands, output=output, palette=style["palette"],
-                              class_names=style["class_names"], report=report, progress=style["progress"])  # fmt: skip
+    summary = predict_rasters(
+        segmenter,
+        files,
+        args.out,
+        bands=bands,
+        output=output,
+        palette=style["palette"],
+        class_names=style["class_names"],
+        report=report,
+        progress=style["progress"],
+    )
     return summary, wanted

@@ -566,8 +566,9 @@ def check_dataset(
     if name == "raster":  # rasters are read whole, in strips: bands, nodata, grids (data/raster.py)
         from .raster import check_rasters
 
-        return check_rasters(root, splits, num_classes=num_classes, labels=labels, progress=progress,
-                             weight_method=weight_method)  # fmt: skip
+        return check_rasters(
+            root, splits, num_classes=num_classes, labels=labels, progress=progress, weight_method=weight_method
+        )
     labels = labels or LabelConvention()
     start = time.perf_counter()
     names = list(splits) if splits else dataset_splits(name, root)

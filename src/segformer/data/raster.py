@@ -268,8 +268,9 @@ class RasterDataset(torch.utils.data.Dataset):
         with gdal_env(), open_raster(pair.image) as src, open_raster(pair.label) as lab:
             for rows in row_blocks(src.height, src.width, 8 * (pair.bands + 1)):
                 _, valid = read_window(src, range(1, pair.bands + 1), rows, (0, src.width))
-                ids = label_ids(read_band(lab, rows, (0, src.width)), pair.label_nodata, self.labels,
-                                self.num_classes, pair.label)  # fmt: skip
+                ids = label_ids(
+                    read_band(lab, rows, (0, src.width)), pair.label_nodata, self.labels, self.num_classes, pair.label
+                )
                 ids[~valid] = IGNORE_INDEX
                 yield ids
 
@@ -290,8 +291,9 @@ def _info(class_names: Sequence[str], window: int, colours: np.ndarray | None) -
     most, the test protocol tiles of the crop."""
     info = folder_info(tuple(class_names), name="raster", colours=colours)
     crop = (min(512, window), min(512, window))
-    return DatasetInfo(info.name, info.class_names, info.palette, scale=(window, window), crop=crop,
-                       test=raster_protocol(crop))  # fmt: skip
+    return DatasetInfo(
+        info.name, info.class_names, info.palette, scale=(window, window), crop=crop, test=raster_protocol(crop)
+    )
 
 
 def _share_valid(pair: RasterPair, y: int, x: int, size: int) -> float:
@@ -374,8 +376,15 @@ def raster_folder(
     labels = labels or LabelConvention()
     names = folder_class_names(root, num_classes, labels)
     where = str(root / "images" / split)
-    return RasterDataset(raster_pairs(root, split), names, labels=labels, transform=transform, channels=channels,
-                         where=where, colours=labels.class_colours(len(names)))  # fmt: skip
+    return RasterDataset(
+        raster_pairs(root, split),
+        names,
+        labels=labels,
+        transform=transform,
+        channels=channels,
+        where=where,
+        colours=labels.class_colours(len(names)),
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -442,9 +451,7 @@ def check_rasters(
     between rasters: a warning) and label values >= K that are not nodata, as a `check.DataReport`."""
     import time
 
-    from tqdm import tqdm
-
-    from .check import DataReport, Diagnosis, SplitReport, class_weights
+    from .check import DataReport, Diagnosis, class_weights
     from .datasets import folder_class_names
 
     start, root, labels = time.perf_counter(), Path(root).expanduser(), labels or LabelConvention()
@@ -457,54 +464,59 @@ def check_rasters(
     k = len(names) if names else None
     reports, grids = {}, {}
     for split in splits or _raster_splits(root):
-        report = reports[split] = SplitReport(split, pixel_counts=[0] * 256, image_counts=[0] * 256)
-        try:
-            pairs = raster_pairs(root, split)
-        except (FileNotFoundError, ValueError) as e:
-            report.error = str(e)
-            out.append(Diagnosis("split_unreadable", str(e), None, "error", split))
-            continue
-        report.images = len(pairs)
-        stats = np.zeros((3, 0))
-        for image, label in tqdm(pairs, desc=f"check {split}", unit="raster", disable=not progress, leave=False):
-            report.scanned += 1
-            try:
-                scan = _scan_pair(image, label)
-            except RasterError as e:
-                (report.size_mismatches if "another grid" in str(e) else report.unreadable).append(str(e))
-                out.append(Diagnosis("raster_unreadable", str(e), None, "error", split))
-                continue
-            grids[image] = scan.grid
-            stats = _add_pair(report, scan, stats, labels, k, image, split, out)
-        if stats.shape[1] and stats[2, 0] > 0:
-            mean = stats[0] / stats[2]
-            std = np.sqrt(np.maximum(stats[1] / stats[2] - mean * mean, 0))
-            text = f"per-band mean {' '.join(f'{m:.6g}' for m in mean)}, std {' '.join(f'{s:.6g}' for s in std)}"
-            hint = f"train with --in-channels {len(mean)} (the statistics are computed and stored with the model)"
-            out.append(Diagnosis("band_statistics", f"{text}; {hint}", None, "note", split))
+        reports[split] = _check_split(root, split, labels, k, out, grids, progress)
     out += _grid_findings(grids)
     train = next((s for s in ("train", "training") if s in reports), next(iter(reports), None))
-    if k is not None and train is not None and names is not None:
-        absent = [names[c] for c in range(k) if reports[train].pixel_counts[c] == 0]
-        if absent:
-            out.append(
-                Diagnosis(
-                    "classes_never_present",
-                    f"classes never present in '{train}': {', '.join(absent[:10])}",
-                    None,
-                    "warning",
-                    train,
-                )
-            )
-    weights = None
-    if k is not None and train is not None and sum(reports[train].pixel_counts[:k]) > 0:
-        weights = [round(float(w), 4) for w in class_weights(reports[train].pixel_counts[:k], weight_method)]
+    counts = reports[train].pixel_counts[:k] if k is not None and train is not None else []
+    if names is not None and any(c == 0 for c in counts):
+        absent = ", ".join(names[c] for c in range(len(counts)) if counts[c] == 0)
+        out.append(Diagnosis("classes_never_present", f"classes never present in '{train}': {absent}", None,
+                             "warning", train))  # fmt: skip
+    weights = [round(float(w), 4) for w in class_weights(counts, weight_method)] if sum(counts) > 0 else None
     seconds = time.perf_counter() - start
-    scanned = sum(r.scanned for r in reports.values())
     order = {"error": 0, "problem": 1, "warning": 2, "note": 3}
-    return DataReport("raster", str(root), labels.to_dict(), k, names, reports,
-                      sorted(out, key=lambda d: order[d.severity]), weights, weight_method, train, round(seconds, 3),
-                      round(scanned / seconds, 1) if seconds > 0 else 0.0, 0)  # fmt: skip
+    return DataReport(
+        dataset="raster", root=str(root), labels=labels.to_dict(), num_classes=k, class_names=names, splits=reports,
+        diagnoses=sorted(out, key=lambda d: order[d.severity]), class_weights=weights, weight_method=weight_method,
+        weight_split=train, seconds=round(seconds, 3),
+        images_per_second=round(sum(r.scanned for r in reports.values()) / max(seconds, 1e-9), 1),
+    )  # fmt: skip
+
+
+def _check_split(
+    root: Path, split: str, labels: LabelConvention, k: int | None, out: list[Any], grids: dict, progress: bool
+) -> Any:
+    """The `check.SplitReport` of one split; findings appended to `out`, image grids to `grids`."""
+    from tqdm import tqdm
+
+    from .check import Diagnosis, SplitReport
+
+    report = SplitReport(split, pixel_counts=[0] * 256, image_counts=[0] * 256)
+    try:
+        pairs = raster_pairs(root, split)
+    except (FileNotFoundError, ValueError) as e:
+        report.error = str(e)
+        out.append(Diagnosis("split_unreadable", str(e), None, "error", split))
+        return report
+    report.images = len(pairs)
+    stats = np.zeros((3, 0))  # per band: sum, sum of squares, count
+    for image, label in tqdm(pairs, desc=f"check {split}", unit="raster", disable=not progress, leave=False):
+        report.scanned += 1
+        try:
+            scan = _scan_pair(image, label)
+        except RasterError as e:
+            (report.size_mismatches if "another grid" in str(e) else report.unreadable).append(str(e))
+            out.append(Diagnosis("raster_unreadable", str(e), None, "error", split))
+            continue
+        grids[image] = scan.grid
+        stats = _add_pair(report, scan, stats, labels, k, image, split, out)
+    if stats.shape[1] and stats[2, 0] > 0:
+        mean = stats[0] / stats[2]
+        std = np.sqrt(np.maximum(stats[1] / stats[2] - mean * mean, 0))
+        text = f"per-band mean {' '.join(f'{m:.6g}' for m in mean)}, std {' '.join(f'{s:.6g}' for s in std)}"
+        hint = f"train with --in-channels {len(mean)} (the statistics are computed and stored with the model)"
+        out.append(Diagnosis("band_statistics", f"{text}; {hint}", None, "note", split))
+    return report
 
 
 def _raster_splits(root: Path) -> list[str]:
@@ -515,9 +527,15 @@ def _raster_splits(root: Path) -> list[str]:
 
 
 def _add_pair(
-    report: Any, scan: _PairScan, stats: np.ndarray, labels: LabelConvention, k: int | None, image: Path,
-    split: str, out: list[Any],
-) -> np.ndarray:  # fmt: skip
+    report: Any,
+    scan: _PairScan,
+    stats: np.ndarray,
+    labels: LabelConvention,
+    k: int | None,
+    image: Path,
+    split: str,
+    out: list[Any],
+) -> np.ndarray:
     """Add one scanned pair to its split's report and findings; the running (sum, sum of squares, count) per band."""
     from .check import Diagnosis
 

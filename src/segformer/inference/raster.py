@@ -443,8 +443,9 @@ def predict_rasters(
     written: list[Path] = []
     for path, stem in tqdm(plan[rank::world], desc="rasters", unit="raster", disable=not progress):
         try:
-            paths = predict_raster(segmenter, path, stem, bands=bands, output=output, palette=palette,
-                                   class_names=class_names)  # fmt: skip
+            paths = predict_raster(
+                segmenter, path, stem, bands=bands, output=output, palette=palette, class_names=class_names
+            )
         except (RasterError, OSError, ValueError) as e:
             fail(str(path), str(e).removeprefix(f"{path}: "))
             continue
