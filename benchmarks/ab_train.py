@@ -1,9 +1,10 @@
 """Training-step time (forward, loss, backward, AdamW) of this tree, another checkout and transformers, interleaved.
 
-The three start from the same weights and batch and run `segformer.apps.benchmark`'s step functions (each tree its own,
-with its own optimiser options) in alternating order, so the ratios hold on a busy machine. Besides wall-clock
-medians it prints process CPU-time medians: at `--threads 1` those measure work and barely move with the load of
-other processes (at 2 threads they also count spinning threads, so prefer the wall clock on a quiet machine).
+The three start from the same weights and batch and run the step functions of `segformer.apps.peers` (each tree
+its own, with its own optimiser options; an older tree's from wherever it kept them) in alternating order, so the
+ratios hold on a busy machine. Besides wall-clock medians it prints process CPU-time medians: at `--threads 1` those
+measure work and barely move with the load of other processes (at 2 threads they also count spinning threads, so
+prefer the wall clock on a quiet machine).
 
     git worktree add /tmp/main main
     python benchmarks/ab_train.py /tmp/main --batch 8 --size 256 --threads 2
@@ -13,6 +14,7 @@ other processes (at 2 threads they also count spinning threads, so prefer the wa
 from __future__ import annotations
 
 import argparse
+import importlib
 import shutil
 import statistics
 import sys
@@ -23,7 +25,21 @@ from pathlib import Path
 import torch
 
 import segformer
-from segformer.apps.benchmark import _hf_train_step_fn, sample_image, sample_labels, train_step_fn
+from segformer.apps.benchmark import sample_image, sample_labels
+from segformer.apps.peers import train_step_fn, transformers_model, transformers_train_step_fn
+
+# Where a tree keeps `train_step_fn`: this layout, the role packages before peers.py, the flat layout before those.
+STEP_MODULES = ("apps.peers", "apps.benchmark", "benchmark")
+
+
+def other_train_step_fn(package: str):
+    """`train_step_fn` of the other tree, imported as `package`."""
+    for module in STEP_MODULES:
+        try:
+            return importlib.import_module(f"{package}.{module}").train_step_fn
+        except (ImportError, AttributeError):
+            continue
+    raise SystemExit(f"{package}: no train_step_fn in any of {', '.join(STEP_MODULES)}")
 
 
 def _timed(fn) -> tuple[float, float]:
@@ -41,13 +57,10 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
-    import transformers
-
     folder = Path(tempfile.mkdtemp())
     shutil.copytree(args.other / "src" / "segformer", folder / "segformer_other")
     sys.path.insert(0, str(folder))
     import segformer_other
-    import segformer_other.benchmark as other_bench
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -55,12 +68,12 @@ def main() -> None:
     this = segformer.SegFormer(config)
     other = segformer_other.create_model("b0", num_classes=config.num_classes, layer_norm_eps=1e-5)
     other.load_state_dict(this.state_dict())
-    hf = transformers.SegformerForSemanticSegmentation.from_pretrained(this.save_pretrained(folder / "hf"))
+    hf = transformers_model(this)
     x = sample_image((args.size, args.size), args.batch)
     y = sample_labels((args.size, args.size), args.batch, config.num_classes)
     fns = {
-        "transformers": _hf_train_step_fn(hf, x, y),
-        "other": other_bench.train_step_fn(other, x, y),
+        "transformers": transformers_train_step_fn(hf, x, y),
+        "other": other_train_step_fn("segformer_other")(other, x, y),
         "this": train_step_fn(this, x, y),
     }
     names = list(fns)

@@ -26,6 +26,7 @@ import torch
 
 import segformer
 from segformer.apps.benchmark import cpu_model
+from segformer.runtime import import_torchvision
 
 CASES = {"b0-512": ("b0", (512, 512), 15), "b2-512": ("b2", (512, 512), 7), "b0-1024x2048": ("b0", (1024, 2048), 5)}
 
@@ -52,6 +53,7 @@ def run_case(name: str, other_pkg: object, threads: int, with_hf: bool, tmp: Pat
     x = torch.randn(1, 3, *size)
     models: dict[str, Callable[[], object]] = {"other": lambda: other(x), "this": lambda: this(x)}
     if with_hf:
+        import_torchvision()  # transformers' image code imports it; see runtime.import_torchvision
         import transformers
 
         hf = transformers.SegformerForSemanticSegmentation.from_pretrained(this.save_pretrained(tmp / name)).eval()

@@ -24,35 +24,24 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from segformer.apps.benchmark import _export_transformers, sample_image  # noqa: E402
-from segformer.export import export_onnx, ort_session  # noqa: E402
+from segformer.apps import peers  # noqa: E402
+from segformer.apps.benchmark import sample_image  # noqa: E402
 from segformer.model.loading import model_from_spec  # noqa: E402
-
-
-def _eager(model: torch.nn.Module, x: torch.Tensor, hf: bool):
-    def run():
-        with torch.inference_mode():
-            return model(pixel_values=x).logits if hf else model(x)
-
-    return run
 
 
 def implementations(name: str, size: int, onnx: bool, folder: Path) -> dict:
     """name -> fn() for transformers and ours, eager and (with `onnx`) in ONNX Runtime, same weights and input."""
-    import transformers
-
     ours = model_from_spec(name, num_classes=150).eval()
     x = sample_image((size, size))
-    hf = transformers.SegformerForSemanticSegmentation.from_pretrained(ours.save_pretrained(folder / "hf")).eval()
-    fns = {"transformers eager": _eager(hf, x, True), "ours eager": _eager(ours, x, False)}
+    hf = peers.transformers_model(ours)
+    fns = {"transformers eager": peers.transformers_fn(hf, x), "ours eager": peers.inference_fn(ours, x)}
     if onnx:
-        feed = {"pixel_values": x.numpy()}
-        _export_transformers(hf, x, folder / "hf.onnx")
-        export_onnx(ours, folder / "ours.onnx", sample_size=(size, size), check=False)
-        export_onnx(ours, folder / "ours-ort.onnx", sample_size=(size, size), check=False, onnxruntime_ops=True)
-        for label, file in (("ORT transformers", "hf"), ("ORT ours", "ours"), ("ORT ours, ORT ops", "ours-ort")):
-            session = ort_session(folder / f"{file}.onnx", 1, spinning=False)
-            fns[label] = lambda s=session: s.run(None, feed)
+        files = {
+            "ORT transformers": peers.export_transformers_onnx(hf, x, folder / "hf.onnx"),
+            "ORT ours": peers.export_ours_onnx(ours, folder / "ours.onnx", (size, size)),
+            "ORT ours, ORT ops": peers.export_ours_onnx(ours, folder / "ours-ort.onnx", (size, size), ort_ops=True),
+        }
+        fns.update({label: peers.ort_fn(file, x.numpy(), threads=1) for label, file in files.items()})
     return fns
 
 

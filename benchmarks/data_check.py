@@ -30,7 +30,7 @@ from data_throughput import write_dataset  # noqa: E402
 
 from segformer.apps.benchmark import cpu_model  # noqa: E402
 from segformer.data import build_dataset, check_dataset  # noqa: E402
-from segformer.data.check import _summarize, scan  # noqa: E402
+from segformer.data.check import scan, summarize  # noqa: E402
 
 
 def timed(fn, repeats: int = 1) -> float:
@@ -48,10 +48,10 @@ def one_process_split(ds, count: int) -> dict[str, float]:
     count = min(count, len(ds))
     t0 = time.process_time()
     for i in range(count):
-        _summarize(ds, i, mode="decode")
+        summarize(ds, i, mode="decode")
     t1 = time.process_time()
     for i in range(count):
-        _summarize(ds, i)
+        summarize(ds, i)
     t2 = time.process_time()
     return {"decode_ms": 1000 * (t1 - t0) / count, "summary_ms": 1000 * (t2 - t1) / count}
 

@@ -132,7 +132,7 @@ def float_time_split(path: Path, size: int, threads: int, runs: int) -> dict[str
     import onnx
     import onnxruntime as ort
 
-    from segformer.export.int8 import node_groups
+    from segformer.export.graph import node_groups
 
     attention = node_groups(onnx.load(str(path)))["attention"]
     options = ort.SessionOptions()

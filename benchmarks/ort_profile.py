@@ -26,21 +26,19 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from segformer.apps.benchmark import _export_transformers, sample_image  # noqa: E402
-from segformer.export import export_onnx  # noqa: E402
+from segformer.apps import peers  # noqa: E402
+from segformer.apps.benchmark import sample_image  # noqa: E402
 from segformer.model.loading import model_from_spec  # noqa: E402
 
 
 def export_both(name: str, size: int, folder: Path) -> dict[str, Path]:
     """transformers' export and ours (standard operators) of the same weights, as ONNX files in `folder`."""
-    import transformers
-
     ours = model_from_spec(name, num_classes=150).eval()
-    x = sample_image((size, size))
-    hf = transformers.SegformerForSemanticSegmentation.from_pretrained(ours.save_pretrained(folder / "hf")).eval()
-    _export_transformers(hf, x, folder / "transformers.onnx")
-    export_onnx(ours, folder / "ours.onnx", sample_size=(size, size), check=False)
-    return {"transformers": folder / "transformers.onnx", "ours": folder / "ours.onnx"}
+    hf = peers.transformers_model(ours)
+    return {
+        "transformers": peers.export_transformers_onnx(hf, sample_image((size, size)), folder / "transformers.onnx"),
+        "ours": peers.export_ours_onnx(ours, folder / "ours.onnx", (size, size)),
+    }
 
 
 def profile(path: Path, size: int, runs: int, warmup: int) -> tuple[dict[str, tuple[float, int]], float, int]:

@@ -36,6 +36,7 @@ from segformer.apps.benchmark import cpu_model
 from segformer.imageio import default_palette, write_label_png
 from segformer.inference import resized_size
 from segformer.inference.files import default_num_workers, predict_files
+from segformer.runtime import import_torchvision
 
 # (H, W, share of the images): phone and camera sizes, landscape and portrait, a few 12 MP photos.
 SIZES = [(480, 640, 0.25), (600, 800, 0.25), (768, 1024, 0.2), (960, 1280, 0.15), (640, 480, 0.12), (3024, 4032, 0.03)]
@@ -77,6 +78,7 @@ def build_model(folder: Path) -> torch.nn.Module:
 
 
 def build_pipeline(folder: Path):
+    import_torchvision()  # transformers' image code imports it; see runtime.import_torchvision
     import transformers
 
     transformers.logging.set_verbosity_error()  # no torchvision here: the processor says it falls back to PIL

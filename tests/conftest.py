@@ -1,3 +1,4 @@
+import json
 import os
 from pathlib import Path
 
@@ -5,6 +6,11 @@ import pytest
 import torch
 
 from segformer import create_model
+from segformer.runtime import import_torchvision
+
+# torchvision (from timm, the pretrain extra) beside this CPU torch fails to import unless imported through this, and
+# transformers' image processors import it: first here, before any test imports transformers.
+import_torchvision()
 
 # Reproducible and bounded: CI has 2 cores.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
@@ -15,7 +21,10 @@ def _seed():
     torch.manual_seed(0)
 
 
-TINY = {"embed_dims": (8, 16, 40, 64), "depths": (1, 1, 1, 1), "decoder_dim": 32}  # a fast stand-in for B0
+# The tiny models of the tests, defined here only. TINY: a fast stand-in for B0 (create_model("b0", **TINY)).
+# TINY_TRAIN: narrower still, the model `segformer train` tests train in seconds (`tiny_model_file`).
+TINY = {"embed_dims": (8, 16, 40, 64), "depths": (1, 1, 1, 1), "decoder_dim": 32}
+TINY_TRAIN = {"embed_dims": (8, 16, 24, 32), "depths": (1, 1, 1, 1), "num_heads": (1, 1, 1, 2), "decoder_dim": 16}
 NAMES = ("sky", "road", "car")
 
 
@@ -24,6 +33,12 @@ def save_tiny(folder: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     create_model("b0", num_classes=3, class_names=NAMES, **TINY).save_pretrained(folder)
     return folder
+
+
+def tiny_model_file(path: Path, dropout: float = 0.0) -> Path:
+    """`TINY_TRAIN` as a model JSON for `segformer train --model`, drop-path and dropout at `dropout`."""
+    path.write_text(json.dumps({**TINY_TRAIN, "drop_path_rate": dropout, "classifier_dropout": dropout}))
+    return path
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from PIL import Image
 
 from conftest import NAMES, save_tiny
 from segformer import load_model
+from segformer.apps import app as app_module
 from segformer.apps.app import (
     HUGE_PIXELS,
     HUGE_SCALE,
@@ -25,6 +26,7 @@ from segformer.apps.app import (
     SLIDE_STRIDE,
     LegendEntry,
     ModelEntry,
+    Page,
     class_shares,
     find_examples,
     legend_entries,
@@ -187,6 +189,89 @@ def test_model_facts_and_examples(entry, tmp_path):
     found = find_examples(tmp_path, limit=3)
     assert [Path(p).name for p in found] == ["00.png", "01.png", "02.png"]
     assert find_examples(tmp_path / "absent") == [] and find_examples(None) == []
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The page's logic, driven without Gradio: what each event shows and writes
+# ---------------------------------------------------------------------------------------------------------------
+def test_page_predicts_an_upload_as_predict_does_and_switches_flip(entry, weights, tmp_path):
+    page = Page([entry], describe=describe, work_dir=tmp_path / "work")
+    path = save(tmp_path / "street view.png", photo(seed=3))
+    got = page.predict(path, "street view.png")
+    assert got.status == "street view.png: 128x96, whole, original size"
+    expected = predict_cli(weights, path, tmp_path / "pred")
+    (label_file,) = got.label_files
+    assert label_file.name == "street_view.png" and same_label_png(Image.open(label_file), expected)
+    assert np.array_equal(got.upload.labels[0], np.asarray(expected)) and got.upload.stem == "street_view"
+    shares = class_shares(np.asarray(expected))
+    assert got.classes == ((tuple((NAMES[c], c) for c, _ in shares)),)  # largest first, all checked
+    flipped = page.predict(path, "street view.png", "whole", True)
+    assert "flip" in flipped.status and flipped.label_files[0].parent != label_file.parent  # a folder per image
+    assert same_label_png(Image.open(flipped.label_files[0]), predict_cli(weights, path, tmp_path / "pf", "--flip"))
+    slide = page.predict(path, "", "slide", False)
+    # No name given: the file's own; slide without a window of the model's own: the page's (SLIDE_CROP).
+    assert slide.status == "street view.png: 128x96, slide, original size, crop 512x512 stride 341x341"
+
+
+def test_page_renders_opacity_hidden_classes_and_overlay_downloads(entry, weights, weights2, tmp_path):
+    other = replace(entry, model=load_model(weights2), source=str(weights2))
+    page = Page([entry, other], describe=describe, work_dir=tmp_path / "work")
+    image = photo(seed=3)
+    got = page.predict(save(tmp_path / "street.png", image), "street.png")
+    assert [f.name for f in got.label_files] == ["street_model1.png", "street_model2.png"]
+    assert got.status.startswith("street.png: 128x96; model 1: whole") and "; model 2: whole" in got.status
+    everything = [[c for _, c in classes] for classes in got.classes]
+    pal = default_palette(3)
+    first, second = page.render(got.upload, 1.0, everything)
+    for shown, labels in ((first, got.upload.labels[0]), (second, got.upload.labels[1])):
+        assert np.array_equal(shown.overlay, pal[labels])  # opacity 1: exactly the class colours
+    assert not np.array_equal(got.upload.labels[0], got.upload.labels[1])  # two models, two answers
+    assert first.overlay_file.name == "street_overlay_model1.png" and second.overlay_file.name.endswith("model2.png")
+    drawn = overlay(image, got.upload.labels[0], pal, NAMES, alpha=1.0, legend=True)
+    assert np.array_equal(np.asarray(Image.open(first.overlay_file)), drawn)  # the download has the legend
+    assert "opacity" not in first.legend and NAMES[got.classes[0][0][1]] in first.legend
+
+    top = got.classes[0][0][1]
+    hidden, _ = page.render(got.upload, 0.4, [[c for c in everything[0] if c != top], everything[1]])
+    labels = got.upload.labels[0]
+    assert np.array_equal(hidden.overlay[labels == top], image[labels == top])  # a hidden class shows the image
+    expected = render_overlay(image, labels, entry, alpha=0.4, hidden=[top])
+    assert np.array_equal(hidden.overlay, expected) and f"data-class='{top}' style='opacity" in hidden.legend
+    assert hidden.overlay_file != first.overlay_file and first.overlay_file.exists()  # a new file per rendering
+    none_shown, _ = page.render(got.upload, 1.0, [None, everything[1]])
+    assert np.array_equal(none_shown.overlay, image)  # no box checked: the image alone
+
+
+def test_page_says_why_an_upload_cannot_be_shown(entry, tmp_path, monkeypatch):
+    page = Page([entry, entry], work_dir=tmp_path / "work")
+    assert page.predict(None) == page._nothing("") and page._nothing("").label_files == (None, None)
+    fake = tmp_path / "notes.png"
+    fake.write_text("not an image\n")
+    bad = page.predict(fake, "notes.png")
+    assert bad.upload is None and bad.status.startswith("**Could not use the upload:** notes.png is not an image")
+
+    def out_of_memory(*args):
+        raise RuntimeError("not enough memory: you tried to allocate 9 GB\ntraceback details")
+
+    monkeypatch.setattr(app_module, "segment", out_of_memory)
+    failed = page.predict(save(tmp_path / "a.png", photo()), "a.png")
+    assert failed == page._nothing("**Prediction failed:** not enough memory: you tried to allocate 9 GB")
+    empty = page.render(None, 0.5, [None, None])
+    assert [(r.overlay, r.overlay_file) for r in empty] == [(None, None)] * 2 and "No prediction" in empty[0].legend
+
+
+def test_page_facts_title_flip_and_its_temporary_folder(entry):
+    flipping = replace(entry, options=InferenceOptions(flip=True))
+    page = Page([flipping, entry], describe=describe)
+    assert page.facts(0) == model_facts(flipping, describe) and "flip" not in page.facts(1)
+    assert page.title == f"SegFormer: {entry.source} vs {entry.source}" and page.flip is False
+    assert Page([flipping]).flip is True
+    folder = page.work
+    assert folder.is_dir()
+    del page
+    assert not folder.exists()  # the temporary download folder goes with the page
+    with pytest.raises(ValueError, match="at least one model"):
+        Page([])
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -13,15 +13,21 @@ from PIL import Image
 
 from segformer import MEAN, STD
 from segformer.data import (
+    DATASET_NAMES,
     DATASETS,
+    LAYOUTS,
     BatchPlan,
+    Dataset,
     DatasetInfo,
+    LabelConvention,
     PhotoMetricDistortion,
     SampleStream,
     SegmentationDataset,
     TrainTransform,
+    as_dataset,
     build_dataset,
     choose_crop,
+    folder_info,
     rescale_size,
     train_loader,
 )
@@ -192,6 +198,82 @@ def test_folder_layout_classes_and_num_classes(tmp_path):
         build_dataset("kitti", root, "train")
     with pytest.raises(ValueError, match="150 classes, not num_classes=3"):
         build_dataset("ade20k", root, "train", num_classes=3)
+
+
+def test_every_layout_is_one_row_that_build_dataset_data_check_and_the_cli_read(capsys):
+    from segformer.cli import main
+    from segformer.data.check import dataset_splits
+
+    assert DATASET_NAMES == tuple(LAYOUTS) == ("ade20k", "cityscapes", "voc", "coco-stuff", "folder", "hf", "raster")
+    for name, info in DATASETS.items():
+        assert LAYOUTS[name].info is info and LAYOUTS[name].name == name
+    assert LAYOUTS["folder"].info is None and LAYOUTS["hf"].info is None and LAYOUTS["raster"].info is None
+    for argv in (["data", "check"], ["eval", "weights"]):
+        with pytest.raises(SystemExit):
+            main([*argv, "--dataset", "kitti", "--data-root", "x"])
+        err = capsys.readouterr().err
+        assert "{ade20k,cityscapes,voc,coco-stuff,folder,hf,raster}" in err and "--dataset: invalid choice: 'kitti'" in err
+    with pytest.raises(ValueError, match="unknown dataset 'kitti'; choose from ade20k, cityscapes, voc, coco-stuff"):
+        dataset_splits("kitti", ".")
+
+
+def test_a_new_layout_is_one_row(tmp_path):
+    """A made-up layout: root under MyData/, splits in img/ ("train" is "tr"), masks in ann/ as KEY_ids.png (train
+    ids) or KEY.png (raw ids 10/20/30, mapped by a table), and its own convention: 3 becomes ignore."""
+    from segformer.data.catalog import lookup_table
+    from segformer.data.layouts import Layout, MaskFiles, ReadOptions, paired_folders
+
+    base = tmp_path / "MyData"
+    raw = np.array([[10, 20], [30, 40]], np.uint8).repeat(4, 0).repeat(4, 1)
+    ids = np.array([[0, 1], [3, 2]], np.uint8).repeat(4, 0).repeat(4, 1)
+    for split in ("tr", "va"):
+        _save_image(base / "img" / split / "a.png", _rgb(8, 8, 0))
+        _save_image(base / "img" / split / "b.png", _rgb(8, 8, 1))
+        _save_mask(base / "ann" / split / "a.png", raw)
+        _save_mask(base / "ann" / split / "b_ids.png", ids)
+    layout = Layout(
+        "mine",
+        paired_folders,
+        "MyData/{img,ann}/{tr,va}",
+        folder_info(["x", "y", "z"], name="mine"),
+        marker="img",
+        root_aliases=("MyData",),
+        split_folder="img",
+        split_aliases={"train": ("tr",)},
+        title="Mine",
+        masks=MaskFiles("ann", "_ids.png", raw_suffix=".png", raw_table=lookup_table({10: 0, 20: 1, 30: 2})),
+        labels=LabelConvention(ignore_index=3),
+    )
+    assert layout.splits(tmp_path) == ["tr", "va"] and layout.has_split("train", ["tr", "va"])
+    ds = layout.build(layout, tmp_path, "train", ReadOptions())
+    assert [m.name for _, m in ds.samples] == ["a.png", "b_ids.png"] and ds.class_names == ("x", "y", "z")
+    # raw ids through the raw table, then the layout's convention (3 -> ignore); train ids through the convention only
+    np.testing.assert_array_equal(ds.load(0)[1][::4, ::4], [[0, 1], [2, 255]])
+    np.testing.assert_array_equal(ds.load(1)[1][::4, ::4], [[0, 1], [255, 2]])
+    with pytest.raises(FileNotFoundError, match=r"no such Mine img split folder \(found: tr, va\)"):
+        layout.build(layout, tmp_path, "test", ReadOptions())
+
+
+def test_as_dataset_gives_a_plain_sample_source_the_dataset_interface(tmp_path):
+    class Plain:
+        class_names = ("sky", "road")
+        samples = [("0.jpg", "0.png")]
+
+        def __len__(self):
+            return 1
+
+        def load(self, i):
+            return np.zeros((4, 4, 3), np.uint8), np.ones((4, 4), np.uint8), "zero"
+
+    ds = as_dataset(Plain())
+    assert isinstance(ds, Dataset) and len(ds) == 1 and ds.load(0)[2] == "zero"
+    assert ds.class_names == ("sky", "road") and ds.num_classes == 2 and ds.ignore_index == 255
+    assert ds.path_of(0) == "0.png" and ds.path_of(5) is None and ds.info is None and ds.dropped == 0
+    assert ds.labels == LabelConvention() and ds.transform is None and ds[0][2] == "zero"
+    folder = build_dataset("folder", _folder(tmp_path / "f", {"a": np.zeros((8, 8), np.uint8)}), "train", num_classes=1)
+    assert as_dataset(folder) is folder and folder.path_of(0).endswith("masks/train/a.png")
+    with pytest.raises(TypeError, match="list is not a dataset: it needs len\\(\\) and load\\(i\\)"):
+        as_dataset([1, 2])
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from conftest import tiny_model_file
 from segformer.cli import main
 from segformer.data import LabelConvention, build_dataset, check_dataset, class_pixel_counts, class_weights
 from segformer.data.check import dataset_splits
@@ -263,10 +264,6 @@ def test_splits_of_each_layout(tmp_path):
 
 
 # ------------------------------------------------------------------------------------- the fix, end to end
-TINY = {"embed_dims": [8, 16, 24, 32], "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 2], "decoder_dim": 16,
-        "drop_path_rate": 0.0, "classifier_dropout": 0.0}  # fmt: skip
-
-
 def binary_objects(root: Path, n_train: int = 16, n_val: int = 4, size: int = 64) -> Path:
     """Red rectangles on blue-grey noise, masks saved as 0/255 (the way many tools write binary masks)."""
     rng = np.random.default_rng(0)
@@ -290,8 +287,7 @@ def test_binary_masks_train_with_the_suggested_flag_and_the_model_keeps_it(tmp_p
     code, out = check(capsys, root)
     assert code == 1 and "pass --label-map 255:1" in out  # the unfixed set is flagged
 
-    model = tmp_path / "tiny.json"
-    model.write_text(json.dumps(TINY))
+    model = tiny_model_file(tmp_path / "tiny.json")
     run = tmp_path / "run"
     argv = ["train", "--model", str(model), "--dataset", "folder", "--data-root", str(root), "--out", str(run)]
     argv += ["--crop", "64", "--scale", "64x64", "--ratio-range", "0.75,1.5", "--batch-size", "4", "--num-workers"]
@@ -336,3 +332,87 @@ def test_training_the_unfixed_binary_set_says_the_object_is_never_trained(tmp_pa
     with caplog.at_level("WARNING", logger="segformer"):
         assert warn_unseen_classes(fixed) == []
     assert "never appear" not in caplog.text
+
+
+# ------------------------------------------------------------------------------------------ the rules table
+# Each case: masks -> (code, fix) of the finding the rule gives. The messages were recorded from the ladder of rules
+# before it became a table (git b18b4a0), and they pin the wording users act on.
+RULE_CASES = {
+    "binary_one_class": ([0, 255], ["thing"], "masks hold 0 and 255 but there is one class ('thing')"),
+    "too_few_class_names": ([0, 1, 2, 3, 4], ["a", "b", "c"], "list all 5 classes (classes.txt), or map the extra "
+                            "values 3, 4 to ignore with --label-map 3:255,4:255"),
+    "unknown_values": ([0, 1, 7, 9], ["a", "b", "c"], "values 7, 9 are neither class ids (3 classes: ids 0..2) nor "
+                       "ignore (255): map them with --label-map 7:255,9:255 (to ignore)"),
+    "all_ignored": ([255], ["a", "b"], "every labelled pixel maps to ignore (255): nothing would be trained"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("code", sorted(RULE_CASES))
+def test_each_rule_names_the_problem(tmp_path, code):
+    values, names, message = RULE_CASES[code]
+    root = write_set(tmp_path / code, {"train": blobs(values)}, names)
+    report = check_dataset("folder", root, workers=0, progress=False)
+    (d,) = [d for d in report.diagnoses if d.code == code]
+    assert message in d.message and d.severity == "problem" and not report.ok
+
+
+def test_notes_on_modes_and_16_bit_values(tmp_path):
+    root = write_set(tmp_path / "m", {"train": blobs([0, 1]), "val": blobs([0], 1)}, ["a", "b", "c"])
+    for path in (root / "images" / "train").iterdir():
+        Image.open(path).convert("L").save(path)
+    for i, mask in enumerate(blobs([0, 1])):
+        Image.fromarray(mask.astype(np.uint16) * 300).save(root / "masks" / "train" / f"{i}.png")
+    report = check_dataset("folder", root, workers=0, progress=False)
+    found = {(d.code, d.severity, d.split): d.message for d in report.diagnoses}
+    assert found[("values_beyond_8_bit", "problem", None)].startswith("masks hold values up to 300 (1 values above")
+    assert found[("image_mode", "note", None)] == "3 images are greyscale (repeated to 3 channels)"
+    assert found[("mask_16_bit", "note", None)] == "3 masks are I;16 (16/32-bit); values are read as ids"
+    assert [d.code for d in report.diagnoses][-2:] == ["image_mode", "mask_16_bit"]  # notes come last
+
+
+def test_rules_run_in_table_order_split_by_split_and_a_new_rule_is_one_row():
+    from collections import Counter
+
+    from segformer.data.check import RULES, DataReport, Finding, Rule, SplitReport
+    from segformer.data.check.rules import Facts, run_rules
+
+    splits = {
+        "train": SplitReport("train", missing_masks=["a.png"]),
+        "val": SplitReport("val", error="no such folder", missing_masks=["b.png"], unreadable=["c.png"]),
+    }
+    report = DataReport("folder", "root", {}, 2, ["x", "y"], splits, [])
+    empty = np.zeros(256, np.int64)
+    facts = Facts(report, LabelConvention(), False, Counter(), Counter(), Counter(), {}, empty, True, {})
+
+    def per_split(f):
+        return Finding("mine", f"looked at {f.split}", None, "note", f.split)
+
+    def once(f):
+        return Finding("once", "looked once", None, "warning")
+
+    found = run_rules(facts, (*RULES, Rule(per_split, per_split=True), Rule(once)))
+    assert [(d.code, d.split) for d in found] == [
+        ("images_without_mask", "train"),
+        ("split_unreadable", "val"),
+        ("images_without_mask", "val"),
+        ("unreadable_files", "val"),
+        ("mine", "train"),
+        ("mine", "val"),
+        ("once", None),
+    ]
+    assert found[-1].line() == "warning: looked once" and found[2].line().startswith("error: [val] 1 images without")
+
+
+def test_split_aliases_are_accepted_for_every_layout(tmp_path):
+    base = tmp_path / "ADEChallengeData2016"
+    for split in ("training", "validation"):
+        for i, mask in enumerate(blobs([0, 1, 2], 2)):
+            (base / "images" / split).mkdir(parents=True, exist_ok=True)
+            (base / "annotations" / split).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.zeros((*mask.shape, 3), np.uint8)).save(base / "images" / split / f"{i}.jpg")
+            Image.fromarray(mask).save(base / "annotations" / split / f"{i}.png")
+    report = check_dataset("ade20k", tmp_path, ["train"], workers=0, progress=False)  # "train" is "training"
+    assert list(report.splits) == ["train"] and report.splits["train"].images == 2
+    assert report.class_names is not None and report.num_classes == 150
+    with pytest.raises(ValueError, match=r"no split 'test' \(splits: training, validation\)"):
+        check_dataset("ade20k", tmp_path, ["test"], workers=0, progress=False)

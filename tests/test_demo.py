@@ -74,7 +74,6 @@ def test_demo_config_validation():
 
 @pytest.mark.onnx
 def test_cli_demo_with_onnx(tmp_path, capsys):
-    pytest.importorskip("onnxruntime")
     import onnxruntime as ort
 
     out = tmp_path / "demo"

@@ -152,6 +152,41 @@ def test_save_grid_and_confusion_picture(tmp_path):
     assert big[2, 2].tolist() == [8, 48, 107] and big[2, 7].tolist() == [255, 255, 255]
 
 
+def test_eval_report_and_pictures_are_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
+    """A write cut short (a full disk, a kill) leaves the previous report files as they were and no temporaries."""
+    from segformer.evaluation import ConfusionMatrix
+    from segformer.evaluation.evaluate import write_report
+    from segformer.visualize import save_grid
+
+    cm = ConfusionMatrix(3, class_names=NAMES)
+    cm.update(np.array([[0, 1], [2, 2]]), np.array([[0, 1], [2, 1]]))
+    paths = write_report(tmp_path, {"mIoU": 0.5}, cm)
+    save_grid([[np.zeros((8, 8, 3), np.uint8)]], tmp_path / "grid.png")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert set(before) == {"metrics.json", "confusion.npy", "confusion.png", "grid.png"}
+    assert np.array_equal(np.load(paths["matrix"]), cm.matrix.numpy())
+
+    def cut_short(target, *args, **kwargs):
+        with open(target, "wb") as f:
+            f.write(b"half a file")
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(np, "save", lambda file, *a, **k: cut_short(file.name))
+        with pytest.raises(OSError, match="confusion.npy: no space left on device"):
+            write_report(tmp_path, {"mIoU": 0.9}, cm)
+    with monkeypatch.context() as m:
+        m.setattr(Image.Image, "save", lambda self, fp, *a, **k: cut_short(fp))
+        with pytest.raises(OSError, match="grid.png: no space left on device"):
+            save_grid([[np.ones((8, 8, 3), np.uint8)]], tmp_path / "grid.png")
+        with pytest.raises(OSError, match="confusion.png: no space left on device"):
+            write_report(tmp_path, {"mIoU": 0.9}, cm)
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name != "metrics.json"}
+    assert after == {k: v for k, v in before.items() if k != "metrics.json"}  # metrics.json is written first
+    with pytest.raises(ValueError, match=r"grid\.gif2: no image format ends in '\.gif2'"):
+        save_grid([[np.zeros((8, 8, 3), np.uint8)]], tmp_path / "grid.gif2")
+
+
 def test_predict_palette_follows_the_model_class_count_or_the_flag(tmp_path):
     from segformer.data import DATASETS
 

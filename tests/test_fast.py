@@ -28,7 +28,7 @@ def _both(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return model.head(features), model.head.forward_unfolded(features)
 
 
-@pytest.mark.parametrize("name", list(VARIANTS))
+@pytest.mark.parametrize("name", [n for n in VARIANTS if not n.endswith("-paper")])
 def test_folded_matches_unfolded_every_variant(name):
     # The fold lives in the head, whose shape depends on the widths only; one block per stage keeps B3-B5 cheap.
     depths = None if name == "b0" else (1, 1, 1, 1)

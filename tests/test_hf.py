@@ -11,13 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import tiny_model_file
 from segformer.cli import main
 from segformer.data import LabelConvention, build_dataset, check_dataset, hf
 
 datasets = pytest.importorskip("datasets")
-
-TINY = {"embed_dims": [8, 16, 24, 32], "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 2], "decoder_dim": 16,
-        "drop_path_rate": 0.0, "classifier_dropout": 0.0}  # fmt: skip
 
 
 @pytest.fixture(autouse=True)
@@ -64,8 +62,7 @@ def test_save_to_disk_dataset_trains_and_evaluates(tmp_path, capsys):
     assert image.shape == (48, 48, 3) and image.dtype == np.uint8 and mask.dtype == np.uint8
     assert set(np.unique(mask)) == {0, 1} and name == "000000"
 
-    model = tmp_path / "tiny.json"
-    model.write_text(json.dumps(TINY))
+    model = tiny_model_file(tmp_path / "tiny.json")
     run = tmp_path / "run"
     argv = ["train", "--model", str(model), "--dataset", "hf", "--data-root", str(data), "--out", str(run)]
     argv += ["--crop", "48", "--scale", "48x48", "--batch-size", "4", "--num-workers", "0", "--warmup-iters", "2"]

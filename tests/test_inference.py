@@ -9,11 +9,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from conftest import TINY
 from segformer import Segmenter, create_model
 from segformer.imageio import normalize
 from segformer.inference import InferenceOptions, predict_batch, predict_logits, resized_size, slide_windows
-
-TINY = {"embed_dims": (8, 16, 40, 64), "depths": (1, 1, 1, 1), "decoder_dim": 32}  # a fast stand-in for B0
 
 
 class PoolModel(nn.Module):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import TINY, tiny_model_file
 from segformer import create_model, load_model
 from segformer.cli import main
 from segformer.data import LabelConvention, LabelError, build_dataset, parse_label_map, read_palette
@@ -116,7 +117,7 @@ def test_round_trip_through_dicts_and_model_configs(tmp_path):
     assert LabelConvention.from_dict(config.labels) == labels and hash(config)
     assert SegFormerConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
 
-    model = create_model("b0", num_classes=3, embed_dims=(8, 16, 40, 64), depths=(1, 1, 1, 1), decoder_dim=32)
+    model = create_model("b0", num_classes=3, **TINY)
     model.config = model.config.replace(labels=labels.to_dict())
     folder = model.save_pretrained(tmp_path / "m")
     saved = json.loads((folder / "config.json").read_text())
@@ -211,9 +212,7 @@ def test_bad_label_options_fail_with_one_line_each(tmp_path, capsys):
     palette = write_palette(tmp_path / "p.csv", {"background": (0, 0, 0), "road": (128, 64, 128)})
     root = colour_folder(tmp_path / "data", [(0, 0, 0), (128, 64, 128), (250, 170, 30)])
     weights = tmp_path / "w"
-    create_model("b0", num_classes=2, embed_dims=(8, 16, 40, 64), depths=(1, 1, 1, 1), decoder_dim=32).save_pretrained(
-        weights
-    )
+    create_model("b0", num_classes=2, **TINY).save_pretrained(weights)
     out = tmp_path / "eval"
     base = ["eval", str(weights), "--dataset", "folder", "--data-root", str(root), "--out", str(out)]
     base += ["--num-workers", "0", "--no-progress"]
@@ -237,9 +236,7 @@ def test_bad_label_options_fail_with_one_line_each(tmp_path, capsys):
 def test_a_model_trained_with_a_palette_keeps_its_colours(tmp_path, capsys):
     palette = write_palette(tmp_path / "p.csv", COLOURS)
     root = colour_folder(tmp_path / "data", list(COLOURS.values()), split="train", n=4, size=(40, 48))
-    model = tmp_path / "tiny.json"
-    model.write_text(json.dumps({"embed_dims": [8, 16, 24, 32], "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 2],
-                                 "decoder_dim": 16}))  # fmt: skip
+    model = tiny_model_file(tmp_path / "tiny.json")
     run = tmp_path / "run"
     argv = ["train", "--model", str(model), "--dataset", "folder", "--data-root", str(root), "--out", str(run)]
     argv += ["--crop", "32", "--scale", "48x40", "--batch-size", "2", "--num-workers", "0", "--iters", "2"]

@@ -169,7 +169,9 @@ def test_missing_source_and_empty_folder(tmp_path):
 
 
 def test_pretrained_of_another_variant_is_refused(official_file):
-    with pytest.raises(CheckpointError, match=r"segformer.b0.pth: does not fit this model: .*shape mismatches"):
+    with pytest.raises(
+        CheckpointError, match=r"segformer.b0.pth: holds a b0 encoder .*does not fit b1: use --model b0"
+    ):
         create_model("b1", pretrained=official_file)
 
 

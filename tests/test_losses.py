@@ -287,7 +287,8 @@ def test_class_weight_parsing_files_and_enet_formula(tmp_path):
 
 
 def test_cli_bad_loss_and_class_weights_fail_with_one_clear_line(tmp_path, capsys):
-    from test_train import make_folder, tiny_args, tiny_model_file
+    from conftest import tiny_model_file
+    from test_train import make_folder, tiny_args
 
     data = make_folder(tmp_path / "data", n_train=2, n_val=0)
     model = tiny_model_file(tmp_path / "tiny.json")
@@ -310,7 +311,8 @@ def test_cli_bad_loss_and_class_weights_fail_with_one_clear_line(tmp_path, capsy
 def test_training_with_a_weighted_sum_and_auto_class_weights_records_the_weights(tmp_path):
     import yaml
 
-    from test_train import make_folder, tiny_args, tiny_model_file
+    from conftest import tiny_model_file
+    from test_train import make_folder, tiny_args
 
     data = make_folder(tmp_path / "data", n_train=2, n_val=0)
     model = tiny_model_file(tmp_path / "tiny.json")

@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import TINY
 from segformer import create_model
 from segformer.evaluation import evaluate, evaluate_confusion
 from segformer.evaluation.metrics import ConfusionMatrix
 from segformer.imageio import normalize
-
-TINY = {"embed_dims": (8, 16, 40, 64), "depths": (1, 1, 1, 1), "decoder_dim": 32}  # a fast stand-in for B0
 
 
 def test_hand_computed_with_ignore_pixel():

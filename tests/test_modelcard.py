@@ -9,13 +9,14 @@ import pytest
 import torch
 import yaml
 
+from conftest import tiny_model_file
 from segformer import InferenceOptions as Protocol
 from segformer import create_model, load_model
 from segformer.cli import main
 from segformer.model.config import SegFormerConfig
 from segformer.model.modelcard import model_card, training_card
 from segformer.training import TrainConfig
-from test_train import make_folder, tiny_args, tiny_model_file
+from test_train import make_folder, tiny_args
 
 
 def front_matter(text: str) -> dict:

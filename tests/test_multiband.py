@@ -12,10 +12,11 @@ import torch
 from PIL import Image
 
 import segformer
+from conftest import tiny_model_file
 from segformer.cli import main
 from segformer.imageio import ChannelMismatchError, read_bands, read_image
 from segformer.inference import Segmenter
-from test_train import synthetic_pair, tiny_model_file
+from test_train import synthetic_pair
 
 tifffile = pytest.importorskip("tifffile")
 
@@ -76,6 +77,7 @@ def test_band_layouts_and_channel_checks(tmp_path):
         read_image(tmp_path / "photo.png", 4)
 
 
+@pytest.mark.onnx
 def test_four_band_tiff_dataset_trains_evaluates_predicts_and_exports(tmp_path, capsys):
     data = make_multiband_folder(tmp_path / "data")
     model_file = tiny_model_file(tmp_path / "tiny.json")
@@ -112,7 +114,6 @@ def test_four_band_tiff_dataset_trains_evaluates_predicts_and_exports(tmp_path, 
     assert (tmp_path / "pred" / "000_overlay.jpg").is_file()
     assert np.array_equal(Segmenter(model)(image_path), labels)
 
-    pytest.importorskip("onnxruntime")
     for extra in ([], ["--with-preprocess", "--with-postprocess"]):
         out = tmp_path / f"model{len(extra)}.onnx"
         assert main(["export", str(run / "final"), str(out), "--size", "64", *extra]) == 0

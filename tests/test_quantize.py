@@ -7,6 +7,8 @@ import builtins
 import json
 
 import numpy as np
+import onnx  # in the dev extra: a missing install fails here, loudly
+import onnxruntime as ort
 import pytest
 import torch
 from PIL import Image
@@ -15,8 +17,6 @@ from segformer import create_model
 from segformer.cli import main
 from segformer.data.synth import CLASS_NAMES, render_scene
 
-onnx = pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
 pytestmark = pytest.mark.onnx
 
 
@@ -50,7 +50,8 @@ def test_node_groups_find_the_segformer_structure(tmp_path):
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from segformer.export import export_onnx
-    from segformer.export.int8 import DEFAULT_KEEP_FLOAT, node_groups, quantization_plan, unfuse_gemm
+    from segformer.export.graph import node_groups, quantization_plan, unfuse_gemm
+    from segformer.export.int8 import DEFAULT_KEEP_FLOAT
 
     model = create_model("b0", num_classes=3, depths=(1, 1, 1, 1)).eval()
     path = export_onnx(model, tmp_path / "m.onnx", sample_size=(64, 64), check=False).path

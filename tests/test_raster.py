@@ -351,12 +351,12 @@ def test_training_data_errors_are_one_line_each(tmp_path, capsys):
     assert main(["data", "check", "--dataset", "raster", "--data-root", str(root), "--no-progress"]) == 1
     out = capsys.readouterr().out
     _one_line(out, "error: [crs]", "another grid", "EPSG:4326")
-    _one_line(out, "problem: [big]", "hold 9: >= num_classes 3", "--label-map 9:255")
-    _one_line(out, "problem: [empty]", "every pixel is nodata")
+    _one_line(out, "problem: label rasters hold 9", ">= num_classes 3 and not the rasters' nodata", "--label-map 9:255")
+    _one_line(out, "problem: [empty]", "every pixel is nodata", "images/empty/c.tif")
 
 
 def test_data_check_reports_band_statistics_label_values_and_nodata(tmp_path):
-    from segformer.data.raster import check_rasters
+    from segformer.data.check import check_dataset
 
     rng = np.random.default_rng(10)
     root, values = tmp_path / "d", []
@@ -367,14 +367,15 @@ def test_data_check_reports_band_statistics_label_values_and_nodata(tmp_path):
         pair(root, "train", name, bands, labels)
         values.append(bands.reshape(4, -1)[:, bands.reshape(4, -1)[0] > 0].astype(np.float64))
     (root / "classes.txt").write_text("a\nb\nc\n")
-    report = check_rasters(root, progress=False)
-    assert report.ok
+    report = check_dataset("raster", root, progress=False)
+    assert report.ok, report.format()
     (stats,) = [d.message for d in report.diagnoses if d.code == "band_statistics"]
     mean_text, std_text = stats.split("per-band mean ")[1].split("; ")[0].split(", std ")
     every = np.concatenate(values, axis=1)
     assert np.allclose([float(v) for v in mean_text.split()], every.mean(1), rtol=1e-5)
     assert np.allclose([float(v) for v in std_text.split()], every.std(1), rtol=1e-5)
-    assert [d.message.split(", ")[-1] for d in report.diagnoses if d.code == "raster"] == ["33.3% nodata"] * 2
+    assert [r["nodata"] for r in report.splits["train"].rasters] == [round(20 / 60, 6)] * 2
+    assert report.format().count("% nodata") == 2 and "33.3% nodata" in report.format()
     assert sum(report.splits["train"].values[v][0] for v in (0, 1, 2)) == 2 * 55 * 50  # label nodata left out
 
 

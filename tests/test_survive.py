@@ -1,7 +1,9 @@
 """Training that survives: torchrun elastic restarts (SIGKILL, 5 in a row, bitwise equal to an uninterrupted run), a
 job that shrinks from 2 nodes to 1, a failing rank stopping everyone quickly, a full disk, a corrupt checkpoint.
 
-The multi-process tests run torchrun with 2 gloo processes on CPU and tiny models; they are `slow`."""
+The multi-process tests run torchrun with 2 gloo processes on CPU and tiny models; they are `slow`. The two that kill
+workers or a node at moments read from the run's progress (restart, shrink) are also `elastic`: timing-sensitive on a
+loaded machine, `make test` runs them, `make test-fast` does not."""
 
 from __future__ import annotations
 
@@ -24,13 +26,14 @@ import torch
 from PIL import Image
 
 import segformer
+from conftest import tiny_model_file
 from segformer import fileio
 from segformer.cli import main
 from segformer.training import TrainConfig
 from segformer.training import checkpoint as checkpoint_module
 from segformer.training import distributed as D
 from segformer.training import loop as loop_module
-from test_train import make_folder, tiny_args, tiny_model_file, tiny_segformer
+from test_train import make_folder, tiny_args, tiny_segformer
 
 WORKER = Path(__file__).with_name("worker.py")
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
@@ -334,6 +337,7 @@ def _kill_a_worker_at_a_random_point(job: subprocess.Popen, run: Path, step: flo
 
 
 @pytest.mark.slow
+@pytest.mark.elastic
 def test_elastic_restarts_after_five_sigkills_end_bitwise_equal_to_an_uninterrupted_run(tmp_path):
     data = make_folder(tmp_path / "data", n_train=8, n_val=0)
     model = tiny_model_file(tmp_path / "tiny.json", dropout=0.1)  # DropPath + dropout: every rank's RNG matters
@@ -400,6 +404,7 @@ def _processes(run: Path) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.elastic
 def test_a_two_node_job_that_loses_a_node_finishes_on_one_with_the_same_global_batch(tmp_path):
     data = make_folder(tmp_path / "data", n_train=8, n_val=0)
     model = tiny_model_file(tmp_path / "tiny.json")

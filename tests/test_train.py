@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import segformer
+from conftest import TINY_TRAIN, tiny_model_file
 from segformer import InferenceOptions
 from segformer.cli import main
 from segformer.data import DATASETS
@@ -31,7 +32,6 @@ from segformer.training import PRESETS, SCHEDULES, TrainConfig, lr_factor, param
 from segformer.training import build as build_module
 from segformer.training.optim import build_optimizer, build_scheduler
 
-TINY = {"embed_dims": [8, 16, 24, 32], "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 2], "decoder_dim": 16}
 COLOURS = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200]], np.uint8)
 
 
@@ -68,11 +68,6 @@ def make_folder(root: Path, n_train: int = 8, n_val: int = 2, seed: int = 0) -> 
     return root
 
 
-def tiny_model_file(path: Path, dropout: float = 0.0) -> Path:
-    path.write_text(json.dumps({**TINY, "drop_path_rate": dropout, "classifier_dropout": dropout}))
-    return path
-
-
 def tiny_args(data: Path, out: Path, model: Path, *extra: str) -> list[str]:
     return [
         "train",
@@ -84,8 +79,7 @@ def tiny_args(data: Path, out: Path, model: Path, *extra: str) -> list[str]:
 
 
 def tiny_segformer(num_classes: int = 3) -> SegFormer:
-    return SegFormer(SegFormerConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in TINY.items()},
-                                     num_classes=num_classes))  # fmt: skip
+    return SegFormer(SegFormerConfig(**TINY_TRAIN, num_classes=num_classes))
 
 
 # ---------------------------------------------------------------------------------------------------- recipe

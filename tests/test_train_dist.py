@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import tiny_model_file
 from segformer.cli import main
 from segformer.training import loop as loop_module
-from test_train import make_folder, tiny_args, tiny_model_file, tiny_segformer
+from test_train import make_folder, tiny_args, tiny_segformer
 from worker import sgd
 
 WORKER = Path(__file__).with_name("worker.py")

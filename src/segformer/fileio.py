@@ -152,6 +152,17 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
+def write_npy(path: str | os.PathLike, array: Any) -> Path:
+    """`np.save(path, array)`, atomically (and at exactly `path`: np.save given a name would append .npy to it)."""
+    import numpy as np
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+
+    return atomic_write(path, write)
+
+
 def json_safe(value: Any) -> Any:
     """`value` with NaN as None (null: e.g. a class absent from labels and predictions) and keys as strings."""
     if isinstance(value, float) and value != value:

@@ -64,3 +64,46 @@ def rank_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def import_torchvision():  # -> the torchvision module, or None when it is not installed
+    """torchvision, imported so that it works beside a CPU-only torch.
+
+    PyPI's torchvision wheels are CUDA builds. Beside a CPU-only torch (the +cpu wheel) their compiled ops cannot
+    load, which torchvision tolerates except in one place: torchvision 0.28 registers fake kernels for
+    `torchvision::nms` and `::qnms` without checking that its ops loaded, and the import fails ("operator
+    torchvision::nms does not exist"), and so does every import of timm or of transformers' image processors after
+    it. Then each such operator's schema is declared (no kernel: it stays unavailable) and the import retried; the
+    Python parts (transforms, feature extraction) are all that timm and transformers use here.
+    """
+    import importlib.util
+    import re
+    import sys
+
+    if importlib.util.find_spec("torchvision") is None:
+        return None
+    declared: set[str] = set()
+    while True:
+        try:
+            import torchvision
+
+            return torchvision
+        except RuntimeError as e:
+            missing = re.search(r"operator torchvision::(\w+) does not exist", str(e))
+            if missing is None or missing[1] in declared:
+                raise
+            for name in [m for m in sys.modules if m.split(".")[0] == "torchvision"]:
+                del sys.modules[name]  # the failed, half-run import
+            declared.add(missing[1])
+            schema = "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor"
+            torch.library.define(f"torchvision::{missing[1]}", schema)
+
+
+def import_timm():  # -> the timm module
+    """timm (the `pretrain` extra; see `import_torchvision`), or a one-line ImportError saying how to install it."""
+    try:
+        import_torchvision()
+        import timm
+    except ImportError as e:
+        raise ImportError(f"this needs timm and torchvision: pip install 'segformer[pretrain]' ({e})") from None
+    return timm

@@ -165,10 +165,7 @@ def save_grid(
             canvas.paste(Image.fromarray(cell), (x, y + title_h))
             x += col_w[c] + gap
         y += row_h[r] + gap
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path)
-    return path
+    return save_image(canvas, path)
 
 
 def _as_rgb(cell: np.ndarray) -> np.ndarray:
@@ -220,14 +217,22 @@ def confusion_image(
 
 def save_confusion(path: str | Path, matrix: np.ndarray, class_names: Sequence[str] | None = None) -> Path:
     """Write `confusion_image` as a PNG (see there)."""
+    return save_image(Image.fromarray(confusion_image(matrix, class_names)), path)
+
+
+def save_image(image: Image.Image, path: str | Path) -> Path:
+    """`image` written atomically (a temporary file, then renamed) in the format its name says (.png, .jpg, ...)."""
     path = Path(path)
+    form = Image.registered_extensions().get(path.suffix.lower())
+    if form is None:
+        raise ValueError(f"{path}: no image format ends in {path.suffix!r}; name the file .png or .jpg")
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(confusion_image(matrix, class_names)).save(path)
-    return path
+    return atomic_write(path, lambda tmp: image.save(tmp, format=form))
 
 
-def plot_curves(history: list[dict[str, Any]], path: Path) -> Path | None:
-    """Training loss and validation mIoU against iterations (a run's metrics.jsonl records) as a PNG.
+def plot_curves(history: list[dict[str, Any]], path: Path, metric: str = "mIoU") -> Path | None:
+    """Training loss and the validation `metric` (mIoU; top1 for pretraining) against iterations (a run's
+    metrics.jsonl records) as a PNG.
 
     Skipped, with one log line, without matplotlib.
     """
@@ -240,14 +245,14 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> Path | None:
         log.info("matplotlib is not installed: no %s (pip install 'segformer[plot]')", path.name)
         return None
     train_pts = [(r["iter"], r["loss"]) for r in history if "loss" in r]
-    val_pts = [(r["iter"], r["mIoU"]) for r in history if "mIoU" in r]
+    val_pts = [(r["iter"], r[metric]) for r in history if metric in r]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     if train_pts:
         axes[0].plot(*zip(*train_pts, strict=True), color="tab:blue")
     axes[0].set(title="training loss", xlabel="iteration", ylabel="cross-entropy")
     if val_pts:
         axes[1].plot(*zip(*val_pts, strict=True), marker="o", color="tab:green")
-    axes[1].set(title="validation mIoU", xlabel="iteration", ylabel="mIoU")
+    axes[1].set(title=f"validation {metric}", xlabel="iteration", ylabel=metric)
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -5,8 +5,10 @@ classes present with their share of pixels, the model's facts (variant, paramete
 download the label map (the palette PNG `segformer predict` writes, from the same `Segmenter`) and the overlay.
 Whole or slide mode and flip TTA can be changed on the page; a second model can be shown side by side.
 
-The pure functions (overlay, legend, options, facts) are testable without a browser; `build_app` assembles the
-Gradio Blocks and is the only code that imports Gradio, so the rest of the library does not need it.
+The pure functions (overlay, legend, options, facts) and `Page`, which holds the page's logic (predict an upload,
+render it, the facts panels, the downloads), are testable without a browser or Gradio. `layout` (through
+`build_app`) only wires Gradio's components to a `Page`, and is the only code that imports Gradio, so the rest of
+the library does not need it.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ import numpy as np
 from PIL import Image
 from torch import nn
 
+from ..fileio import atomic_write
 from ..imageio import IMAGE_SUFFIXES, ImageReadError, read_image, write_label_png
-from ..inference import InferenceOptions, Segmenter
+from ..inference import MODES, InferenceOptions, Segmenter
 from ..visualize import overlay
 
 # Slide mode chosen on the page for a model without a window of its own: the catalog's default (DatasetInfo).
@@ -188,7 +191,10 @@ def count_parameters(model: nn.Module) -> int:
 def model_facts(
     entry: ModelEntry, describe: Callable[[InferenceOptions], str] = repr, rescale_huge: bool = True
 ) -> str:
-    """Markdown: source, variant, parameters, classes and the test protocol the page runs the model with."""
+    """Markdown: source, variant, parameters, classes, the test protocol the page runs the model with, and the
+    weights' licence (`segformer.model.licence`)."""
+    from ..model.licence import summary as licence_summary
+
     config = entry.model.config
     names = entry.class_names
     k = entry.num_classes
@@ -204,6 +210,7 @@ def model_facts(
             f"- **parameters**: {count_parameters(entry.model) / 1e6:.2f} M",
             f"- **classes** ({k}): {html.escape(shown)}",
             f"- **test protocol**: {html.escape(protocol)}",
+            f"- **licence**: {html.escape(licence_summary(getattr(config, 'licence', None)))}",
         ]
     )
 
@@ -255,6 +262,165 @@ def import_gradio() -> Any:
     return gr
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# The page's logic, without Gradio
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Upload:
+    """One image and its label map per model: what a browser session keeps (Gradio's State) between renderings."""
+
+    image: np.ndarray
+    labels: tuple[np.ndarray, ...]
+    folder: Path  # this image's downloads
+    stem: str  # the downloads' names start with it (the upload's name, made safe)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What an upload (or a change of mode or flip) shows: the status line and, per model, the classes present as
+    (name, id), largest first (the class boxes, all checked), and the label map to download. `upload` is None when
+    there is nothing to show: no image, one that cannot be read, or a prediction that failed (the status says why)."""
+
+    upload: Upload | None
+    status: str
+    classes: tuple[tuple[tuple[str, int], ...], ...]
+    label_files: tuple[Path | None, ...]
+
+
+@dataclass(frozen=True)
+class Rendering:
+    """One model's panel: the overlay, the legend (HTML) and the overlay file to download, which has the legend
+    drawn in; `overlay` and `overlay_file` are None before an upload."""
+
+    overlay: np.ndarray | None
+    legend: str
+    overlay_file: Path | None
+
+
+class Page:
+    """The page's logic for one model, or several side by side on the same image, without Gradio: `predict` an
+    upload, `render` it with an opacity and the classes shown, the `facts` panel of each model. `layout` wires
+    Gradio's components to these methods; tests call them directly.
+
+    Each model runs with its entry's options until the page switches mode or flip (for all models at once).
+    Downloads are written under `work_dir` (default: a new temporary folder, removed with the page).
+    """
+
+    def __init__(
+        self,
+        entries: Sequence[ModelEntry],
+        *,
+        describe: Callable[[InferenceOptions], str] = repr,
+        rescale_huge: bool = True,
+        work_dir: str | Path | None = None,
+    ) -> None:
+        if not entries:
+            raise ValueError("build_app needs at least one model")
+        self.entries = tuple(entries)
+        self.describe = describe
+        self.rescale_huge = rescale_huge
+        self.work = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="segformer-app-"))
+        self.work.mkdir(parents=True, exist_ok=True)
+        if work_dir is None:
+            weakref.finalize(self, shutil.rmtree, self.work, True)  # the temporary folder goes with the page
+
+    @property
+    def title(self) -> str:
+        return "SegFormer: " + " vs ".join(e.source for e in self.entries)
+
+    @property
+    def flip(self) -> bool:
+        """The flip box's first state: on when every model's own options flip."""
+        return all(e.options.flip for e in self.entries)
+
+    def facts(self, i: int) -> str:
+        return model_facts(self.entries[i], self.describe, self.rescale_huge)
+
+    def file_name(self, stem: str, i: int, kind: str = "") -> str:
+        """A download's name: `{stem}{kind}.png`, with `_model{i + 1}` before `.png` when several models are shown."""
+        return f"{stem}{kind}{'' if len(self.entries) == 1 else f'_model{i + 1}'}.png"
+
+    def predict(
+        self, path: str | Path | None, name: str = "", mode: str = PROTOCOL, flip: bool | None = None
+    ) -> Prediction:
+        """Every model on the file at `path` (uploaded as `name`) with the page's `mode` and `flip` (default: the
+        box's first state); the label maps are written for download."""
+        if path is None:
+            return self._nothing("")
+        try:
+            image = read_upload(path)
+        except ImageReadError as e:
+            return self._nothing(f"**Could not use the upload:** {html.escape(str(e))}")
+        name = name or Path(path).name
+        stem, folder = _stem(name), self._new_folder()
+        flip = self.flip if flip is None else flip
+        try:
+            runs = [
+                self._segment(i, image, mode, flip, folder / self.file_name(stem, i)) for i in range(len(self.entries))
+            ]
+        except (RuntimeError, ValueError) as e:  # out of memory, a window larger than allowed, ...
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            return self._nothing(f"**Prediction failed:** {html.escape(first)}")
+        labels, used, files = (tuple(column) for column in zip(*runs, strict=True))
+        h, w = image.shape[:2]
+        if len(used) == 1:
+            status = f"{html.escape(name)}: {w}x{h}, {html.escape(used[0])}"
+        else:
+            status = f"{html.escape(name)}: {w}x{h}; " + "; ".join(
+                f"model {i + 1}: {html.escape(u)}" for i, u in enumerate(used)
+            )
+        classes = tuple(
+            tuple((e.name(c), c) for c, _ in class_shares(lab)) for e, lab in zip(self.entries, labels, strict=True)
+        )
+        return Prediction(Upload(image, labels, folder, stem), status, classes, files)
+
+    def render(self, upload: Upload | None, opacity: float, shown: Sequence[Sequence[int] | None]) -> list[Rendering]:
+        """Per model: the overlay of `upload` at `opacity` with only the classes in `shown[i]` coloured (the
+        checked boxes: none hides all), its legend, and the overlay file (a new one per call: no stale download)."""
+        if not upload:
+            return [Rendering(None, legend_html([]), None) for _ in self.entries]
+        out = []
+        for i, (entry, labels) in enumerate(zip(self.entries, upload.labels, strict=True)):
+            visible = {int(c) for c in (shown[i] or [])}
+            hidden = [c for c, _ in class_shares(labels) if c not in visible]
+            picture = render_overlay(upload.image, labels, entry, opacity, hidden)
+            folder = upload.folder / uuid.uuid4().hex  # a new file per rendering: no stale cached download
+            folder.mkdir()
+            with_legend = Image.fromarray(render_overlay(upload.image, labels, entry, opacity, hidden, legend=True))
+            file = atomic_write(
+                folder / self.file_name(upload.stem, i, "_overlay"), lambda tmp, im=with_legend: im.save(tmp, "PNG")
+            )
+            out.append(Rendering(picture, legend_html(legend_entries(labels, entry), hidden), file))
+        return out
+
+    def _segment(self, i: int, image: np.ndarray, mode: str, flip: bool, file: Path) -> tuple[np.ndarray, str, Path]:
+        """Model i's label map (written to `file`) and the options it ran with, in words."""
+        entry = self.entries[i]
+        h, w = image.shape[:2]
+        options, note = options_for_image(page_options(entry.options, mode, flip), h, w, self.rescale_huge)
+        used = self.describe(options) + (f". {note}" if note else "")
+        labels = segment(entry, image, options)
+        atomic_write(file, lambda tmp: write_label_png(tmp, labels, entry.palette))
+        return labels, used, file
+
+    def _nothing(self, status: str) -> Prediction:
+        """A prediction with nothing to show but its status."""
+        return Prediction(None, status, ((),) * len(self.entries), (None,) * len(self.entries))
+
+    def _new_folder(self) -> Path:
+        """A fresh folder for one image's downloads; those of earlier images go after an hour (Gradio has copies)."""
+        now = time.time()
+        for old in self.work.iterdir():
+            if old.is_dir() and now - old.stat().st_mtime > 3600:
+                shutil.rmtree(old, ignore_errors=True)
+        folder = self.work / uuid.uuid4().hex
+        folder.mkdir()
+        return folder
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The layout: Gradio components wired to a Page
+# ---------------------------------------------------------------------------------------------------------------
 def build_app(
     entries: Sequence[ModelEntry],
     *,
@@ -264,158 +430,118 @@ def build_app(
     rescale_huge: bool = True,
     work_dir: str | Path | None = None,
 ) -> Any:
-    """The Gradio Blocks of the page for one model, or several side by side on the same image.
+    """The Gradio Blocks of the page for one model, or several side by side (a `Page` laid out by `layout`)."""
+    return layout(Page(entries, describe=describe, rescale_huge=rescale_huge, work_dir=work_dir), alpha, examples)
 
-    Each model runs with its entry's options until the page switches mode or flip (for all models at once).
-    Downloads are written under `work_dir` (default: a new temporary folder).
-    """
-    if not entries:
-        raise ValueError("build_app needs at least one model")
+
+def layout(page: Page, alpha: float = 0.5, examples: Sequence[str] = ()) -> Any:
+    """The Gradio Blocks: an input column (image, examples, opacity, mode, flip, status) and a column per model,
+    wired to `page.predict` and `page.render`; each browser session keeps its `Upload` in a State."""
     gr = import_gradio()
-    work = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="segformer-app-"))
-    work.mkdir(parents=True, exist_ok=True)
-    n = len(entries)
-
-    def new_folder() -> Path:
-        """A fresh folder for one image's downloads; those of earlier images go after an hour (Gradio has copies)."""
-        now = time.time()
-        for old in work.iterdir():
-            if old.is_dir() and now - old.stat().st_mtime > 3600:
-                shutil.rmtree(old, ignore_errors=True)
-        folder = work / uuid.uuid4().hex
-        folder.mkdir()
-        return folder
 
     def predict(payload: Any, mode: str, flip: bool) -> list[Any]:
-        """Upload or option change -> state, status, and per model: class checkboxes, label-map download."""
-        path, orig_name = _upload_path(payload)
-        empty = [None, ""] + [gr.update(choices=[], value=[]), gr.update(value=None, interactive=False)] * n
-        if path is None:
-            return empty
-        try:
-            image = read_upload(path)
-        except ImageReadError as e:
-            return [None, f"**Could not use the upload:** {html.escape(str(e))}"] + empty[2:]
-        h, w = image.shape[:2]
-        folder = new_folder()
-        stem = _stem(orig_name)
-        labels, outputs, used = [], [], []
-        try:
-            for i, entry in enumerate(entries):
-                run_options, note = options_for_image(page_options(entry.options, mode, flip), h, w, rescale_huge)
-                used.append(describe(run_options) + (f". {note}" if note else ""))
-                lab = segment(entry, image, run_options)
-                labels.append(lab)
-                label_file = folder / (f"{stem}.png" if n == 1 else f"{stem}_model{i + 1}.png")
-                write_label_png(label_file, lab, entry.palette)
-                present = [(entry.name(c), c) for c, _ in class_shares(lab)]
-                outputs += [
-                    gr.update(choices=present, value=[c for _, c in present]),
-                    gr.update(value=str(label_file), interactive=True),
-                ]
-        except (RuntimeError, ValueError) as e:  # out of memory, a window larger than allowed, ...
-            first = str(e).splitlines()[0] if str(e) else type(e).__name__
-            return [None, f"**Prediction failed:** {html.escape(first)}"] + empty[2:]
-        if n == 1:
-            status = f"{html.escape(orig_name)}: {w}x{h}, {html.escape(used[0])}"
-        else:
-            runs = "; ".join(f"model {i + 1}: {html.escape(u)}" for i, u in enumerate(used))
-            status = f"{html.escape(orig_name)}: {w}x{h}; {runs}"
-        state = {"image": image, "labels": labels, "folder": str(folder), "stem": stem}
-        return [state, status, *outputs]
+        p = page.predict(*_upload_path(payload), mode, flip)
+        boxes = [gr.update(choices=list(c), value=[i for _, i in c]) for c in p.classes]
+        return [p.upload, p.status, *_pairs(boxes, [_download(gr, f) for f in p.label_files])]
 
-    def render(state: Any, opacity: float, *shown_classes: Any) -> list[Any]:
-        """State + opacity + per model the checked classes -> per model: overlay, legend, overlay download."""
-        if not state:
-            return [None, legend_html([]), gr.update(value=None, interactive=False)] * n
-        out: list[Any] = []
-        for i, entry in enumerate(entries):
-            lab = state["labels"][i]
-            shown = {int(c) for c in (shown_classes[i] or [])}
-            hidden = [c for c, _ in class_shares(lab) if c not in shown]
-            picture = render_overlay(state["image"], lab, entry, opacity, hidden)
-            folder = Path(state["folder"]) / uuid.uuid4().hex  # a new file per rendering: no stale cached download
-            folder.mkdir()
-            file = folder / (f"{state['stem']}_overlay.png" if n == 1 else f"{state['stem']}_overlay_model{i + 1}.png")
-            Image.fromarray(render_overlay(state["image"], lab, entry, opacity, hidden, legend=True)).save(file)
-            out += [
-                picture,
-                legend_html(legend_entries(lab, entry), hidden),
-                gr.update(value=str(file), interactive=True),
-            ]
-        return out
+    def render(upload: Upload | None, opacity: float, *shown: Any) -> list[Any]:
+        return [
+            x for r in page.render(upload, opacity, shown) for x in (r.overlay, r.legend, _download(gr, r.overlay_file))
+        ]
 
-    title = "SegFormer: " + " vs ".join(e.source for e in entries)
-    with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(3600, 3600)) as page:
-        gr.Markdown(f"## {html.escape(title)}")
+    with gr.Blocks(title=page.title, analytics_enabled=False, delete_cache=(3600, 3600)) as blocks:
+        gr.Markdown(f"## {html.escape(page.title)}")
         state = gr.State(None)
         with gr.Row():
-            with gr.Column(scale=1, min_width=280):
-                image = gr.Image(
-                    type="filepath",
-                    image_mode=None,
-                    sources=["upload", "clipboard"],
-                    label="Image (drop, paste or click to pick)",
-                    elem_id="input-image",
-                    elem_classes="segformer-picture",
-                    height=IMAGE_HEIGHT,
-                    format="png",
-                )
-                if examples:
-                    gr.Examples(examples=[[e] for e in examples], inputs=[image], label="Examples")
-                opacity = gr.Slider(0.0, 1.0, value=alpha, step=0.05, label="Overlay opacity", elem_id="opacity")
-                with gr.Row(equal_height=True):
-                    mode = gr.Radio(
-                        [PROTOCOL, "whole", "slide"],
-                        value=PROTOCOL,
-                        label="Mode",
-                        info="protocol: each model's own (see its facts)",
-                        scale=3,
-                        elem_id="mode",
-                    )
-                    flip = gr.Checkbox(
-                        value=all(e.options.flip for e in entries), label="Flip TTA", scale=1, elem_id="flip"
-                    )
-                status = gr.Markdown("", elem_id="status")
-            panels = []
-            for i, entry in enumerate(entries):
-                with gr.Column(scale=1, min_width=280):
-                    with gr.Accordion(f"Model {i + 1}" if n > 1 else "Model", open=True):
-                        gr.Markdown(model_facts(entry, describe, rescale_huge), elem_id=f"facts-{i}")
-                    shown = gr.Image(
-                        label="Overlay",
-                        type="numpy",
-                        format="png",
-                        interactive=False,
-                        buttons=["fullscreen"],
-                        height=IMAGE_HEIGHT,
-                        elem_id=f"overlay-{i}",
-                        elem_classes=["segformer-picture", "segformer-overlay"],
-                    )
-                    legend = gr.HTML(legend_html([]), elem_id=f"legend-{i}")
-                    classes = gr.CheckboxGroup([], value=[], label="Show classes", elem_id=f"classes-{i}")
-                    with gr.Row():
-                        label_button = gr.DownloadButton(
-                            "Label map (PNG)", interactive=False, size="sm", elem_id=f"download-labels-{i}"
-                        )
-                        overlay_button = gr.DownloadButton(
-                            "Overlay (PNG)", interactive=False, size="sm", elem_id=f"download-overlay-{i}"
-                        )
-                    panels.append((shown, legend, classes, label_button, overlay_button))
-
-        predict_outputs = [state, status] + [c for p in panels for c in (p[2], p[3])]
-        render_inputs = [state, opacity] + [p[2] for p in panels]
-        render_outputs = [c for p in panels for c in (p[0], p[1], p[4])]
+            image, opacity, mode, flip, status = _input_column(gr, page, alpha, examples)
+            panels = [_model_panel(gr, page, i) for i in range(len(page.entries))]
+        predict_outputs = [state, status, *_pairs([p.classes for p in panels], [p.labels for p in panels])]
+        render_inputs = [state, opacity] + [p.classes for p in panels]
+        render_outputs = [c for p in panels for c in (p.overlay, p.legend, p.overlay_file)]
         for trigger in (image.change, mode.input, flip.input):
             trigger(predict, [image, mode, flip], predict_outputs, preprocess=False).then(
                 render, render_inputs, render_outputs
             )
         opacity.release(render, render_inputs, render_outputs)
         for p in panels:
-            p[2].input(render, render_inputs, render_outputs)
-    if work_dir is None:
-        weakref.finalize(page, shutil.rmtree, work, True)  # the temporary folder goes with the page (or at exit)
-    return page
+            p.classes.input(render, render_inputs, render_outputs)
+    return blocks
+
+
+def _input_column(gr: Any, page: Page, alpha: float, examples: Sequence[str]) -> tuple[Any, ...]:
+    """(image, opacity, mode, flip, status) in the page's first column."""
+    with gr.Column(scale=1, min_width=280):
+        image = gr.Image(
+            type="filepath",
+            image_mode=None,
+            sources=["upload", "clipboard"],
+            label="Image (drop, paste or click to pick)",
+            elem_id="input-image",
+            elem_classes="segformer-picture",
+            height=IMAGE_HEIGHT,
+            format="png",
+        )
+        if examples:
+            gr.Examples(examples=[[e] for e in examples], inputs=[image], label="Examples")
+        opacity = gr.Slider(0.0, 1.0, value=alpha, step=0.05, label="Overlay opacity", elem_id="opacity")
+        with gr.Row(equal_height=True):
+            mode = gr.Radio(
+                [PROTOCOL, *MODES],
+                value=PROTOCOL,
+                label="Mode",
+                info="protocol: each model's own (see its facts)",
+                scale=3,
+                elem_id="mode",
+            )
+            flip = gr.Checkbox(value=page.flip, label="Flip TTA", scale=1, elem_id="flip")
+        status = gr.Markdown("", elem_id="status")
+    return image, opacity, mode, flip, status
+
+
+@dataclass(frozen=True)
+class _Panel:
+    """The components of one model's column."""
+
+    overlay: Any
+    legend: Any
+    classes: Any
+    labels: Any  # the label map's download button
+    overlay_file: Any  # the overlay's download button
+
+
+def _model_panel(gr: Any, page: Page, i: int) -> _Panel:
+    """Model i's column: facts, overlay, legend, class boxes, downloads (element ids end in i)."""
+    with gr.Column(scale=1, min_width=280):
+        with gr.Accordion(f"Model {i + 1}" if len(page.entries) > 1 else "Model", open=True):
+            gr.Markdown(page.facts(i), elem_id=f"facts-{i}")
+        shown = gr.Image(
+            label="Overlay",
+            type="numpy",
+            format="png",
+            interactive=False,
+            buttons=["fullscreen"],
+            height=IMAGE_HEIGHT,
+            elem_id=f"overlay-{i}",
+            elem_classes=["segformer-picture", "segformer-overlay"],
+        )
+        legend = gr.HTML(legend_html([]), elem_id=f"legend-{i}")
+        classes = gr.CheckboxGroup([], value=[], label="Show classes", elem_id=f"classes-{i}")
+        with gr.Row():
+            labels = gr.DownloadButton("Label map (PNG)", interactive=False, size="sm", elem_id=f"download-labels-{i}")
+            overlay_file = gr.DownloadButton(
+                "Overlay (PNG)", interactive=False, size="sm", elem_id=f"download-overlay-{i}"
+            )
+    return _Panel(shown, legend, classes, labels, overlay_file)
+
+
+def _download(gr: Any, file: Path | None) -> Any:
+    """A download button's update: the file, clickable, or nothing, greyed out."""
+    return gr.update(value=str(file) if file is not None else None, interactive=file is not None)
+
+
+def _pairs(a: Sequence[Any], b: Sequence[Any]) -> list[Any]:
+    """[a0, b0, a1, b1, ...]: Gradio's outputs in the order of the panels."""
+    return [x for pair in zip(a, b, strict=True) for x in pair]
 
 
 def launch(page: Any, host: str = "127.0.0.1", port: int = 7860, block: bool = True, quiet: bool = False) -> Any:

@@ -6,13 +6,16 @@ peak resident-set growth during one forward on CPU (glibc's free memory is trimm
 reset first), and `torch.cuda.max_memory_allocated` growth on GPU.
 
 Peers (`compare=True`): transformers' SegformerForSemanticSegmentation in eager PyTorch, and ONNX Runtime on
-transformers' model and on ours, each exported here with `torch.onnx`. transformers is a dev dependency only.
+transformers' model and on ours, each exported here with `torch.onnx`; they are built in `peers.py`, which the
+scripts in benchmarks/ use too. transformers is a dev dependency only. What to measure is one `BenchmarkOptions`.
 """
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import gc
+import importlib.util
 import os
 import platform
 import statistics
@@ -29,12 +32,50 @@ from torch import Tensor
 
 from ..constants import MEAN, STD
 from ..model.segformer import SegFormer
-from ..runtime import autocast, check_amp
+from ..runtime import autocast, import_torchvision
+from .peers import (
+    ORT_HF,
+    ORT_OURS,
+    ORT_OURS_FUSED,
+    Runner,
+    amp_mode,
+    export_ours_onnx,
+    export_transformers_onnx,
+    inference_fn,
+    ort_fn,
+    train_step_fn,
+    transformers_fn,
+    transformers_model,
+    transformers_train_step_fn,
+    unfolded_fn,
+)
 
 AGREEMENT_TARGET = 0.995  # low-precision argmax must match fp32 on at least this share of pixels
-ORT_HF = "ONNX Runtime, transformers' export"
-ORT_OURS = "ONNX Runtime, our export"
-ORT_OURS_FUSED = "ONNX Runtime, our export with ORT ops"
+OURS_FP32 = "ours eager fp32"  # the rows' names
+HF_EAGER = "transformers eager"
+
+
+@dataclass(frozen=True)
+class BenchmarkOptions:
+    """What to measure and how (the flags of `segformer benchmark`). `dtype`, `compile`, `unfolded`: also time ours
+    with autocast at that dtype, with torch.compile, with the paper-order decoder; `compare`: beside transformers
+    eager and (with `onnx`) ONNX Runtime on both exports; `num_classes`: of a random b0..b5 model (default 150).
+    A training benchmark (`run_train_benchmark`) reads size, batch, threads, device, dtype, memory, repeats, warmup
+    and num_classes."""
+
+    size: tuple[int, int] = (512, 512)
+    batch: int = 1
+    threads: int | None = 2
+    device: str = "cpu"
+    dtype: str = "fp32"
+    compile: bool = False
+    compare: bool = False
+    unfolded: bool = False
+    onnx: bool = True
+    memory: bool = True
+    repeats: int = 10
+    warmup: int = 2
+    num_classes: int | None = None
 
 
 @dataclass
@@ -140,15 +181,6 @@ _COLUMNS: dict[str, list[tuple[str, Callable[[Row], str]]]] = {
 }
 
 
-def _amp(dtype: str, device: str) -> str:
-    """The AMP mode (runtime.AMP_DTYPES) of a benchmark --dtype; fp16 autocast only on GPUs."""
-    if dtype != "fp32":
-        check_amp(dtype, "dtype")
-    if dtype == "fp16" and device != "cuda":
-        raise ValueError("fp16 autocast is for GPUs; on CPU use --dtype bf16")
-    return "none" if dtype == "fp32" else dtype
-
-
 def sample_image(size: tuple[int, int], batch: int = 1, seed: int = 0) -> Tensor:
     """A normalised test batch that looks like a photo (smooth regions, edges, texture), not white noise."""
     g = np.random.default_rng(seed)
@@ -167,23 +199,6 @@ def sample_image(size: tuple[int, int], batch: int = 1, seed: int = 0) -> Tensor
         images.append(np.clip(img, 0, 255))
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)  # (B, H, W, 3) -> (B, 3, H, W)
     return ((x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)).contiguous()
-
-
-def inference_fn(
-    model: torch.nn.Module, x: Tensor, *, dtype: str = "fp32", compile: bool = False
-) -> Callable[[], Tensor]:
-    """`fn()` runs `model(x)` the fast way: eval mode, inference_mode, optional autocast (bf16/fp16) and
-    `torch.compile`. The logits come back in float32."""
-    model.eval()
-    device = x.device.type
-    amp = _amp(dtype, device)
-    net = torch.compile(model) if compile else model
-
-    def fn() -> Tensor:
-        with torch.inference_mode(), autocast(device, amp):
-            return net(x).float()
-
-    return fn
 
 
 def argmax_agreement(a: Tensor, b: Tensor) -> float:
@@ -269,31 +284,6 @@ def peak_memory_mb(fn: Callable[[], Any], device: str) -> float | None:
     return (_rss_status("VmHWM:") - base) / 1e6
 
 
-def _export_transformers(hf_model, x: Tensor, path: Path, opset: int = 17) -> None:
-    """transformers' model through the same torch.onnx path as ours (dynamic batch/H/W)."""
-
-    class Logits(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, pixel_values: Tensor) -> Tensor:
-            return self.m(pixel_values=pixel_values).logits
-
-    with torch.no_grad():
-        torch.onnx.export(
-            Logits(hf_model).eval(),
-            (x,),
-            str(path),
-            dynamo=False,
-            opset_version=opset,
-            input_names=["pixel_values"],
-            output_names=["logits"],
-            dynamic_axes={"pixel_values": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch"}},
-            do_constant_folding=True,
-        )
-
-
 def _prepare(threads: int | None, device: str) -> None:
     """Torch's intra-op thread count, and one clear line when CUDA is asked for and PyTorch sees none."""
     if threads:
@@ -304,20 +294,7 @@ def _prepare(threads: int | None, device: str) -> None:
 
 def run_benchmark(
     model: str | SegFormer = "b0",
-    *,
-    size: tuple[int, int] = (512, 512),
-    batch: int = 1,
-    threads: int | None = 2,
-    device: str = "cpu",
-    dtype: str = "fp32",
-    compile: bool = False,
-    compare: bool = False,
-    unfolded: bool = False,
-    onnx: bool = True,
-    memory: bool = True,
-    repeats: int = 10,
-    warmup: int = 2,
-    num_classes: int | None = None,
+    options: BenchmarkOptions = BenchmarkOptions(),
     progress: Callable[[str], None] | None = None,
 ) -> BenchmarkResult:
     """Measure our model (fp32 eager; plus `dtype` autocast and/or `torch.compile` when asked; plus the paper-order
@@ -325,78 +302,84 @@ def run_benchmark(
 
     The baseline of the ratios is transformers eager fp32 when compared, else our fp32 eager.
     """
+    o = options
     say = progress or (lambda s: None)
-    _prepare(threads, device)
-    _amp(dtype, device)
-    if compare:
-        try:
-            import transformers
-        except ImportError:
-            raise RuntimeError(
-                "--compare needs transformers (a dev dependency): pip install transformers, or drop --compare"
-            ) from None
-    if isinstance(model, SegFormer):
-        ours, label = model, model.config.name
-    else:
-        from ..model.loading import model_from_spec, random_weights_note
-
-        ours = model_from_spec(model, num_classes=num_classes)
-        note = random_weights_note(model, ours)
-        label = model
-    ours = ours.to(device).eval()
-    x = sample_image(size, batch).to(device)
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    _prepare(o.threads, o.device)
+    amp_mode(o.dtype, o.device)
+    if o.compare and importlib.util.find_spec("transformers") is None:
+        raise RuntimeError(
+            "--compare needs transformers (a dev dependency): pip install transformers, or drop --compare"
+        )
+    ours, label, note = _our_model(model, o.num_classes)
+    ours = ours.to(o.device).eval()
+    x = sample_image(o.size, o.batch).to(o.device)
     result = BenchmarkResult.here(
         f"{label} ({ours.config.name}, {ours.config.num_classes} classes)",
-        size,
-        batch,
-        device,
-        repeats,
-        baseline="transformers eager" if compare else "ours eager fp32",
+        o.size,
+        o.batch,
+        o.device,
+        o.repeats,
+        baseline=HF_EAGER if o.compare else OURS_FP32,
     )
-    if not isinstance(model, SegFormer) and note:
+    if note:
         result.notes.append(note + "; latency does not depend on them")
+    fns = _our_runners(ours, x, o, result)
+    with tempfile.TemporaryDirectory(prefix="segformer-bench-") as tmp:
+        hf = None
+        if o.compare:
+            say("loading transformers' model with the same weights")
+            hf = transformers_model(ours, o.device)
+            _transformers_notes(hf, result)
+            fns = {HF_EAGER: transformers_fn(hf, x), **fns}
+        if o.onnx and (o.compare or o.device == "cpu"):
+            fns.update(_onnx_runners(ours, hf, x, Path(tmp), o, result, say))
+        _measure(fns, o, result, say)
+    return result
 
-    fns: dict[str, Callable[[], Any]] = {"ours eager fp32": inference_fn(ours, x)}
-    if dtype != "fp32":
-        fns[f"ours eager {dtype}"] = inference_fn(ours, x, dtype=dtype)
-        if device == "cpu" and dtype == "bf16" and not cpu_supports_bf16():
+
+def _our_model(model: str | SegFormer, num_classes: int | None) -> tuple[SegFormer, str, str | None]:
+    """(model, its label in the table, a note on random weights or None) for a model or anything `model_from_spec`
+    accepts."""
+    if isinstance(model, SegFormer):
+        return model, model.config.name, None
+    from ..model.loading import model_from_spec, random_weights_note
+
+    ours = model_from_spec(model, num_classes=num_classes)
+    return ours, model, random_weights_note(model, ours)
+
+
+def _our_runners(ours: SegFormer, x: Tensor, o: BenchmarkOptions, result: BenchmarkResult) -> dict[str, Runner]:
+    """Our rows: fp32 eager, and what the options add (autocast, torch.compile, the paper-order decoder)."""
+    fns: dict[str, Runner] = {OURS_FP32: inference_fn(ours, x)}
+    if o.dtype != "fp32":
+        fns[f"ours eager {o.dtype}"] = inference_fn(ours, x, dtype=o.dtype)
+        if o.device == "cpu" and o.dtype == "bf16" and not cpu_supports_bf16():
             result.notes.append("this CPU has no AMX/AVX512-BF16: bf16 is emulated and slow here")
-    if compile:
-        fns[f"ours torch.compile {dtype}"] = inference_fn(ours, x, dtype=dtype, compile=True)
-    if unfolded:
-        import copy
+    if o.compile:
+        fns[f"ours torch.compile {o.dtype}"] = inference_fn(ours, x, dtype=o.dtype, compile=True)
+    if o.unfolded:
+        fns["ours, decoder unfolded (paper order)"] = unfolded_fn(ours, x)
+    return fns
 
-        paper = copy.deepcopy(ours)
-        paper.head.fold = False
-        fns["ours, decoder unfolded (paper order)"] = inference_fn(paper, x)
 
-    tmp = tempfile.TemporaryDirectory(prefix="segformer-bench-")
-    x_np = x.cpu().numpy()
-    if compare:
-        say("loading transformers' model with the same weights")
-        folder = ours.save_pretrained(Path(tmp.name) / "hf")
-        hf = transformers.SegformerForSemanticSegmentation.from_pretrained(folder).to(device).eval()
-        result.versions["transformers"] = transformers.__version__
-        attn = getattr(hf.config, "_attn_implementation", None)
-        result.notes.append(f"transformers {transformers.__version__} (attention implementation: {attn})")
+def _transformers_notes(hf: torch.nn.Module, result: BenchmarkResult) -> None:
+    import_torchvision()  # transformers' image code imports it; see runtime.import_torchvision
+    import transformers
 
-        def hf_fn() -> Tensor:
-            with torch.inference_mode():
-                return hf(pixel_values=x).logits
+    result.versions["transformers"] = transformers.__version__
+    attn = getattr(hf.config, "_attn_implementation", None)
+    result.notes.append(f"transformers {transformers.__version__} (attention implementation: {attn})")
 
-        fns = {"transformers eager": hf_fn, **fns}
-        if onnx:
-            fns.update(_onnx_peers(ours, hf, x, x_np, Path(tmp.name), threads, device, result, say))
-    elif onnx and device == "cpu":
-        fns.update(_onnx_peers(ours, None, x, x_np, Path(tmp.name), threads, device, result, say))
 
+def _measure(fns: dict[str, Runner], o: BenchmarkOptions, result: BenchmarkResult, say: Callable[[str], None]) -> None:
+    """Outputs against our fp32 eager, peak memory, interleaved timing: one row per runner, and the notes."""
     say("checking outputs")
-    reference = fns["ours eager fp32"]().float().cpu()
+    reference = fns[OURS_FP32]().float().cpu()
     outputs = {name: torch.as_tensor(fn()).float().cpu() for name, fn in fns.items()}
-    mem = _peak_memories(fns, device, say) if memory else {}
-    say(f"timing {len(fns)} implementations x {repeats} rounds")
-    times = time_by_runtime(fns, repeats, warmup, sync)
+    mem = _peak_memories(fns, o.device, say) if o.memory else {}
+    say(f"timing {len(fns)} implementations x {o.repeats} rounds")
+    sync = torch.cuda.synchronize if o.device == "cuda" else (lambda: None)
+    times = time_by_runtime(fns, o.repeats, o.warmup, sync)
     base_mem = mem.get(result.baseline)
     for name, t in times.items():
         out = outputs[name]
@@ -408,10 +391,10 @@ def run_benchmark(
             row.max_abs_diff = float((out - reference).abs().max())
             row.agreement = argmax_agreement(out, reference)
         result.rows.append(row)
-    if memory and device == "cpu":
+    if o.memory and o.device == "cpu":
         result.notes.append("peak memory: resident-set growth during one forward (ONNX Runtime rows: not measured)")
     for name in fns:
-        if name.startswith("ours eager") and name != "ours eager fp32":
+        if name.startswith("ours eager") and name != OURS_FP32:
             agree = next(r.agreement for r in result.rows if r.name == name)
             verdict = "meets" if agree >= AGREEMENT_TARGET else "MISSES"
             result.notes.append(f"{name}: argmax agreement with fp32 {agree:.3%} ({verdict} the 99.5% target)")
@@ -419,8 +402,6 @@ def run_benchmark(
     for name in (ORT_OURS, ORT_OURS_FUSED):
         if name in lat and ORT_HF in lat:
             result.notes.append(f"{name} / transformers' export = {lat[name] / lat[ORT_HF]:.3f}x latency")
-    tmp.cleanup()
-    return result
 
 
 def _peak_memories(fns: dict[str, Callable[[], Any]], device: str, say: Callable[[str], None]) -> dict[str, float]:
@@ -437,48 +418,45 @@ def _timed_row(name: str, times: list[float], baseline: list[float]) -> Row:
     return Row(name, median * 1000, float(q25), float(q75), ratio=median / statistics.median(baseline))
 
 
-def _ort_fn(session: Any, x_np: np.ndarray) -> Callable[[], np.ndarray]:
-    """`fn()` runs the session on the benchmark input and returns its logits."""
-    return lambda: session.run(None, {"pixel_values": x_np})[0]
-
-
-def _onnx_peers(ours, hf, x, x_np, folder, threads, device, result, say) -> dict[str, Callable[[], Any]]:
+def _onnx_runners(
+    ours: SegFormer,
+    hf: torch.nn.Module | None,
+    x: Tensor,
+    folder: Path,
+    o: BenchmarkOptions,
+    result: BenchmarkResult,
+    say: Callable[[str], None],
+) -> dict[str, Runner]:
+    """The ONNX Runtime rows: transformers' export (when `hf` is given) and ours, standard and with ORT's fused
+    attention; none, with a note, where onnxruntime (or its CUDA provider on GPU) is missing."""
     try:
         import onnxruntime as ort
     except ImportError:
         result.notes.append("onnxruntime not installed: ONNX Runtime rows skipped (pip install 'segformer[onnx]')")
         return {}
-    from ..export.onnx import export_onnx, ort_session
-
-    if device == "cuda":
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            result.notes.append("onnxruntime has no CUDAExecutionProvider here: ONNX Runtime rows skipped")
-            return {}
-        providers = ["CUDAExecutionProvider"]
-    else:
-        providers = ["CPUExecutionProvider"]
-    fns = {}
+    if o.device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+        result.notes.append("onnxruntime has no CUDAExecutionProvider here: ONNX Runtime rows skipped")
+        return {}
+    providers = ["CUDAExecutionProvider"] if o.device == "cuda" else ["CPUExecutionProvider"]
     result.versions["onnxruntime"] = ort.__version__
     result.notes.append(
         "ONNX Runtime sessions run with intra-op spinning off: idle ORT threads would otherwise busy-wait on the cores "
         "the next implementation of the interleaved round needs; the ONNX Runtime rows take turns with each other in "
         "rounds of their own, after the PyTorch rows (PyTorch's OpenMP threads spin for a while after each call)"
     )
+    x_np = x.cpu().numpy()
+    fns = {}
     if hf is not None:
         say("exporting transformers' model to ONNX")
-        path = folder / "transformers.onnx"
-        _export_transformers(hf.cpu(), x.cpu(), path)
-        hf.to(device)
-        session = ort_session(path, threads, providers, spinning=False)
-        fns[ORT_HF] = _ort_fn(session, x_np)
+        path = export_transformers_onnx(hf.cpu(), x.cpu(), folder / "transformers.onnx")
+        hf.to(o.device)
+        fns[ORT_HF] = ort_fn(path, x_np, o.threads, providers)
     say("exporting our model to ONNX (standard operators, and with ONNX Runtime's fused attention)")
     ours_cpu = ours.cpu()
     for name, ort_ops in ((ORT_OURS, False), (ORT_OURS_FUSED, True)):
-        file = folder / f"ours{'-ort' if ort_ops else ''}.onnx"
-        export_onnx(ours_cpu, file, sample_size=tuple(x.shape[-2:]), check=False, onnxruntime_ops=ort_ops)
-        session = ort_session(file, threads, providers, spinning=False)
-        fns[name] = _ort_fn(session, x_np)
-    ours.to(device)
+        path = export_ours_onnx(ours_cpu, folder / f"ours{'-ort' if ort_ops else ''}.onnx", x.shape[-2:], ort_ops)
+        fns[name] = ort_fn(path, x_np, o.threads, providers)
+    ours.to(o.device)
     result.notes.append(
         f"{ORT_OURS_FUSED}: `segformer export --onnxruntime-ops`, attention as ONNX Runtime's com.microsoft "
         "MultiHeadAttention (that file runs in ONNX Runtime only); the other rows hold standard ONNX operators"
@@ -505,38 +483,6 @@ def sample_labels(size: tuple[int, int], batch: int, num_classes: int, seed: int
     labels = torch.nn.functional.interpolate(coarse, size=(h, w), mode="nearest")[:, 0].long()
     labels[torch.rand((batch, h, w), generator=g) < 0.05] = 255
     return labels
-
-
-def train_step_fn(model: torch.nn.Module, x: Tensor, y: Tensor, lr: float = 6e-5) -> Callable[[], Tensor]:
-    """`fn()` runs one training step of our model the way `segformer.training` does: forward, the paper's loss
-    (`segmentation_loss`), backward, AdamW step; returns the loss."""
-    from ..training.losses import segmentation_loss
-
-    model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
-
-    def fn() -> Tensor:
-        loss = segmentation_loss(model(x), y)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
-
-    return fn
-
-
-def _hf_train_step_fn(hf: torch.nn.Module, x: Tensor, y: Tensor, lr: float = 6e-5) -> Callable[[], Tensor]:
-    hf.train()
-    optimizer = torch.optim.AdamW(hf.parameters(), lr=lr)
-
-    def fn() -> Tensor:
-        loss = hf(pixel_values=x, labels=y).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
-
-    return fn
 
 
 def _without_dropout(*models: torch.nn.Module) -> list[tuple[Any, str, float]]:
@@ -572,8 +518,6 @@ class StepCheck:
 def compare_training_step(ours: SegFormer, hf: torch.nn.Module, x: Tensor, y: Tensor) -> StepCheck:
     """Loss and gradients of one step (dropout and drop-path off) of ours, of transformers' and of transformers' in
     float64 (the arbiter), all from the same weights; gradients compared per parameter (see GRAD_TOLERANCE)."""
-    import copy
-
     from ..model.convert import to_ours
     from ..training.losses import segmentation_loss
 
@@ -590,7 +534,7 @@ def compare_training_step(ours: SegFormer, hf: torch.nn.Module, x: Tensor, y: Te
             model.zero_grad(set_to_none=True)
             loss = fn()
             loss.backward()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             named = {name: p.grad.double() for name, p in model.named_parameters() if p.grad is not None}
             grads.append(named if model is ours else to_ours(named))
             model.zero_grad(set_to_none=True)
@@ -610,92 +554,62 @@ def compare_training_step(ours: SegFormer, hf: torch.nn.Module, x: Tensor, y: Te
 
 def run_train_benchmark(
     model: str = "b0",
-    *,
-    size: tuple[int, int] = (512, 512),
-    batch: int = 2,
-    threads: int | None = 2,
-    device: str = "cpu",
-    dtype: str = "fp32",
-    memory: bool = True,
-    repeats: int = 10,
-    warmup: int = 2,
-    num_classes: int | None = None,
+    options: BenchmarkOptions = BenchmarkOptions(batch=2),
     progress: Callable[[str], None] | None = None,
 ) -> BenchmarkResult:
     """One training step (forward, loss, backward, AdamW step) of ours against transformers'
     SegformerForSemanticSegmentation: same weights, same batch, interleaved rounds, medians, peak memory, and a
     check that both give the same loss and gradients (`compare_training_step`) before timing."""
+    o = options
     say = progress or (lambda s: None)
-    _prepare(threads, device)
-    amp = _amp(dtype, device)
-    try:
-        import transformers
-    except ImportError:
-        raise RuntimeError("--train compares with transformers (a dev dependency): pip install transformers") from None
+    _prepare(o.threads, o.device)
+    amp = amp_mode(o.dtype, o.device)
+    if importlib.util.find_spec("transformers") is None:
+        raise RuntimeError("--train compares with transformers (a dev dependency): pip install transformers")
+    import_torchvision()  # transformers' image code imports it; see runtime.import_torchvision
+    import transformers
+
     from ..model.config import SegFormerConfig
 
     # LayerNorm eps 1e-5 as transformers uses everywhere, so that the gradient check is tight (timing is the same).
     config = SegFormerConfig.from_name(
-        model, layer_norm_eps=1e-5, **({"num_classes": num_classes} if num_classes else {})
+        model, layer_norm_eps=1e-5, **({"num_classes": o.num_classes} if o.num_classes else {})
     )
-    ours = SegFormer(config).to(device)
-    x = sample_image(size, batch).to(device)
-    y = sample_labels(size, batch, config.num_classes).to(device)
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    ours = SegFormer(config).to(o.device)
+    x = sample_image(o.size, o.batch).to(o.device)
+    y = sample_labels(o.size, o.batch, config.num_classes).to(o.device)
     result = BenchmarkResult.here(
         f"{model} ({config.num_classes} classes, random weights)",
-        size,
-        batch,
-        device,
-        repeats,
+        o.size,
+        o.batch,
+        o.device,
+        o.repeats,
         baseline="transformers",
         kind="train",
         versions={"transformers": transformers.__version__},
     )
-    with tempfile.TemporaryDirectory(prefix="segformer-bench-") as tmp:
-        folder = ours.save_pretrained(Path(tmp) / "hf")
-        hf = transformers.SegformerForSemanticSegmentation.from_pretrained(folder).to(device)
+    hf = transformers_model(ours, o.device)
     attn = getattr(hf.config, "_attn_implementation", None)
     result.notes.append(f"transformers {transformers.__version__} (attention implementation: {attn}), fp32")
-
     say("checking the loss and gradients of one step against transformers' (float32 and float64)")
     check = compare_training_step(ours, hf, x, y)
-    result.notes.append(
-        f"same weights and batch, dropout and drop-path off: loss {check.loss:.6f} (ours), {check.hf_loss:.6f} "
-        f"(transformers), {check.exact_loss:.6f} (transformers in float64); gradients within {check.grad_error:.1e} "
-        f"(ours) and {check.hf_grad_error:.1e} (transformers' float32) of the float64 ones, {check.grad_diff:.1e} "
-        f"between ours and transformers' (max over tensors of the largest difference relative to the tensor's "
-        f"largest gradient, floored at {GRAD_FLOOR:g} of the model's largest): "
-        f"{'AGREE' if check.agrees else 'DISAGREE'} (ours within {GRAD_TOLERANCE:g}, or 2x transformers' own float32 "
-        f"error, and the loss within {LOSS_TOLERANCE:g} relative); the timed steps run with the recipe's drop-path "
-        "and dropout (0.1)"
-    )
-    if not check.agrees:
-        result.notes.append(
-            "WARNING: the training steps disagree beyond float order: the timing compares different things"
-        )
+    result.notes += _step_check_notes(check)
 
-    fns: dict[str, Callable[[], Any]] = {
-        "transformers": _hf_train_step_fn(hf, x, y),
-        "ours": train_step_fn(ours, x, y),
-    }
+    fns: dict[str, Runner] = {"transformers": transformers_train_step_fn(hf, x, y), "ours": train_step_fn(ours, x, y)}
     if amp != "none":
-        import copy
-
-        ours_amp = copy.deepcopy(ours)
-        step = train_step_fn(ours_amp, x, y)
+        step = train_step_fn(copy.deepcopy(ours), x, y)
 
         def amp_step() -> Tensor:
-            with autocast(device, amp):
+            with autocast(o.device, amp):
                 return step()
 
-        fns[f"ours {dtype} autocast"] = amp_step
+        fns[f"ours {o.dtype} autocast"] = amp_step
     say("warming up (optimiser state)")
     for fn in fns.values():
         fn()
-    mem = _peak_memories(fns, device, say) if memory else {}
-    say(f"timing {len(fns)} implementations x {repeats} rounds")
-    times = time_interleaved(fns, repeats, warmup, sync)
+    mem = _peak_memories(fns, o.device, say) if o.memory else {}
+    say(f"timing {len(fns)} implementations x {o.repeats} rounds")
+    times = time_interleaved(fns, o.repeats, o.warmup, torch.cuda.synchronize if o.device == "cuda" else (lambda: None))
     for name, t in times.items():
         row = _timed_row(name, t, times["transformers"])
         if name in mem:
@@ -706,12 +620,29 @@ def run_train_benchmark(
         elif name == "transformers":
             row.loss, row.grad_diff = check.hf_loss, check.hf_grad_error
         result.rows.append(row)
-    if memory and device == "cpu" and mem:
+    if o.memory and o.device == "cpu" and mem:
         result.notes.append(
             "peak memory: resident-set growth during one step after warm-up (optimiser state already allocated): "
             "activations, gradients and temporaries"
         )
     return result
+
+
+def _step_check_notes(check: StepCheck) -> list[str]:
+    """The training benchmark's notes on `compare_training_step`."""
+    notes = [
+        f"same weights and batch, dropout and drop-path off: loss {check.loss:.6f} (ours), {check.hf_loss:.6f} "
+        f"(transformers), {check.exact_loss:.6f} (transformers in float64); gradients within {check.grad_error:.1e} "
+        f"(ours) and {check.hf_grad_error:.1e} (transformers' float32) of the float64 ones, {check.grad_diff:.1e} "
+        f"between ours and transformers' (max over tensors of the largest difference relative to the tensor's "
+        f"largest gradient, floored at {GRAD_FLOOR:g} of the model's largest): "
+        f"{'AGREE' if check.agrees else 'DISAGREE'} (ours within {GRAD_TOLERANCE:g}, or 2x transformers' own float32 "
+        f"error, and the loss within {LOSS_TOLERANCE:g} relative); the timed steps run with the recipe's drop-path "
+        "and dropout (0.1)"
+    ]
+    if not check.agrees:
+        notes.append("WARNING: the training steps disagree beyond float order: the timing compares different things")
+    return notes
 
 
 def environment_note() -> str:

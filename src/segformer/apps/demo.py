@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..data.datasets import SegmentationDataset
 from ..fileio import write_json
 
 log = logging.getLogger("segformer")
@@ -179,7 +180,7 @@ def _clear_previous(out: Path) -> None:
         shutil.rmtree(previous)
 
 
-def save_predictions(model: torch.nn.Module, dataset: Any, path: Path, count: int = 6) -> Path:
+def save_predictions(model: torch.nn.Module, dataset: SegmentationDataset, path: Path, count: int = 6) -> Path:
     """A grid of `count` val samples: image | ground-truth overlay | prediction overlay."""
     from ..inference import Segmenter
     from ..visualize import overlay, save_grid

@@ -1,4 +1,4 @@
-"""SegFormer semantic segmentation: inspect, convert, train, evaluate, predict, export, benchmark, demo, app, push.
+"""SegFormer semantic segmentation: inspect, convert, (pre)train, evaluate, predict, export, benchmark, demo, app, push.
 
 A thin command line over the library: each verb module has `add_arguments` and `run`, and imports heavy things
 inside `run` so that `segformer --help` stays fast.
@@ -18,6 +18,7 @@ from . import demo as demo_cmd
 from . import evaluate as eval_cmd
 from . import export as export_cmd
 from . import predict as predict_cmd
+from . import pretrain as pretrain_cmd
 from . import push as push_cmd
 from . import synth as synth_cmd
 from . import train as train_cmd
@@ -26,6 +27,7 @@ COMMANDS = {
     "info": info,
     "convert": convert,
     "train": train_cmd,
+    "pretrain": pretrain_cmd,
     "eval": eval_cmd,
     "data": data_cmd,
     "predict": predict_cmd,

@@ -42,33 +42,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
     import sys
 
-    from ..apps.benchmark import run_benchmark, run_train_benchmark
+    from ..apps.benchmark import BenchmarkOptions, run_benchmark, run_train_benchmark
+    from ..fileio import write_json
 
     if args.repeats < 1 or args.batch < 1:
         raise ValueError("--repeats and --batch must be at least 1")
     say = lambda s: print(f"... {s}", file=sys.stderr)  # noqa: E731
-    common = {
-        "size": args.size,
-        "batch": args.batch,
-        "threads": args.threads,
-        "device": args.device,
-        "dtype": args.dtype,
-        "memory": not args.no_memory,
-        "repeats": args.repeats,
-        "warmup": args.warmup,
-        "num_classes": args.num_classes,
-        "progress": say,
-    }
-    if args.train:
-        result = run_train_benchmark(args.model, **common)
-    else:
-        extra = {"compile": args.compile, "compare": args.compare, "unfolded": args.unfolded, "onnx": not args.no_onnx}
-        result = run_benchmark(args.model, **extra, **common)
+    options = BenchmarkOptions(
+        size=args.size,
+        batch=args.batch,
+        threads=args.threads,
+        device=args.device,
+        dtype=args.dtype,
+        compile=args.compile,
+        compare=args.compare,
+        unfolded=args.unfolded,
+        onnx=not args.no_onnx,
+        memory=not args.no_memory,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        num_classes=args.num_classes,
+    )
+    run_one = run_train_benchmark if args.train else run_benchmark
+    result = run_one(args.model, options, say)
     print(result.table())
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result.to_dict(), f, indent=2)
+        write_json(args.json, result.to_dict())
     return 0

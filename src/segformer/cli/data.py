@@ -12,7 +12,7 @@ from .common import add_column_arguments, add_label_arguments
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..data.catalog import DATASET_NAMES
+    from ..data.layouts import DATASET_NAMES
 
     sub = p.add_subparsers(dest="data_verb", required=True, metavar="ACTION")
     check = sub.add_parser(

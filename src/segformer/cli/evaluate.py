@@ -10,6 +10,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 from ..constants import AMP_DTYPES
+from ..protocol import MODES
 from .common import add_column_arguments, add_label_arguments, label_convention, parse_size
 
 if TYPE_CHECKING:
@@ -22,7 +23,7 @@ DEFAULT_TTA_SCALES = (0.75, 0.875, 1.0, 1.125, 1.25)  # --tta without a dataset 
 
 def add_inference_arguments(p: argparse.ArgumentParser) -> None:
     """Options shared by `eval` and `predict`: mode, test scale, window, TTA, device, batch."""
-    p.add_argument("--mode", choices=("whole", "slide"), default=None, help="inference mode (default: the preset's)")
+    p.add_argument("--mode", choices=tuple(MODES), default=None, help="inference mode (default: the preset's)")
     p.add_argument(
         "--scale",
         type=_parse_scale,
@@ -83,8 +84,6 @@ def inference_options(
         options = options.replace(scale=None)
     elif args.scale is not None:
         options = options.replace(scale=args.scale)
-    if options.mode == "slide" and options.crop is None:
-        raise ValueError("--mode slide needs --crop (and usually --stride), e.g. --crop 1024 --stride 768")
     return options
 
 
@@ -106,7 +105,7 @@ def describe(options: InferenceOptions) -> str:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("weights", help="anything load_model accepts: file, folder or hub id")
-    from ..data.catalog import DATASET_NAMES
+    from ..data.layouts import DATASET_NAMES
 
     p.add_argument("--dataset", required=True, choices=DATASET_NAMES, help="dataset layout and test preset")
     p.add_argument("--data-root", required=True, help="dataset root folder (--dataset hf: hub id or local folder)")
@@ -123,18 +122,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..data import DATASETS, build_dataset
+    from ..data import LAYOUTS, build_dataset
     from ..evaluation.evaluate import evaluate_confusion, format_table, write_report
     from ..model.loading import load_model
     from ..runtime import resolve_device
 
     model = load_model(args.weights)
     labels = label_convention(args, base=model.config.labels)  # the model's convention unless flags change it
-    num_classes = None
-    if args.dataset == "hf" or (
-        args.dataset == "folder" and labels.palette is None and not (Path(args.data_root) / "classes.txt").is_file()
-    ):
-        num_classes = model.config.num_classes  # no class names with the data: the model's classes
+    layout = LAYOUTS[args.dataset]
+    # No class names with the data: the model's classes.
+    num_classes = None if layout.names_classes(args.data_root, labels) else model.config.num_classes
     dataset = build_dataset(
         args.dataset,
         args.data_root,
@@ -147,8 +144,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if len(dataset) == 0:
         raise ValueError(f"{args.data_root}: no samples in split {args.split!r}")
-    known = args.dataset in DATASETS
-    options = inference_options(args, dataset.info if known else None, model.config)
+    options = inference_options(args, layout.info, model.config)
     print(f"evaluating {args.weights} on {args.dataset}/{args.split} ({len(dataset)} images): {describe(options)}")
     if not labels.is_default:
         print(f"labels: {labels.describe()}")

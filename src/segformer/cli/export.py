@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..data.catalog import DATASET_NAMES
+from ..data.layouts import DATASET_NAMES
 from .common import parse_size
 
 
@@ -161,17 +161,14 @@ def _run_int8(args: argparse.Namespace) -> int:
 def _eval_dataset(args: argparse.Namespace, num_classes: int):
     if args.eval_dataset is None:
         return None, None
-    from pathlib import Path
 
-    from ..data import DATASETS, build_dataset
+    from ..data import LAYOUTS, LabelConvention, build_dataset
     from ..inference import InferenceOptions
 
-    classes = None
-    if args.eval_dataset == "folder" and not (Path(args.eval_root) / "classes.txt").is_file():
-        classes = num_classes
+    layout = LAYOUTS[args.eval_dataset]
+    classes = None if layout.names_classes(args.eval_root, LabelConvention()) else num_classes
     dataset = build_dataset(args.eval_dataset, args.eval_root, args.eval_split, num_classes=classes)
     if len(dataset) == 0:
         raise ValueError(f"{args.eval_root}: no samples in split {args.eval_split!r}")
-    info = DATASETS.get(args.eval_dataset)
-    options = InferenceOptions.for_dataset(info) if info is not None else InferenceOptions()
+    options = InferenceOptions.for_dataset(layout.info) if layout.info is not None else InferenceOptions()
     return dataset, options

@@ -5,6 +5,7 @@ Needs a token (`hf auth login`, or HF_TOKEN) and the network; the repository is 
 Examples:
   segformer push runs/demo/model your-name/segformer-b0-shapes
   segformer push runs/ade/final your-name/segformer-b2-ade --private
+  segformer push runs/ade/final your-name/segformer-b2-ade --dry-run   # check, show the licence, upload nothing
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--private", action="store_true", help="create the repository as private")
     p.add_argument("--message", default=None, help="commit message (default: 'Upload SegFormer model')")
     p.add_argument("--revision", default=None, help="branch to push to (default: main)")
+    p.add_argument(
+        "--dry-run", action="store_true", help="check the folder and its licence, write a missing card; upload nothing"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,6 +45,13 @@ def run(args: argparse.Namespace) -> int:
 
         write_text(folder / "README.md", model_card_for(load_model(folder)))
         print(f"wrote the model card {folder / 'README.md'}")
+    print(f"licence: {check_licence(folder)}")
+    if args.dry_run:
+        files = sorted(
+            p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix != ".tmp"
+        )
+        print(f"dry run: would upload {', '.join(files)} to {args.repo_id}")
+        return 0
 
     try:
         import huggingface_hub
@@ -68,3 +79,23 @@ def run(args: argparse.Namespace) -> int:
         raise RuntimeError(f"could not push to {args.repo_id} ({type(e).__name__}: {first})") from None
     print(f"pushed {folder} to {url}")
     return 0
+
+
+def check_licence(folder) -> str:  # folder: Path
+    """The weights' licence line from config.json's record; a card that calls NVIDIA-derived weights anything but
+    non-commercial is refused (one line), so no push labels them permissive."""
+    import json
+
+    from ..model.licence import origin_of, summary
+
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    record = config.get("segformer_licence")
+    card = (folder / "README.md").read_text(encoding="utf-8")
+    front = card.split("---")[1] if card.startswith("---") else ""
+    if origin_of(record) == "nvidia" and "license_name: nvidia-source-code-license" not in front:
+        raise ValueError(
+            f"{folder / 'README.md'}: the weights derive from NVIDIA's (non-commercial, config.json) but the card's "
+            "front matter does not say license: other / license_name: nvidia-source-code-license; delete the card "
+            "to have it written again"
+        )
+    return summary(record)

@@ -45,7 +45,6 @@ def _floats(text: str) -> tuple[float, ...]:
 
 
 HELP = {
-    "model": "variant b0..b5, or a SegFormerConfig .json/.yaml file",
     "dataset": "ade20k, cityscapes, voc, coco-stuff, folder (ROOT/images/SPLIT, ROOT/masks/SPLIT), hf, or raster "
     "(GeoTIFF image and label rasters in the folder layout; needs segformer[geo])",
     "data_root": "dataset root folder (--dataset hf: hub id, save_to_disk folder or folder of parquet files)",
@@ -56,7 +55,12 @@ HELP = {
     "image_column": "--dataset hf: the image column (default: image, pixel_values, ...)",
     "mask_column": "--dataset hf: the mask column (default: label, annotation, semantic_map, mask, ...)",
     "out": "run folder (checkpoints, config.yaml, metrics.jsonl, best/, final/, curves.png)",
-    "pretrained": "ImageNet encoder weights: file, folder or hub id such as nvidia/mit-b0",
+    "model": "variant (b0..b5 released, b0-paper..b4-paper = PVTv2 shapes), auto (the variant of --pretrained), or a "
+    "SegFormerConfig .json/.yaml file",
+    "pretrained": "ImageNet encoder weights: file, folder or hub id such as nvidia/mit-b0 (non-commercial), "
+    "timm/pvt_v2_b2.in1k (Apache-2.0, with --model b2-paper or auto), or RUN/final of segformer pretrain",
+    "pretrained_partial": "load what fits of an encoder with other FFN widths (PVTv2-B0..B4 into the released "
+    "B0..B4) and re-initialise the rest, listing it",
     "crop": "training crop, 512 or HxW",
     "scale": "resize img_scale LONGxSHORT, e.g. 2048x512",
     "batch_size": "per process; global batch = batch size x processes x grad accumulation",

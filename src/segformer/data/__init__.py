@@ -1,5 +1,8 @@
 """Datasets in their standard on-disk layouts, the mmseg-style training pipeline, and the training sample stream.
 
+Every dataset is a `Dataset` (base.py: len, load(i), class_names, ignore_index, info, ...); each on-disk layout is
+one row of `LAYOUTS` (layouts.py), which `build_dataset`, `data check` and the CLI read.
+
 from segformer.data import DATASETS, SampleStream, TrainTransform, build_dataset
 info = DATASETS["ade20k"]
 ds = build_dataset("ade20k", "data/ADEChallengeData2016", "training")
@@ -11,10 +14,12 @@ Own data: build_dataset("folder", root, "train", labels=LabelConvention(label_ma
 check_dataset("folder", root) reports every split and what to fix; build_dataset("hf", ...) reads HF datasets.
 """
 
-from .catalog import DATASET_NAMES, DATASETS, IGNORE_INDEX, DatasetInfo, folder_info
+from .base import Dataset, SampleSource, as_dataset
+from .catalog import DATASETS, IGNORE_INDEX, DatasetInfo, folder_info
 from .check import DataReport, check_dataset, class_pixel_counts, class_weights
-from .datasets import SegmentationDataset, build_dataset, read_class_names
+from .datasets import SegmentationDataset
 from .labels import LabelConvention, LabelError, parse_label_map, read_palette
+from .layouts import DATASET_NAMES, LAYOUTS, Layout, build_dataset, read_class_names
 from .sampling import BatchPlan, SampleStream, next_batch, train_loader
 from .transforms import PhotoMetricDistortion, TrainTransform, choose_crop, rescale_size
 
@@ -22,15 +27,20 @@ __all__ = [
     "DATASETS",
     "DATASET_NAMES",
     "IGNORE_INDEX",
+    "LAYOUTS",
     "BatchPlan",
     "DataReport",
+    "Dataset",
     "DatasetInfo",
     "LabelConvention",
     "LabelError",
+    "Layout",
     "PhotoMetricDistortion",
+    "SampleSource",
     "SampleStream",
     "SegmentationDataset",
     "TrainTransform",
+    "as_dataset",
     "build_dataset",
     "check_dataset",
     "choose_crop",

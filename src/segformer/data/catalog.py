@@ -249,13 +249,6 @@ DATASETS: dict[str, DatasetInfo] = {
 }
 
 
-# Every name `build_dataset` and the CLI's --dataset accept: the datasets above, plus the generic layouts "folder"
-# (ROOT/images/SPLIT + ROOT/masks/SPLIT, classes.txt) and "hf" (Hugging Face datasets: hub id, save_to_disk or
-# parquet folder) and "raster" (GeoTIFF image/label rasters: data/raster.py). The one list of dataset names; builders
-# live in datasets.py.
-DATASET_NAMES: tuple[str, ...] = (*DATASETS, "folder", "hf", "raster")
-
-
 def protocol_for_classes(class_names: tuple[str, ...] | None) -> InferenceOptions | None:
     """The paper's test protocol of the standard dataset whose classes these are (official/hub checkpoints)."""
     info = next((d for d in DATASETS.values() if class_names and tuple(class_names) == d.class_names), None)

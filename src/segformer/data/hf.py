@@ -4,8 +4,9 @@ NAME_OR_PATH is a hub id (read through the datasets cache, so online the first t
 `save_to_disk`, or a folder of parquet files (split from the file or folder names: train-00000-of-00001.parquet,
 validation/..., else one "train" split). Image and mask columns are found by their usual names or given; class
 names come from a ClassLabel in the dataset's features, an `id2label.json` (in the folder or the hub repo), the
-palette file, or `num_classes`. The result behaves like `SegmentationDataset` (len, load(i), class_names, ...),
-so training, evaluation and `data check` use it unchanged. `datasets` is an extra: pip install 'segformer[hf]'.
+palette file, or `num_classes`. The result is a `SegmentationDataset` (len, load(i), class_names, open_raw, ...)
+whose samples are rows, so training, evaluation and `data check` use it unchanged. `datasets` is an extra:
+pip install 'segformer[hf]'.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from typing import Any
 import numpy as np
 
 from ..imageio import ImageReadError, to_rgb
-from .catalog import folder_info
-from .datasets import SegmentationDataset, Transform
+from .base import Sample, Transform
+from .catalog import DatasetInfo, folder_info
+from .datasets import SegmentationDataset
 from .labels import LabelConvention, raw_mask_array
 
 log = logging.getLogger("segformer")
@@ -232,7 +234,7 @@ class HFSegmentationDataset(SegmentationDataset):
     def __init__(
         self,
         table: Any,
-        info: Any,
+        info: DatasetInfo,
         *,
         image_column: str,
         mask_column: str,
@@ -250,7 +252,7 @@ class HFSegmentationDataset(SegmentationDataset):
         self.image_column, self.mask_column, self.name_column = image_column, mask_column, name_column
         self.info = info
         self.labels = labels if labels is not None else LabelConvention()
-        self.label_maps = []
+        self.label_maps: list[np.ndarray | None] = []  # no layout mapping: the convention's table for every row
         self.transform = transform
         self.skip_bad = skip_bad
         self.where = where
@@ -272,12 +274,26 @@ class HFSegmentationDataset(SegmentationDataset):
     def where_of(self, index: int) -> str:
         return f"{self.where}[{index}]"
 
-    def load(self, index: int) -> tuple[np.ndarray, np.ndarray, str]:
+    def path_of(self, index: int) -> str:
+        return self.where_of(index)
+
+    def table_of(self, index: int) -> np.ndarray:
+        return self.labels.lut
+
+    def tables(self) -> list[np.ndarray]:
+        return [self.labels.lut]
+
+    def open_raw(self, index: int, masks_only: bool = False) -> tuple[Any, Any, str, str]:
+        """(image, mask, name, where) as the row stores them (PIL images or arrays); the image is read anyway."""
         where = self.where_of(index)
         try:
-            image_obj, mask_obj, name = self.raw(index)
+            image, mask, name = self.raw(index)
         except Exception as e:  # a damaged row: bytes that PIL cannot decode, ...
             raise ImageReadError(f"{where}: unreadable row ({_first_line(e)})") from None
+        return image, mask, name, where
+
+    def load(self, index: int) -> Sample:
+        image_obj, mask_obj, name, where = self.open_raw(index)
         if image_obj is None or mask_obj is None:
             raise ImageReadError(f"{where}: no {'image' if image_obj is None else 'mask'} in this row")
         image = to_rgb(_upright(image_obj))

@@ -1,7 +1,8 @@
 """Training and evaluation data from rasters (GeoTIFF): image rasters with label rasters on the same grid.
 
-Layout (`--dataset raster`): ROOT/images/SPLIT/NAME.tif with ROOT/masks/SPLIT/NAME.tif (matched by path without
-suffix, subfolders allowed), class names from ROOT/classes.txt or `num_classes`; or `RasterDataset(pairs, names)`
+Layout (`--dataset raster`, the "raster" row of `layouts.LAYOUTS`): ROOT/images/SPLIT/NAME.tif with
+ROOT/masks/SPLIT/NAME.tif (`raster_pairs`: matched by path without suffix, subfolders allowed), class names from
+ROOT/classes.txt or `num_classes`; or `RasterDataset(pairs, names)`
 for (image, label) pairs anywhere. A label raster must be on its image's grid (CRS, transform, size): anything else
 is one error line naming both files and both grids; labels are never resampled here.
 
@@ -14,20 +15,20 @@ Windows are `window` pixels square (the smallest raster side at most), at the ra
 filled with the window's band means and ignored in the labels; label nodata is ignored (255).
 
 Validation and `eval` run whole rasters through the tiled prediction of `inference.raster` (`evaluation.raster`), so
-their metrics are those of predict's output, pixel for pixel; `check_rasters` is `segformer data check` for rasters.
+their metrics are those of predict's output, pixel for pixel. `segformer data check` reads each pair whole through
+`scan_pair` (`data.check.scan.scan_rasters`).
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from ..constants import IGNORE_INDEX
 from ..geoio import (
@@ -41,6 +42,7 @@ from ..geoio import (
     row_blocks,
 )
 from ..protocol import InferenceOptions
+from .base import Dataset, Transform
 from .catalog import DatasetInfo, folder_info
 from .labels import LabelConvention, LabelError
 
@@ -133,9 +135,11 @@ def label_ids(
     return ids
 
 
-class RasterDataset(torch.utils.data.Dataset):
-    """Image/label raster pairs with class names: random training windows through `load(i)`, whole rasters for
-    evaluation (`pairs`). The interface of `datasets.SegmentationDataset` (len, load, info, transform, ...)."""
+class RasterDataset(Dataset):
+    """Image/label raster pairs with class names (a `base.Dataset`): random training windows through `load(i)`,
+    whole rasters for evaluation (`pairs`). With `skip_bad`, a pair `open_pair` rejects (unreadable, another grid,
+    other bands, no data) is left out and listed in `rejected` with its one-line reason instead of raising;
+    `samples` lists every pair given."""
 
     def __init__(
         self,
@@ -146,49 +150,50 @@ class RasterDataset(torch.utils.data.Dataset):
         window: int = WINDOW,
         min_valid: float = MIN_VALID,
         seed: int = 0,
-        transform: Callable[..., Any] | None = None,
+        transform: Transform | None = None,
         channels: int | None = None,
         where: str = "",
         colours: np.ndarray | None = None,
+        skip_bad: bool = False,
     ) -> None:
         if not pairs:
             raise ValueError(f"{where or 'rasters'}: no image/label raster pairs (empty split)")
-        self.pairs = [open_pair(image, label, channels) for image, label in pairs]
-        counts = {p.bands for p in self.pairs}
-        if len(counts) > 1:
-            other = next(p for p in self.pairs if p.bands != self.pairs[0].bands)
-            raise RasterError(
-                f"{other.image}: has {other.bands} bands but {self.pairs[0].image} has {self.pairs[0].bands}; "
-                "the rasters of a dataset must have the same bands"
-            )
-        self.samples = [(p.image, p.label) for p in self.pairs]
+        self.samples = [(Path(image), Path(label)) for image, label in pairs]
+        self.rejected: list[tuple[Path, Path, str]] = []
+        self.pairs = self._open(channels, skip_bad)
         self.labels = labels or LabelConvention()
-        self.window = min([window] + [min(p.grid.height, p.grid.width) for p in self.pairs])
+        sides = [min(p.grid.height, p.grid.width) for p in self.pairs]
+        self.window = min([window, *sides])
         self.info = _info(class_names, self.window, colours)
         self.min_valid, self.seed, self.transform, self.where = min_valid, seed, transform, where
-        self.channels = self.pairs[0].bands
-        self.dropped, self.missing, self.skip_bad = 0, [], False
+        self.channels = self.pairs[0].bands if self.pairs else channels
+        self.dropped, self.missing, self.skip_bad = len(self.rejected), [], skip_bad
         weights = np.array([p.valid_pixels for p in self.pairs])
-        self._share = weights / weights.sum() if weights.sum() > 0 else np.full(len(weights), 1 / len(weights))
-        self._length = max(len(self.pairs), math.ceil(weights.sum() / (self.window * self.window)))
+        total = float(weights.sum())
+        self._share = weights / total if total > 0 else np.full(len(weights), 1 / max(len(weights), 1))
+        self._length = max(len(self.pairs), math.ceil(total / (self.window * self.window)))
+
+    def _open(self, channels: int | None, skip_bad: bool) -> list[RasterPair]:
+        """The pairs that open on one grid with data and the same bands (all of them, or RasterError)."""
+        opened = []
+        for image, label in self.samples:
+            try:
+                pair = open_pair(image, label, channels)
+                first = opened[0] if opened else None
+                if first is not None and pair.bands != first.bands:
+                    raise RasterError(
+                        f"{image}: has {pair.bands} bands but {first.image} has {first.bands}; "
+                        "the rasters of a dataset must have the same bands"
+                    )
+            except RasterError as e:
+                if not skip_bad:
+                    raise
+                self.rejected.append((image, label, str(e)))
+                continue
+            opened.append(pair)
+        return opened
 
     # -- the dataset interface ------------------------------------------------------------------------------------
-    @property
-    def class_names(self) -> tuple[str, ...]:
-        return self.info.class_names
-
-    @property
-    def num_classes(self) -> int:
-        return self.info.num_classes
-
-    @property
-    def palette(self) -> np.ndarray:
-        return self.info.palette_array()
-
-    @property
-    def ignore_index(self) -> int:
-        return IGNORE_INDEX
-
     def __len__(self) -> int:
         """Training windows per epoch: about the pixels with data over the window area (one per raster at least)."""
         return self._length
@@ -197,14 +202,26 @@ class RasterDataset(torch.utils.data.Dataset):
         rasters, k = len(self.pairs), self.num_classes
         return f"RasterDataset({self.where!r}, {rasters} rasters, {len(self)} windows, {k} classes)"
 
-    def with_transform(self, transform: Callable[..., Any] | None) -> RasterDataset:
+    def path_of(self, index: int) -> str | None:
+        return str(self.pairs[self.window_of(index)[0]].label) if self.pairs else None
+
+    def tiled_protocol(self, crop: Sequence[int] | None) -> InferenceOptions:
+        """Whole rasters in tiles of the training crop (or the dataset's), as `inference.raster` predicts them."""
+        return raster_protocol(crop or self.info.crop)
+
+    # What `data check` reads: the label convention's table for every pair (rasters have no layout mapping).
+    layout_mapped = False
+
+    def table_of(self, index: int) -> np.ndarray:
+        return self.labels.lut
+
+    def tables(self) -> list[np.ndarray]:
+        return [self.labels.lut]
+
+    def with_transform(self, transform: Transform | None) -> RasterDataset:
         other = copy.copy(self)
         other.transform = transform
         return other
-
-    def __getitem__(self, index: int) -> Any:
-        image, mask, name = self.load(index)
-        return (image, mask, name) if self.transform is None else self.transform(image, mask, np.random.default_rng())
 
     # -- reading ----------------------------------------------------------------------------------------------
     def window_of(self, index: int) -> tuple[int, int, int]:
@@ -356,42 +373,11 @@ def _rasters(folder: Path) -> list[Path]:
     return sorted(p for p in found if p.is_file())
 
 
-def raster_folder(
-    root: str | Path,
-    split: str = "train",
-    *,
-    num_classes: int | None = None,
-    labels: LabelConvention | None = None,
-    transform: Callable[..., Any] | None = None,
-    skip_bad: bool = False,
-    channels: int | None = None,
-) -> RasterDataset:
-    """`--dataset raster`: the pairs of ROOT/images/SPLIT and ROOT/masks/SPLIT, classes from ROOT/classes.txt (or
-    the palette file, or `num_classes`)."""
-    from .datasets import folder_class_names
-
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: dataset root does not exist")
-    labels = labels or LabelConvention()
-    names = folder_class_names(root, num_classes, labels)
-    where = str(root / "images" / split)
-    return RasterDataset(
-        raster_pairs(root, split),
-        names,
-        labels=labels,
-        transform=transform,
-        channels=channels,
-        where=where,
-        colours=labels.class_colours(len(names)),
-    )
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # `segformer data check --dataset raster`
 # ---------------------------------------------------------------------------------------------------------------
 @dataclass
-class _PairScan:
+class PairScan:
     """What one full read of a pair found: band sums over pixels with data, the image's nodata share, the label's
     raw values (value -> pixels) and nodata pixels."""
 
@@ -405,8 +391,9 @@ class _PairScan:
     label_nodata: int
 
 
-def _scan_pair(image: Path, label: Path) -> _PairScan:
-    """Read a pair whole, in strips (RasterError for a file GDAL cannot read or a label on another grid)."""
+def scan_pair(image: Path, label: Path) -> PairScan:
+    """Read a pair whole, in strips, for `data check` (RasterError for a file GDAL cannot read or a label on another
+    grid)."""
     with gdal_env(), open_raster(image) as src, open_raster(label) as lab:
         grid = _same_grid(image, src, label, lab)
         bands = range(1, src.count + 1)
@@ -422,7 +409,7 @@ def _scan_pair(image: Path, label: Path) -> _PairScan:
             for v, n in zip(found.tolist(), counts.tolist(), strict=True):
                 values[int(v)] = values.get(int(v), 0) + int(n)
         label_type = f"{lab.dtypes[0]} (nodata {lab.nodata:g})" if lab.nodata is not None else lab.dtypes[0]
-        return _PairScan(grid, f"{src.count} x {src.dtypes[0]}", label_type, sums, sums_sq, valid, values, nodata)
+        return PairScan(grid, f"{src.count} x {src.dtypes[0]}", label_type, sums, sums_sq, valid, values, nodata)
 
 
 def _same_grid(image: Path, src: Any, label: Path, lab: Any) -> Grid:
@@ -435,173 +422,3 @@ def _same_grid(image: Path, src: Any, label: Path, lab: Any) -> Grid:
             "-t_srs, -tr and -te, nearest resampling): labels are never resampled here"
         )
     return grid
-
-
-def check_rasters(
-    root: str | Path,
-    splits: Sequence[str] | None = None,
-    *,
-    num_classes: int | None = None,
-    labels: LabelConvention | None = None,
-    progress: bool = True,
-    weight_method: str = "enet",
-) -> Any:
-    """`check_dataset` for `--dataset raster`: read every pair whole and report per-band mean/std (the statistics
-    a model with --in-channels stores), label values, nodata shares, grids that differ (label vs image: an error;
-    between rasters: a warning) and label values >= K that are not nodata, as a `check.DataReport`."""
-    import time
-
-    from .check import DataReport, Diagnosis, class_weights
-    from .datasets import folder_class_names
-
-    start, root, labels = time.perf_counter(), Path(root).expanduser(), labels or LabelConvention()
-    out: list[Diagnosis] = []
-    try:
-        names: list[str] | None = list(folder_class_names(root, num_classes, labels))
-    except FileNotFoundError as e:
-        names = None
-        out.append(Diagnosis("no_class_names", str(e), "--num-classes", "problem"))
-    k = len(names) if names else None
-    reports, grids = {}, {}
-    for split in splits or _raster_splits(root):
-        reports[split] = _check_split(root, split, labels, k, out, grids, progress)
-    out += _grid_findings(grids)
-    train = next((s for s in ("train", "training") if s in reports), next(iter(reports), None))
-    counts = reports[train].pixel_counts[:k] if k is not None and train is not None else []
-    if names is not None and any(c == 0 for c in counts):
-        absent = ", ".join(names[c] for c in range(len(counts)) if counts[c] == 0)
-        out.append(Diagnosis("classes_never_present", f"classes never present in '{train}': {absent}", None,
-                             "warning", train))  # fmt: skip
-    weights = [round(float(w), 4) for w in class_weights(counts, weight_method)] if sum(counts) > 0 else None
-    seconds = time.perf_counter() - start
-    order = {"error": 0, "problem": 1, "warning": 2, "note": 3}
-    return DataReport(
-        dataset="raster", root=str(root), labels=labels.to_dict(), num_classes=k, class_names=names, splits=reports,
-        diagnoses=sorted(out, key=lambda d: order[d.severity]), class_weights=weights, weight_method=weight_method,
-        weight_split=train, seconds=round(seconds, 3),
-        images_per_second=round(sum(r.scanned for r in reports.values()) / max(seconds, 1e-9), 1),
-    )  # fmt: skip
-
-
-def _check_split(
-    root: Path, split: str, labels: LabelConvention, k: int | None, out: list[Any], grids: dict, progress: bool
-) -> Any:
-    """The `check.SplitReport` of one split; findings appended to `out`, image grids to `grids`."""
-    from tqdm import tqdm
-
-    from .check import Diagnosis, SplitReport
-
-    report = SplitReport(split, pixel_counts=[0] * 256, image_counts=[0] * 256)
-    try:
-        pairs = raster_pairs(root, split)
-    except (FileNotFoundError, ValueError) as e:
-        report.error = str(e)
-        out.append(Diagnosis("split_unreadable", str(e), None, "error", split))
-        return report
-    report.images = len(pairs)
-    stats = np.zeros((3, 0))  # per band: sum, sum of squares, count
-    for image, label in tqdm(pairs, desc=f"check {split}", unit="raster", disable=not progress, leave=False):
-        report.scanned += 1
-        try:
-            scan = _scan_pair(image, label)
-        except RasterError as e:
-            (report.size_mismatches if "another grid" in str(e) else report.unreadable).append(str(e))
-            out.append(Diagnosis("raster_unreadable", str(e), None, "error", split))
-            continue
-        grids[image] = scan.grid
-        stats = _add_pair(report, scan, stats, labels, k, image, split, out)
-    if stats.shape[1] and stats[2, 0] > 0:
-        mean = stats[0] / stats[2]
-        std = np.sqrt(np.maximum(stats[1] / stats[2] - mean * mean, 0))
-        text = f"per-band mean {' '.join(f'{m:.6g}' for m in mean)}, std {' '.join(f'{s:.6g}' for s in std)}"
-        hint = f"train with --in-channels {len(mean)} (the statistics are computed and stored with the model)"
-        out.append(Diagnosis("band_statistics", f"{text}; {hint}", None, "note", split))
-    return report
-
-
-def _raster_splits(root: Path) -> list[str]:
-    base = root / "images"
-    if not base.is_dir():
-        raise FileNotFoundError(f"{base}: missing; the raster layout is ROOT/images/SPLIT and ROOT/masks/SPLIT")
-    return sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def _add_pair(
-    report: Any,
-    scan: _PairScan,
-    stats: np.ndarray,
-    labels: LabelConvention,
-    k: int | None,
-    image: Path,
-    split: str,
-    out: list[Any],
-) -> np.ndarray:
-    """Add one scanned pair to its split's report and findings; the running (sum, sum of squares, count) per band."""
-    from .check import Diagnosis
-
-    report.image_modes[scan.bands] = report.image_modes.get(scan.bands, 0) + 1
-    size = (scan.grid.height, scan.grid.width)
-    report.size_min = min(report.size_min or size, size)
-    report.size_max = max(report.size_max or size, size)
-    pixels = scan.grid.height * scan.grid.width
-    nodata = 1 - scan.valid / pixels
-    g, (rx, ry) = scan.grid, scan.grid.resolution
-    where = f"{image.name}: {g.crs_name}, {g.width}x{g.height} pixels of {rx:g} x {ry:g} {g.units}, {scan.bands}"
-    out.append(Diagnosis("raster", f"{where}, {100 * nodata:.1f}% nodata", None, "note", report.name))
-    report.mask_modes[scan.labels] = report.mask_modes.get(scan.labels, 0) + 1
-    if scan.valid == 0:
-        out.append(
-            Diagnosis(
-                "all_nodata",
-                f"{image}: every pixel is nodata; remove it or fix its nodata value",
-                None,
-                "problem",
-                report.name,
-            )
-        )
-    elif nodata > 1 - MIN_VALID:
-        out.append(
-            Diagnosis(
-                "mostly_nodata", f"{image}: {100 * nodata:.0f}% of its pixels are nodata", None, "warning", report.name
-            )
-        )
-    bad = []
-    for v, n in scan.values.items():
-        entry = report.values.setdefault(v, [0, 0])
-        entry[0], entry[1] = entry[0] + n, entry[1] + 1
-        target = int(labels.lut[v]) if 0 <= v <= 255 else None
-        if target is None or (target != IGNORE_INDEX and k is not None and target >= k):
-            bad.append(v)
-        elif target != IGNORE_INDEX or v == IGNORE_INDEX:
-            report.pixel_counts[target] += n
-            report.image_counts[target] += 1
-    if bad:
-        held = ", ".join(map(str, bad[:10]))
-        fix = f"map them with --label-map {bad[0]}:255 or set the label raster's nodata"
-        text = f"{image.name}'s labels hold {held}: >= num_classes {k} and not the raster's nodata; {fix}"
-        out.append(Diagnosis("labels_beyond_classes", text, "--label-map", "problem", report.name))
-    if stats.shape[1] not in (0, len(scan.sums)):
-        out.append(
-            Diagnosis(
-                "band_counts",
-                f"{image}: {scan.bands} bands unlike the split's first raster",
-                None,
-                "problem",
-                report.name,
-            )
-        )
-        return stats
-    add = np.stack([scan.sums, scan.sums_sq, np.full(len(scan.sums), scan.valid)])
-    return add if stats.shape[1] == 0 else stats + add
-
-
-def _grid_findings(grids: dict[Path, Grid]) -> list[Any]:
-    """A warning when the image rasters differ in CRS or pixel size (the model learns pixels, not metres)."""
-    from .check import Diagnosis
-
-    kinds = {(g.crs_name, tuple(round(r, 9) for r in g.resolution)) for g in grids.values()}
-    if len(kinds) < 2:
-        return []
-    shown = "; ".join(f"{crs} {res[0]:g} x {res[1]:g}" for crs, res in sorted(kinds)[:4])
-    text = f"the image rasters differ in CRS or resolution ({shown}); the model sees pixels, so resample them to one"
-    return [Diagnosis("grids_differ", f"{text} resolution for training and prediction", None, "warning")]

@@ -15,33 +15,32 @@ by their position `g` in one endless global stream. Iteration `it` uses position
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from ..imageio import ImageReadError
+from .base import Sample, SampleSource, Transform, as_dataset
 
 log = logging.getLogger("segformer")
-
-Transform = Callable[[np.ndarray, np.ndarray, np.random.Generator], Any]
 
 
 class SampleStream(torch.utils.data.Dataset):
     """Global stream position g -> (image tensor, label tensor), independent of ranks, workers and restarts.
 
-    `dataset` needs `len()` and `load(i) -> (uint8 HWC image, uint8 HW mask, name)`; `transform(image, mask, rng)`
-    returns the training arrays. With `skip_bad`, a sample whose `load` fails is replaced by the next good one (in
-    index order, wrapping around) and marked bad in memory shared with DataLoader workers: `skipped` counts the
-    distinct bad samples met in any process, plus those the dataset dropped while building (`dataset.dropped`).
+    `dataset` is a `Dataset` or any sample source (`len()`, `load(i) -> (uint8 HWC image, uint8 HW mask, name)`);
+    `transform(image, mask, rng)` returns the training arrays. With `skip_bad`, a sample whose `load` fails is
+    replaced by the next good one (in index order, wrapping around) and marked bad in memory shared with DataLoader
+    workers: `skipped` counts the distinct bad samples met in any process, plus those the dataset dropped while
+    building (`dataset.dropped`).
     """
 
-    def __init__(self, dataset: Any, transform: Transform, seed: int = 0, skip_bad: bool = False) -> None:
+    def __init__(self, dataset: SampleSource, transform: Transform, seed: int = 0, skip_bad: bool = False) -> None:
         if len(dataset) == 0:
             raise ValueError("SampleStream needs a non-empty dataset")
-        self.dataset = dataset
+        self.dataset = as_dataset(dataset)
         self.transform = transform
         self.seed = seed
         self.skip_bad = skip_bad
@@ -59,7 +58,7 @@ class SampleStream(torch.utils.data.Dataset):
 
     @property
     def skipped(self) -> int:
-        return getattr(self.dataset, "dropped", 0) + int(self._bad.sum())
+        return self.dataset.dropped + int(self._bad.sum())
 
     def index_of(self, g: int) -> int:
         """The dataset index at stream position `g`."""
@@ -69,7 +68,7 @@ class SampleStream(torch.utils.data.Dataset):
             self._epoch = epoch
         return int(self._perm[pos])
 
-    def load(self, index: int) -> tuple[np.ndarray, np.ndarray, str]:
+    def load(self, index: int) -> Sample:
         """`dataset.load(index)`; with `skip_bad`, the next good sample when that one is unreadable."""
         n = len(self.dataset)
         for step in range(n):

@@ -15,8 +15,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data.base import SampleSource, as_dataset
 from ..data.raster import RasterDataset
-from ..fileio import write_json
+from ..fileio import write_json, write_npy
 from ..inference import InferenceOptions, Segmenter, iter_same_size
 from ..runtime import rank_world
 from .metrics import ConfusionMatrix
@@ -28,7 +29,7 @@ log = logging.getLogger("segformer")
 class _Samples(torch.utils.data.Dataset):
     """The dataset's `load(i)` for a subset of indices, so a DataLoader can read ahead in worker processes."""
 
-    def __init__(self, dataset: Any, indices: Sequence[int]) -> None:
+    def __init__(self, dataset: SampleSource, indices: Sequence[int]) -> None:
         self.dataset = dataset
         self.indices = list(indices)
 
@@ -45,14 +46,6 @@ def _identity(x: Any) -> Any:
     return x
 
 
-def _sample_path(dataset: Any, index: int, name: str) -> str:
-    samples = getattr(dataset, "samples", None)
-    try:
-        return str(samples[index][1])
-    except (TypeError, IndexError, KeyError):
-        return name
-
-
 def check_labels(mask: np.ndarray, num_classes: int, ignore_index: int, where: str) -> None:
     """Raise a one-line ValueError naming `where` when a label is neither a class id nor ignore_index."""
     values = mask[(mask != ignore_index)]
@@ -66,7 +59,7 @@ def check_labels(mask: np.ndarray, num_classes: int, ignore_index: int, where: s
 
 def evaluate_confusion(
     model: nn.Module,
-    dataset: Any,
+    dataset: SampleSource,
     options: InferenceOptions | None = None,
     *,
     device: str | torch.device | None = None,
@@ -74,9 +67,9 @@ def evaluate_confusion(
     max_samples: int | None = None,
     num_workers: int = 0,
 ) -> ConfusionMatrix:
-    """The all-reduced confusion matrix of `model` over `dataset` (anything with `len`, `load(i)` -> (image
-    (H, W, C): uint8 RGB, or the bands of a multi-band model; mask (H, W), name), and optionally `class_names`,
-    `ignore_index`, `samples`). Images are normalised with the statistics in the model's config.
+    """The all-reduced confusion matrix of `model` over `dataset` (a `Dataset`, or anything with `len`, `load(i)` ->
+    (image (H, W, C): uint8 RGB, or the bands of a multi-band model; mask (H, W), name): see `data.as_dataset`).
+    Images are normalised with the statistics in the model's config.
 
     The model is put in eval mode and given back in the mode it had (training calls this periodically).
     """
@@ -85,9 +78,10 @@ def evaluate_confusion(
     options = options or InferenceOptions()
     if isinstance(model, torch.nn.parallel.DistributedDataParallel):
         model = model.module  # each rank runs its own share: no gradient sync, no collective inside forward
+    dataset = as_dataset(dataset)
     num_classes = model.config.num_classes
-    ignore_index = int(getattr(dataset, "ignore_index", 255))
-    names = getattr(dataset, "class_names", None)
+    ignore_index = dataset.ignore_index
+    names = dataset.class_names
     if names is None or len(names) != num_classes:
         names = model.config.class_names
     cm = ConfusionMatrix(num_classes, ignore_index=ignore_index, class_names=names)
@@ -110,7 +104,7 @@ def evaluate_confusion(
     try:
         for group in iter_same_size(loader, lambda s: s[1].shape, limit):
             for i, _, mask, name in group:
-                check_labels(np.asarray(mask), num_classes, ignore_index, _sample_path(dataset, i, name))
+                check_labels(np.asarray(mask), num_classes, ignore_index, dataset.path_of(i) or name)
             preds = segmenter.segment(segmenter.prepare([s[1] for s in group])).labels  # (B, H, W)
             for k, (_, _, mask, _) in enumerate(group):
                 cm.update(
@@ -126,7 +120,7 @@ def evaluate_confusion(
 
 def evaluate(
     model: nn.Module,
-    dataset: Any,
+    dataset: SampleSource,
     options: InferenceOptions | None = None,
     *,
     device: str | torch.device | None = None,
@@ -177,6 +171,6 @@ def write_report(folder: str | Path, metrics: dict[str, Any], cm: ConfusionMatri
     paths = {"metrics": folder / "metrics.json", "matrix": folder / "confusion.npy", "png": folder / "confusion.png"}
     write_json(paths["metrics"], metrics)
     matrix = cm.matrix.cpu().numpy()
-    np.save(paths["matrix"], matrix)
+    write_npy(paths["matrix"], matrix)
     save_confusion(paths["png"], matrix, cm.class_names)
     return paths

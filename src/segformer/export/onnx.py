@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from ..fileio import atomic_write
 from ..model.config import channel_stats
 from ..model.segformer import SegFormer
+from .runtimes import ort_session, require_onnx
 
 MIN_OPSET = 17
 
@@ -101,19 +102,6 @@ class ExportReport:
         return "\n".join(lines)
 
 
-def _require_onnx() -> None:
-    missing = []
-    for name in ("onnx", "onnxruntime"):
-        try:
-            __import__(name)
-        except ImportError:
-            missing.append(name)
-    if missing:
-        raise RuntimeError(
-            f"ONNX export needs {' and '.join(missing)}: pip install 'segformer[onnx]' (or onnx onnxruntime)"
-        )
-
-
 def export_onnx(
     model: SegFormer,
     path: str | os.PathLike,
@@ -139,7 +127,7 @@ def export_onnx(
     `onnxruntime_ops`: attention as ONNX Runtime's fused com.microsoft MultiHeadAttention (faster in ONNX Runtime,
     but no other runtime has it); by default the graph holds standard ONNX operators only.
     """
-    _require_onnx()
+    require_onnx()
     import onnx
 
     if opset < MIN_OPSET:
@@ -259,24 +247,6 @@ def _sample_input(wrapper: ExportWrapper, batch: int, size: tuple[int, int], see
         noise = torch.randn(batch, *size, channels, generator=g)
         return noise * wrapper.inv_std.reciprocal().view(-1) + wrapper.mean.view(-1)
     return torch.randn(batch, channels, *size, generator=g)
-
-
-def ort_session(
-    path: str | os.PathLike, threads: int | None = None, providers: list[str] | None = None, spinning: bool = True
-):
-    """An ONNX Runtime session with full graph optimisation and `threads` intra-op threads. `spinning=False` stops
-    its idle threads from busy-waiting after each run (fairer when several sessions or libraries share cores)."""
-    _require_onnx()
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if not spinning:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if threads:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
 
 
 def check_onnx(

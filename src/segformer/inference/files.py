@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from ..fileio import atomic_write
+from ..fileio import atomic_write, write_npy
 from ..imageio import IMAGE_SUFFIXES, ImageReadError, display_rgb, write_label_png
 from ..runtime import cores_per_process, rank_world
 from .finish import finish
@@ -246,15 +246,10 @@ def _write(job: _Job, style: OutputStyle) -> str | None:
             _named(stem, "_overlay.jpg"), lambda tmp: Image.fromarray(picture).save(tmp, format="JPEG", quality=90)
         )
         if job.probs is not None:
-            atomic_write(_named(stem, "_prob.npy"), lambda tmp: _save_npy(tmp, job.probs))
+            write_npy(_named(stem, "_prob.npy"), job.probs)
     except OSError as e:
         return f"could not write outputs under {stem.parent} ({e})"
     return None
-
-
-def _save_npy(path: str, array: np.ndarray) -> None:
-    with open(path, "wb") as f:  # np.save(str) would append .npy to the temporary name
-        np.save(f, array)
 
 
 _STYLE: OutputStyle | None = None  # set in each writer process by `_start_writer`

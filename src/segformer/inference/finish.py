@@ -3,6 +3,11 @@
 One pass and labels only: the exact argmax of the logits resized to the network input size and then to the image
 size (mmseg's two bilinear resizes), without making the (B, K, H, W) scores (`argmax_resized`: a 12 MP photo with 150
 classes would need 7 GB). Several passes (TTA) or probabilities: each pass resized, softmaxed and averaged.
+
+A runtime whose graph ends in the argmax (an ONNX export with postprocessing) gives one pass of integer class ids
+(B, h, w) or (B, 1, h, w) at the network input size instead of logits: they are resized to the image size by nearest
+neighbour (the bilinear resize of the scores happened inside the graph, at the input size). Such a pass cannot be
+averaged, so TTA, slide mode and probabilities need logits.
 """
 
 from __future__ import annotations
@@ -11,10 +16,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .prepare import Prepared, resize
-from .run import Pass
+from .run import LABELS_ONE_PASS, Pass
 
 
 @dataclass(frozen=True)
@@ -31,9 +37,19 @@ def finish(passes: Iterable[Pass], prepared: Prepared, probabilities: bool = Fal
     size = prepared.image_size
     if prepared.options.passes == 1 and not probabilities:
         (only,) = passes
+        if not only.logits.is_floating_point():
+            return Finished(nearest_labels(only.logits, size))
         return Finished(argmax_resized(only.logits, size, via=only.size))
     scores = average_probabilities(passes, size, prepared.options.passes)
     return Finished(scores.argmax(dim=1), scores if probabilities else None)
+
+
+def nearest_labels(labels: Tensor, size: tuple[int, int]) -> Tensor:
+    """Class ids (B, h, w) or (B, 1, h, w) -> int64 (B, H, W) at `size` by nearest neighbour (F.interpolate's)."""
+    labels = labels if labels.ndim == 4 else labels[:, None]  # (B, h, w) -> (B, 1, h, w)
+    if tuple(labels.shape[-2:]) != tuple(size):
+        labels = F.interpolate(labels.float(), size=size, mode="nearest")  # exact for ids below 2**24
+    return labels[:, 0].long()
 
 
 def average_probabilities(passes: Iterable[Pass], size: tuple[int, int], count: int, softmax: bool = True) -> Tensor:
@@ -41,6 +57,8 @@ def average_probabilities(passes: Iterable[Pass], size: tuple[int, int], count: 
     `count` passes (one pass: its softmax, or with `softmax=False` the resized logits, which have the same argmax)."""
     total: Tensor | None = None
     for p in passes:
+        if not p.logits.is_floating_point():
+            raise ValueError(LABELS_ONE_PASS)
         out = resize(resize(p.logits, p.size), size)
         out = out.softmax(dim=1) if softmax or count > 1 else out
         total = out if total is None else total + out

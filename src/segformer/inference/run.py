@@ -28,6 +28,12 @@ from ..runtime import autocast
 from .prepare import Prepared, resize, resized_size
 
 Forward = Callable[[Tensor], Tensor]
+# A forward may return class ids instead of logits (an exported graph with its argmax inside): `finish` resizes those
+# by nearest, which is all that can be done with them.
+LABELS_ONE_PASS = (
+    "this runtime outputs class ids (an export with --with-postprocess): it runs whole images in one pass only; "
+    "export without --with-postprocess for slide mode, TTA or probabilities"
+)
 
 
 @dataclass(frozen=True)
@@ -71,8 +77,12 @@ def run(forward: Forward, prepared: Prepared) -> Iterator[Pass]:
 def _whole(forward: Forward, x: Tensor, batch_size: int, resize_to_input: bool) -> Tensor:
     """Logits (B, K, h/4, w/4) of the normalised input x (B, C, h, w), or with `resize_to_input` at (h, w) (a
     flipped pass is resized before it is flipped back)."""
-    outs = [forward(x[i : i + batch_size]).float() for i in range(0, len(x), batch_size)]
-    return torch.cat([resize(out, x.shape[-2:]) if resize_to_input else out for out in outs])
+    outs = [forward(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+    if not outs[0].is_floating_point():  # class ids (B, h, w): kept as they are for `finish`
+        if resize_to_input:
+            raise ValueError(LABELS_ONE_PASS)
+        return torch.cat(outs)
+    return torch.cat([resize(out.float(), x.shape[-2:]) if resize_to_input else out.float() for out in outs])
 
 
 def slide_windows(
@@ -104,7 +114,10 @@ def _slide(forward: Forward, x: Tensor, crop: tuple[int, int], stride: tuple[int
     for start in range(0, len(windows), per_pass):
         chunk = windows[start : start + per_pass]
         batch = torch.cat([x[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in chunk])  # (len(chunk) * B, C, ch, cw)
-        logits = resize(forward(batch).float(), crop)
+        logits = forward(batch)
+        if not logits.is_floating_point():
+            raise ValueError(LABELS_ONE_PASS)
+        logits = resize(logits.float(), crop)
         if total is None:
             total = x.new_zeros(b, logits.shape[1], hp, wp, dtype=torch.float32)
         for k, (y1, y2, x1, x2) in enumerate(chunk):

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..imageio import write_label_png
+from .segmenter import Segmenter
 
 log = logging.getLogger("segformer")
 
@@ -117,7 +118,7 @@ def _encoder(av: Any, path: Path, fps: Fraction, height: int, width: int) -> tup
 
 
 def predict_video(
-    segmenter: Any,
+    segmenter: Segmenter,
     path: str | os.PathLike,
     out: str | os.PathLike,
     *,
@@ -151,7 +152,7 @@ def predict_video(
     labels_dir = out / f"{stem}_labels" if labels else None
     video_tmp = out / f".{stem}{OVERLAY_SUFFIX}.tmp"
     labels_tmp = out / f".{stem}_labels.tmp" if labels else None
-    batch_size = max(1, getattr(getattr(segmenter, "options", None), "batch_size", 1))
+    batch_size = segmenter.options.batch_size
     writer = encoder = None
     count, size = 0, (0, 0)
     bar = tqdm(total=total, desc=path.name, unit="frame", disable=not progress)
@@ -216,7 +217,7 @@ def predict_video(
 
 
 def predict_videos(
-    segmenter: Any,
+    segmenter: Segmenter,
     paths: Sequence[str | os.PathLike],
     out: str | os.PathLike,
     report: Callable[[str, str], None] | None = None,

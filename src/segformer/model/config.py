@@ -1,7 +1,9 @@
 """Model configuration: one frozen dataclass, and the MiT-B0..B5 variants as one table of data.
 
-The numbers are those of the released code (Xie et al., NeurIPS 2021, arXiv:2105.15203), which differ from the
-paper's appendix in one place: the Mix-FFN expansion is 4 in every stage of every variant.
+The released rows (b0..b5) are those of the released code (Xie et al., NeurIPS 2021, arXiv:2105.15203), which
+differ from the paper's appendix in one place: the Mix-FFN expansion is 4 in every stage of every variant. The
+paper-spec rows (b0-paper..b4-paper) take the appendix's expansions 8, 8, 4, 4 (Table 6; its ImageNet Table 7 counts
+these shapes): they are PVTv2-B0..B4 key for key, whose ImageNet weights are Apache-2.0. B5 is the same in both.
 """
 
 from __future__ import annotations
@@ -10,21 +12,55 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..constants import IGNORE_INDEX, MEAN, STD
 from ..fileio import write_text
 from ..protocol import InferenceOptions
 
-# name -> (embed_dims, depths, decoder_dim). Heads (1, 2, 5, 8), sr ratios (8, 4, 2, 1), mlp ratio 4 are shared.
-VARIANTS: dict[str, tuple[tuple[int, ...], tuple[int, ...], int]] = {
-    "b0": ((32, 64, 160, 256), (2, 2, 2, 2), 256),
-    "b1": ((64, 128, 320, 512), (2, 2, 2, 2), 256),
-    "b2": ((64, 128, 320, 512), (3, 4, 6, 3), 768),
-    "b3": ((64, 128, 320, 512), (3, 4, 18, 3), 768),
-    "b4": ((64, 128, 320, 512), (3, 8, 27, 3), 768),
-    "b5": ((64, 128, 320, 512), (3, 6, 40, 3), 768),
+
+class Variant(NamedTuple):
+    """One row of VARIANTS. Heads (1, 2, 5, 8) and sr ratios (8, 4, 2, 1) are shared by every row."""
+
+    embed_dims: tuple[int, ...]
+    depths: tuple[int, ...]
+    decoder_dim: int
+    mlp_ratios: tuple[int, ...] = (4, 4, 4, 4)  # the released code's Mix-FFN expansion per stage
+
+
+_B0, _B1_B5 = (32, 64, 160, 256), (64, 128, 320, 512)
+_PAPER_FFN = (8, 8, 4, 4)  # the paper's Table 6 for B0..B4 = PVTv2-B0..B4
+VARIANTS: dict[str, Variant] = {
+    "b0": Variant(_B0, (2, 2, 2, 2), 256),
+    "b1": Variant(_B1_B5, (2, 2, 2, 2), 256),
+    "b2": Variant(_B1_B5, (3, 4, 6, 3), 768),
+    "b3": Variant(_B1_B5, (3, 4, 18, 3), 768),
+    "b4": Variant(_B1_B5, (3, 8, 27, 3), 768),
+    "b5": Variant(_B1_B5, (3, 6, 40, 3), 768),
+    "b0-paper": Variant(_B0, (2, 2, 2, 2), 256, _PAPER_FFN),
+    "b1-paper": Variant(_B1_B5, (2, 2, 2, 2), 256, _PAPER_FFN),
+    "b2-paper": Variant(_B1_B5, (3, 4, 6, 3), 768, _PAPER_FFN),
+    "b3-paper": Variant(_B1_B5, (3, 4, 18, 3), 768, _PAPER_FFN),
+    "b4-paper": Variant(_B1_B5, (3, 8, 27, 3), 768, _PAPER_FFN),
 }
+
+# Paper Table 7 (ImageNet-1k classification, 224x224): params in M with the 1000-class head, GFLOPs, top-1. These
+# count the paper-spec shapes (FFN 8, 8, 4, 4; B5: 4): PVTv2's published numbers.
+IMAGENET = {
+    "b0-paper": (3.7, 0.6, 70.5),
+    "b1-paper": (14.0, 2.1, 78.7),
+    "b2-paper": (25.4, 4.0, 81.6),
+    "b3-paper": (45.2, 6.9, 83.1),
+    "b4-paper": (62.6, 10.1, 83.6),
+    "b5": (82.0, 11.8, 83.8),
+}
+
+
+def paper_twin(name: str) -> str | None:
+    """The other row of the same depths and widths: 'b2' <-> 'b2-paper' (None for b5 and custom)."""
+    twin = name.removesuffix("-paper") if name.endswith("-paper") else f"{name}-paper"
+    return twin if twin in VARIANTS else None
+
 
 # Paper figures for `segformer info` (Table 1a): params in M, ADE20K GFLOPs at 512x512 (B5: 640x640), mIoU (SS).
 PAPER = {
@@ -80,10 +116,15 @@ PAPER = {
 
 
 def variant_key(name: str) -> str | None:
-    """'b0'..'b5' for a variant name ('B2', 'mit-b2', 'mit_b2', 'segformer-b2', 'segformer_b2'), else None."""
-    key = name.lower()
-    for prefix in ("segformer-", "segformer_", "mit-", "mit_"):
+    """The VARIANTS row a variant name means ('B2', 'mit-b2', 'segformer_b2' -> 'b2'; 'b2_paper' -> 'b2-paper';
+    PVTv2's names 'pvt_v2_b2', 'pvt-v2-b2' -> 'b2-paper', 'pvt_v2_b5' -> 'b5'), else None."""
+    key = name.lower().replace("_", "-")
+    for prefix in ("segformer-", "mit-"):
         key = key.removeprefix(prefix)
+    if key.startswith("pvt-v2-"):  # PVTv2-B0..B4 are the paper-spec rows; PVTv2-B5 is b5
+        key = key.removeprefix("pvt-v2-")
+        key = key if key in ("b5", "b5-paper") or key.endswith("-paper") else f"{key}-paper"
+        key = key.replace("b5-paper", "b5")
     return key if key in VARIANTS else None
 
 
@@ -95,7 +136,8 @@ class SegFormerConfig:
     depths: tuple[int, ...] = (2, 2, 2, 2)
     num_heads: tuple[int, ...] = (1, 2, 5, 8)
     sr_ratios: tuple[int, ...] = (8, 4, 2, 1)
-    mlp_ratio: int = 4
+    # Mix-FFN expansion: one for every stage (the released code's 4), or one per stage (the paper's 8, 8, 4, 4)
+    mlp_ratio: int | tuple[int, ...] = 4
     decoder_dim: int = 256
     num_classes: int = 150
     in_channels: int = 3
@@ -112,6 +154,9 @@ class SegFormerConfig:
     # How the training masks' values became class ids: `segformer.data.LabelConvention.to_dict()` (label map, reduce
     # zero label, ignore index, palette), so eval/predict of the saved model apply the same; None = ids as stored.
     labels: dict[str, Any] | None = field(default=None, hash=False)
+    # Where the weights came from and so their licence: `segformer.model.licence` record ({"origin", "history"});
+    # None = not recorded.
+    licence: dict[str, Any] | None = field(default=None, hash=False)
     variant: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -119,9 +164,15 @@ class SegFormerConfig:
             if isinstance(getattr(self, f.name), list):
                 object.__setattr__(self, f.name, tuple(getattr(self, f.name)))
         object.__setattr__(self, "test_protocol", InferenceOptions.from_dict(self.test_protocol))
+        if self.licence is not None and not isinstance(self.licence, dict):
+            raise ValueError(f"config.licence must be a mapping (segformer.model.licence record), got {self.licence!r}")
         if self.labels is not None and not isinstance(self.labels, dict):
             raise ValueError(f"config.labels must be a mapping (LabelConvention.to_dict()), got {type(self.labels)}")
         n = len(self.embed_dims)
+        if isinstance(self.mlp_ratio, tuple) and len(set(self.mlp_ratio)) == 1 and len(self.mlp_ratio) == n:
+            object.__setattr__(self, "mlp_ratio", self.mlp_ratio[0])  # one value for all: stored as one number
+        if isinstance(self.mlp_ratio, tuple) and len(self.mlp_ratio) != n:
+            raise ValueError(f"config.mlp_ratio={self.mlp_ratio} must be one number or one per stage ({n} stages)")
         for name in ("depths", "num_heads", "sr_ratios"):
             value = getattr(self, name)
             if len(value) != n:
@@ -131,7 +182,7 @@ class SegFormerConfig:
                 raise ValueError(f"config.embed_dims {dim} is not divisible by num_heads {heads}")
         if any(d < 1 for d in self.depths) or min(self.sr_ratios) < 1:
             raise ValueError(f"config.depths {self.depths} and sr_ratios {self.sr_ratios} must be >= 1")
-        if self.num_classes < 1 or self.in_channels < 1 or self.decoder_dim < 1 or self.mlp_ratio < 1:
+        if self.num_classes < 1 or self.in_channels < 1 or self.decoder_dim < 1 or min(self.mlp_ratios) < 1:
             raise ValueError(
                 "config.num_classes, in_channels, decoder_dim and mlp_ratio must be >= 1, got "
                 f"{self.num_classes}, {self.in_channels}, {self.decoder_dim}, {self.mlp_ratio}"
@@ -155,18 +206,31 @@ class SegFormerConfig:
         key = variant_key(name)
         if key is None:
             raise ValueError(f"unknown SegFormer variant {name!r}; choose one of {', '.join(VARIANTS)}")
-        dims, depths, decoder_dim = VARIANTS[key]
-        base = {"embed_dims": dims, "depths": depths, "decoder_dim": decoder_dim, "variant": key}
+        row = VARIANTS[key]
+        base = {
+            "embed_dims": row.embed_dims,
+            "depths": row.depths,
+            "decoder_dim": row.decoder_dim,
+            "mlp_ratio": row.mlp_ratios,
+            "variant": key,
+        }
         return cls(**{**base, **overrides})
 
     def replace(self, **changes: Any) -> SegFormerConfig:
         return dataclasses.replace(self, **changes)
 
     @property
+    def mlp_ratios(self) -> tuple[int, ...]:
+        """The Mix-FFN expansion of each stage."""
+        ratio = self.mlp_ratio
+        return tuple(ratio) if isinstance(ratio, tuple) else (ratio,) * len(self.embed_dims)
+
+    @property
     def name(self) -> str:
         """The variant name if the architecture matches one of the table, else 'custom'."""
-        for key, (dims, depths, decoder_dim) in VARIANTS.items():
-            if (dims, depths, decoder_dim) == (self.embed_dims, self.depths, self.decoder_dim):
+        shape = (self.embed_dims, self.depths, self.decoder_dim, self.mlp_ratios)
+        for key, row in VARIANTS.items():
+            if tuple(row) == shape:
                 return key
         return "custom"
 
@@ -216,7 +280,7 @@ def to_hf_config(config: SegFormerConfig) -> dict[str, Any]:
         "patch_sizes": [7] + [3] * (n - 1),
         "strides": [4] + [2] * (n - 1),
         "num_attention_heads": list(config.num_heads),
-        "mlp_ratios": [config.mlp_ratio] * n,
+        "mlp_ratios": list(config.mlp_ratios),
         "hidden_act": "gelu",
         "hidden_dropout_prob": 0.0,
         "attention_probs_dropout_prob": 0.0,
@@ -231,6 +295,7 @@ def to_hf_config(config: SegFormerConfig) -> dict[str, Any]:
         "segformer_class_names": config.class_names is not None,
         "segformer_test_protocol": config.test_protocol.to_dict() if config.test_protocol else None,
         "segformer_labels": config.labels,
+        "segformer_licence": config.licence,
         **({"segformer_mean": list(config.mean)} if config.mean is not None else {}),
         **({"segformer_std": list(config.std)} if config.std is not None else {}),
     }
@@ -256,6 +321,8 @@ def from_hf_config(data: dict[str, Any]) -> dict[str, Any]:
         out["test_protocol"] = InferenceOptions.from_dict(data["segformer_test_protocol"])
     if isinstance(data.get("segformer_labels"), dict):  # the label convention our training stored
         out["labels"] = data["segformer_labels"]
+    if isinstance(data.get("segformer_licence"), dict):  # where the weights came from (model.licence)
+        out["licence"] = data["segformer_licence"]
     return out
 
 

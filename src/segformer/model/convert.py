@@ -1,6 +1,7 @@
 """Declarative key maps between our state dict and the published layouts: official NVlabs (mmseg 0.x),
-Hugging Face hub (transformers `save_pretrained`), segmentation_models_pytorch, and the module names transformers 5.x
-uses in memory (`model.state_dict()` saved with torch.save).
+Hugging Face hub (transformers `save_pretrained`), segmentation_models_pytorch, the module names transformers 5.x
+uses in memory (`model.state_dict()` saved with torch.save), and timm's PVTv2 (`timm/pvt_v2_bX.in1k`). PVTv2's own
+release (whai362/PVT `.pth` files) uses the original MiT names, so it reads as the official ImageNet layout.
 
 One table drives both directions. Templates name indices: `{s}` stage from 0, `{s1}` stage from 1, `{r}` stage
 counted from the last (smp's decoder order), `{b}` block. Every key must be mapped or explicitly dropped, so
@@ -15,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-FORMATS = ("ours", "official", "hf", "smp", "hf5")
+FORMATS = ("ours", "official", "hf", "smp", "hf5", "timm")
 NUM_STAGES = 4
 
 # Encoder leaves: ours, official (= smp), HF hub and transformers-5 in-memory (`hf5`), each relative to that
@@ -245,11 +246,55 @@ def _split_kv(sd: dict[str, Tensor], fmt: str) -> dict[str, Tensor]:
     return out
 
 
+# timm's pvt_v2 names -> the original names: the inverse of timm's `checkpoint_filter_fn`, one rule per pattern.
+_FROM_TIMM = [
+    (re.compile(r"^patch_embed\."), lambda m: "patch_embed1."),
+    (re.compile(r"^stages\.(\d+)\.downsample\."), lambda m: f"patch_embed{int(m[1]) + 1}."),
+    (re.compile(r"^stages\.(\d+)\.blocks\.(\d+)\."), lambda m: f"block{int(m[1]) + 1}.{m[2]}."),
+    (re.compile(r"^stages\.(\d+)\.norm\."), lambda m: f"norm{int(m[1]) + 1}."),
+]
+_TO_TIMM = [
+    (re.compile(r"^patch_embed1\."), lambda m: "patch_embed."),
+    (re.compile(r"^patch_embed(\d+)\."), lambda m: f"stages.{int(m[1]) - 1}.downsample."),
+    (re.compile(r"^block(\d+)\.(\d+)\."), lambda m: f"stages.{int(m[1]) - 1}.blocks.{m[2]}."),
+    (re.compile(r"^norm(\d+)\."), lambda m: f"stages.{int(m[1]) - 1}.norm."),
+]
+
+
+def _retime(sd: dict[str, Tensor], rules: list, dwconv: tuple[str, str]) -> dict[str, Tensor]:
+    """Rename keys by the first matching prefix rule, and the depthwise conv's infix (`dwconv`: from, to)."""
+    out = {}
+    for key, value in sd.items():
+        for pattern, new in rules:
+            key, n = pattern.subn(new, key, count=1)
+            if n:
+                break
+        out[key.replace(*dwconv)] = value
+    return out
+
+
+def timm_to_original(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """timm `pvt_v2_bX` keys -> the original (whai362 / NVlabs ImageNet) keys."""
+    return _retime(sd, _FROM_TIMM, (".mlp.dwconv.", ".mlp.dwconv.dwconv."))
+
+
+def original_to_timm(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The original ImageNet keys -> timm `pvt_v2_bX` keys (what timm's `checkpoint_filter_fn` does)."""
+    return _retime(sd, _TO_TIMM, (".mlp.dwconv.dwconv.", ".mlp.dwconv."))
+
+
+# ImageNet classifiers: each layout's key prefix, and ours (`MiTClassifier.classifier`).
+_CLASSIFIER = {"official": "head.", "timm": "head.", "hf": "classifier.", "hf5": "classifier.", "ours": "classifier."}
+_CLASSIFIER_KEY = re.compile(r"^(backbone\.)?(head|classifier)\.(weight|bias)$")
+
+
 def detect_format(sd: dict[str, Any]) -> tuple[str, bool]:
     """(format, has_decoder) from the keys alone; raises when no SegFormer layout matches."""
     keys = set(sd)
     if "encoder.stages.0.patch_embed.proj.weight" in keys:
         return "ours", "head.classifier.weight" in keys
+    if "patch_embed.proj.weight" in keys and "stages.0.blocks.0.attn.q.weight" in keys:  # timm's pvt_v2
+        return "timm", False
     if "backbone.patch_embed1.proj.weight" in keys:
         return "official", "decode_head.linear_pred.weight" in keys
     if "patch_embed1.proj.weight" in keys:  # an ImageNet backbone file (mit_bX.pth), or smp-hub/mit_bX
@@ -280,25 +325,42 @@ def normalize_keys(sd: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def to_ours(sd: dict[str, Tensor], fmt: str | None = None) -> dict[str, Tensor]:
-    """Any supported layout -> ours. Unknown keys raise; known-useless keys (conv_seg, ImageNet heads) drop."""
+def to_ours(sd: dict[str, Tensor], fmt: str | None = None, classifier: bool = False) -> dict[str, Tensor]:
+    """Any supported layout -> ours. Unknown keys raise; known-useless keys (conv_seg) drop, and so do ImageNet
+    classifiers unless `classifier` (then `classifier.weight/bias`, as `MiTClassifier` names them)."""
     sd = normalize_keys(sd)
     fmt = fmt or detect_format(sd)[0]
+    if fmt == "timm":
+        sd = normalize_keys(timm_to_original(sd))
+        fmt = "official"
+    head = {}
+    if classifier:
+        head = {"classifier." + m[3]: v for k, v in sd.items() if (m := _CLASSIFIER_KEY.match(k))}
+        sd = {k: v for k, v in sd.items() if not _CLASSIFIER_KEY.match(k)}
     if fmt == "ours":
-        return dict(sd)
+        return {**sd, **head}
     if fmt in _SPLIT_KV:
         sd = _merge_kv(sd, fmt)
-    return _rename(sd, fmt, "ours")
+    return {**_rename(sd, fmt, "ours"), **head}
 
 
 def from_ours(sd: dict[str, Tensor], fmt: str) -> dict[str, Tensor]:
-    """Ours -> another layout (`hf` is what `save_pretrained` writes)."""
+    """Ours -> another layout (`hf` is what `save_pretrained` writes); an ImageNet `classifier.*` goes along as that
+    layout's classifier. `timm` gives timm's pvt_v2 keys (an encoder, with its classifier if any)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {FORMATS}")
+    head = {k.removeprefix("classifier."): v for k, v in sd.items() if k.startswith("classifier.")}
+    sd = {k: v for k, v in sd.items() if not k.startswith("classifier.")}
     if fmt == "ours":
-        return dict(sd)
-    out = _rename(sd, "ours", fmt)
-    return _split_kv(out, fmt) if fmt in _SPLIT_KV else out
+        out = dict(sd)
+    elif fmt == "timm":
+        original = {k.removeprefix("backbone."): v for k, v in _rename(sd, "ours", "official").items()}
+        out = original_to_timm(original)
+    else:
+        out = _rename(sd, "ours", fmt)
+        out = _split_kv(out, fmt) if fmt in _SPLIT_KV else out
+    prefix = _CLASSIFIER.get(fmt, "classifier.")
+    return {**out, **{prefix + k: v for k, v in head.items()}}
 
 
 def infer_config_fields(sd: dict[str, Tensor]) -> dict[str, Any]:
@@ -321,7 +383,8 @@ def infer_config_fields(sd: dict[str, Tensor]) -> dict[str, Any]:
         "depths": tuple(depths),
         "sr_ratios": tuple(srs),
         "in_channels": sd["encoder.stages.0.patch_embed.proj.weight"].shape[1],
-        "mlp_ratio": sd["encoder.stages.0.blocks.0.ffn.fc1.weight"].shape[0] // dims[0],
+        # per stage, from fc2's input width (fc1, the first tensor a corrupted file shows, then fails alone)
+        "mlp_ratio": tuple(sd[f"encoder.stages.{s}.blocks.0.ffn.fc2.weight"].shape[1] // d for s, d in enumerate(dims)),
     }
     if "head.classifier.weight" in sd:
         fields["decoder_dim"] = sd["head.classifier.weight"].shape[1]

@@ -271,9 +271,18 @@ class MixTransformer(nn.Module):
         rates = drop_path_rates(config.depths, config.drop_path_rate)
         in_dims = (config.in_channels, *config.embed_dims[:-1])
         self.stages = nn.ModuleList(
-            Stage(cin, dim, depth, heads, sr, config.mlp_ratio, dp, config.layer_norm_eps, first=i == 0)
-            for i, (cin, dim, depth, heads, sr, dp) in enumerate(
-                zip(in_dims, config.embed_dims, config.depths, config.num_heads, config.sr_ratios, rates, strict=True)
+            Stage(cin, dim, depth, heads, sr, ratio, dp, config.layer_norm_eps, first=i == 0)
+            for i, (cin, dim, depth, heads, sr, ratio, dp) in enumerate(
+                zip(
+                    in_dims,
+                    config.embed_dims,
+                    config.depths,
+                    config.num_heads,
+                    config.sr_ratios,
+                    config.mlp_ratios,
+                    rates,
+                    strict=True,
+                )
             )
         )
         # Smallest input side for which every reduction conv still sees at least one full window.

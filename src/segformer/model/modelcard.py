@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from . import licence as lic
 from .config import SegFormerConfig
 
 NVIDIA_LICENCE = (
@@ -88,7 +89,12 @@ def model_card(config: SegFormerConfig, metadata: Mapping[str, Any] | None = Non
     """The README.md model card (markdown with YAML front matter) of a model with `config` and `metadata`."""
     meta = dict(metadata or {})
     train = meta.get("training") or {}
-    nvidia = bool(meta.get("nvidia_weights")) or str(meta.get("base_model", "")).startswith(_NVIDIA_SOURCES)
+    record = getattr(config, "licence", None)
+    nvidia = (
+        bool(meta.get("nvidia_weights"))
+        or str(meta.get("base_model", "")).startswith(_NVIDIA_SOURCES)
+        or lic.origin_of(record) == "nvidia"
+    )
     dataset = train.get("dataset")
     variant = config.name
     title = f"SegFormer-{variant.upper()}" if variant != "custom" else "SegFormer (custom architecture)"
@@ -100,6 +106,10 @@ def model_card(config: SegFormerConfig, metadata: Mapping[str, Any] | None = Non
     }
     if nvidia:
         front.update(license="other", license_name="nvidia-source-code-license", license_link=NVIDIA_LICENCE_LINK)
+    elif record is not None:
+        front.update(lic.card_fields(record))
+        if lic.origin_of(record) in ("scratch", "own", "unknown") and meta.get("license"):
+            front["license"] = meta["license"]  # the owner's choice, where no third party's weights decide
     else:
         front["license"] = meta.get("license", "unknown")
     if dataset in HUB_DATASETS:
@@ -135,8 +145,12 @@ def model_card(config: SegFormerConfig, metadata: Mapping[str, Any] | None = Non
     out += ["## Licence", ""]
     if nvidia:
         out += [NVIDIA_LICENCE, ""]
-    elif front["license"] == "unknown":
+    elif record is not None:
+        out += [f"Weights: {lic.summary(record)}.", ""]
+    if front["license"] == "unknown":
         out += ["The owner of these weights has not set a licence (edit `license:` in the front matter).", ""]
+    if record is not None and (record.get("history") or nvidia):
+        out += ["Where the weights came from:", "", *(f"- {step}" for step in record.get("history") or []), ""]
     out += ["## Citation", "", "```bibtex", CITATION, "```", ""]
     return "\n".join(out)
 

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import numpy as np
+
+from ..data.base import SampleSource, as_dataset
 
 log = logging.getLogger("segformer")
 
 
-def dataset_channel_stats(dataset: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def dataset_channel_stats(dataset: SampleSource) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and (population) std of the raw pixel values over every image of `dataset` (`len`,
-    `load(i)` -> (image (H, W, C), mask, name)), accumulated in float64. A dataset with its own `channel_stats()`
-    (rasters: over every pixel with data) gives them."""
-    if hasattr(dataset, "channel_stats"):
-        return dataset.channel_stats()
+    `load(i)` -> (image (H, W, C), mask, name)), accumulated in float64. A dataset that computes its own
+    (`Dataset.channel_stats`: rasters, over every pixel with data) gives them."""
+    own = as_dataset(dataset).channel_stats()
+    if own is not None:
+        return own
     total = total_sq = None
     count = 0
     for i in range(len(dataset)):
@@ -35,7 +37,7 @@ def dataset_channel_stats(dataset: Any) -> tuple[tuple[float, ...], tuple[float,
 
 
 def resolve_channel_stats(
-    in_channels: int, mean: tuple[float, ...] | None, std: tuple[float, ...] | None, dataset: Any
+    in_channels: int, mean: tuple[float, ...] | None, std: tuple[float, ...] | None, dataset: SampleSource
 ) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None]:
     """(mean, std) for a run: the given ones; None, None (ImageNet's) for 3 channels without them; otherwise
     computed from the training images (logged)."""

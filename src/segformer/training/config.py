@@ -69,6 +69,8 @@ class TrainConfig:
     mask_column: str | None = None
     out: str = "runs/segformer"
     pretrained: str | None = None  # encoder weights: file, folder or hub id (e.g. nvidia/mit-b0)
+    # Load what fits of a pretrained encoder of other FFN widths (PVTv2-B0..B4 into the released B0..B4)
+    pretrained_partial: bool = False
     num_classes: int | None = None
     train_split: str = "train"
     val_split: str = "val"

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..data.raster import RasterDataset, raster_protocol
+from ..data.base import Dataset, SampleSource
 from ..data.sampling import BatchPlan, SampleStream, next_batch, train_loader
 from ..fileio import write_json
 from ..model.modelcard import training_card
@@ -43,6 +43,7 @@ from .build import (
     build_model,
     class_names,
     complete_config,
+    num_classes_of,
     protocol_for_run,
     resolve_channels,
     training_transform,
@@ -89,7 +90,7 @@ class Trainer:
     scheduler: Any
     scaler: torch.amp.GradScaler
     records: RunRecords
-    val_ds: Any
+    val_ds: Dataset | None
     world: int = 1
     rank: int = 0
     criterion: Callable[[Tensor, Tensor], Tensor] = segmentation_loss  # (logits, labels) -> loss
@@ -131,14 +132,15 @@ def train(
     config: TrainConfig,
     *,
     model: SegFormer | None = None,
-    train_dataset: Any = None,
-    val_dataset: Any = None,
+    train_dataset: SampleSource | None = None,
+    val_dataset: SampleSource | None = None,
 ) -> TrainResult:
     """Train a SegFormer as `config` says; see the module docstring for the determinism contract.
 
     `model`, `train_dataset` and `val_dataset` replace what the config would build (in-memory data, custom
-    models). A dataset needs `len()`, `load(i) -> (uint8 HWC image, uint8 HW mask, name)`, `num_classes` and
-    `class_names`; its `transform` attribute, when set, is used instead of a TrainTransform built from the config.
+    models). A dataset is a `data.Dataset`, or anything with `len()`, `load(i) -> (uint8 HWC image, uint8 HW mask,
+    name)` and `num_classes` or `class_names` attributes (`data.as_dataset`); its `transform`, when set, is used
+    instead of a TrainTransform built from the config.
     """
     device = resolve_device(config.device)
     own_group = D.init_distributed(device)
@@ -166,10 +168,16 @@ def train(
             D.cleanup(failed)
 
 
-def _train(config: TrainConfig, device: torch.device, model: Any, train_ds: Any, val_ds: Any) -> TrainResult:
+def _train(
+    config: TrainConfig,
+    device: torch.device,
+    model: SegFormer | None,
+    train_source: SampleSource | None,
+    val_source: SampleSource | None,
+) -> TrainResult:
     _set_determinism(config.deterministic, device)
     resume_from = _resume_checkpoint(config)
-    train_ds, val_ds = build_data(config, train_ds, val_ds)
+    train_ds, val_ds = build_data(config, train_source, val_source)
     config = resolve_channels(complete_config(config, train_ds), train_ds)
     if D.is_main():
         warn_unseen_classes(train_ds)
@@ -275,11 +283,11 @@ def _differs_from_run(run_dir: Path, config: TrainConfig) -> list[str]:
 
 
 def _prepare_model(
-    config: TrainConfig, model: SegFormer | None, dataset: Any, device: torch.device, fresh: bool = True
+    config: TrainConfig, model: SegFormer | None, dataset: Dataset, device: torch.device, fresh: bool = True
 ) -> SegFormer:
     """The given model (checked against the dataset) or a new one, on `device` in training mode, with the frozen
     encoder stages the config asks for."""
-    num_classes, names = int(dataset.num_classes), class_names(dataset)
+    num_classes, names = num_classes_of(dataset), class_names(dataset)
     if model is None:
         model = build_model(config, num_classes, names)
     elif model.config.num_classes != num_classes:
@@ -291,9 +299,8 @@ def _prepare_model(
     if model.config.mean is None and config.mean is not None:  # the channel statistics travel with the model
         model.config = model.config.replace(mean=config.mean, std=config.std)
     model.config = model.config.replace(test_protocol=protocol_for_run(config, dataset))  # predict runs it by default
-    labels = getattr(dataset, "labels", None)
-    if labels is not None and not labels.is_default:
-        model.config = model.config.replace(labels=labels.to_dict())  # saved with the model: eval/predict apply it
+    if not dataset.labels.is_default:  # saved with the model: eval/predict apply it
+        model.config = model.config.replace(labels=dataset.labels.to_dict())
     model = model.to(device).train()
     if config.freeze_encoder or config.freeze_stages:
         stages = len(model.encoder.stages) if config.freeze_encoder else config.freeze_stages
@@ -308,7 +315,7 @@ def _prepare_model(
 
 
 def _assemble(
-    config: TrainConfig, device: torch.device, model: SegFormer, val_ds: Any, resume_from: Path | None
+    config: TrainConfig, device: torch.device, model: SegFormer, val_ds: Dataset | None, resume_from: Path | None
 ) -> tuple[Trainer, TrainState]:
     """Optimiser, schedule, grad scaler (restored from the run folder `resume_from`), the run's records; DDP with
     > 1 process; grad_accum fitted so that the global batch is what the run asked for."""
@@ -548,14 +555,12 @@ def _validate(run: Trainer, state: TrainState) -> dict[str, Any] | None:
     return metrics
 
 
-def _evaluate(model: SegFormer, dataset: Any, config: TrainConfig, device: torch.device) -> dict[str, Any]:
+def _evaluate(model: SegFormer, dataset: Dataset, config: TrainConfig, device: torch.device) -> dict[str, Any]:
     from ..evaluation.evaluate import evaluate
 
-    info = getattr(dataset, "info", None)
-    if isinstance(dataset, RasterDataset):  # whole rasters in tiles of the training crop, as `protocol_for_run`
-        options = raster_protocol(config.crop or info.crop)
-    else:
-        options = InferenceOptions(scale=config.scale or (tuple(info.scale) if info is not None else None))
+    info = dataset.info
+    scale = config.scale or (tuple(info.scale) if info is not None else None)
+    options = dataset.tiled_protocol(config.crop) or InferenceOptions(scale=scale)  # rasters: tiles of the crop
     model.eval()
     with torch.no_grad():
         return evaluate(

@@ -34,6 +34,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..constants import IGNORE_INDEX
+from ..data.base import SampleSource, as_dataset
+from ..data.datasets import SegmentationDataset
 
 log = logging.getLogger("segformer")
 
@@ -431,14 +433,15 @@ def read_class_weights(path: str | Path) -> tuple[float, ...]:
     return check_class_weights(values, f"class weights file {path}")
 
 
-def count_class_pixels(dataset: Any, num_classes: int, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
+def count_class_pixels(dataset: SampleSource, num_classes: int, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
     """Labelled pixels per class 0..K-1 over the training masks. Datasets read from files or Hugging Face rows
-    (`segformer.data`) are counted by `data.check.class_pixel_counts`, which reads the masks alone, in parallel;
-    any other dataset (`len`, `load(i)` -> (image, mask, name)) through `load`; one with its own
-    `class_pixel_counts()` (rasters, read whole) counts itself."""
-    if hasattr(dataset, "class_pixel_counts"):
-        return np.asarray(dataset.class_pixel_counts(), np.int64)[:num_classes]
-    if hasattr(dataset, "labels") and (hasattr(dataset, "samples") or hasattr(dataset, "raw")):
+    (`data.SegmentationDataset`) are counted by `data.check.class_pixel_counts`, which reads the masks alone, in
+    parallel; a dataset that counts itself (`Dataset.class_pixel_counts`: rasters, read whole) gives its counts;
+    any other dataset (`len`, `load(i)` -> (image, mask, name)) through `load`."""
+    own = as_dataset(dataset).class_pixel_counts()
+    if own is not None:
+        return np.asarray(own, np.int64)[:num_classes]
+    if isinstance(dataset, SegmentationDataset):
         from ..data.check import class_pixel_counts
 
         return np.asarray(class_pixel_counts(dataset, progress=False), np.int64)[:num_classes]
@@ -450,20 +453,23 @@ def count_class_pixels(dataset: Any, num_classes: int, ignore_index: int = IGNOR
     return counts
 
 
-def auto_class_weights(dataset: Any, ignore_index: int = IGNORE_INDEX) -> list[float]:
+def auto_class_weights(dataset: SampleSource, ignore_index: int = IGNORE_INDEX) -> list[float]:
     """`--class-weights auto`: ENet's weighting (Paszke et al. 2016, arXiv:1606.02147) of the training set's label
     pixel counts n_c, `data.check.class_weights(counts, "enet")`: w_c = 1 / ln(1.02 + n_c / sum n), in
     [1/ln 2.02, 1/ln 1.02] = [1.42, 50.5]; a class without pixels gets 0."""
     from ..data.check import class_weights
 
-    counts = count_class_pixels(dataset, int(dataset.num_classes), ignore_index)
+    num_classes = as_dataset(dataset).num_classes
+    if num_classes is None:
+        raise ValueError("class weights 'auto': the dataset has neither num_classes nor class_names")
+    counts = count_class_pixels(dataset, num_classes, ignore_index)
     if counts.sum() <= 0:
         raise ValueError("class weights 'auto': the training masks hold no labelled pixel")
     return [float(w) for w in class_weights(counts, "enet")]
 
 
 def resolve_class_weights(
-    value: str | None, dataset: Any, num_classes: int, ignore_index: int = IGNORE_INDEX
+    value: str | None, dataset: SampleSource, num_classes: int, ignore_index: int = IGNORE_INDEX
 ) -> tuple[float, ...] | None:
     """The concrete weights of a `class_weights` setting ('auto', numbers, a file, or None) for a dataset."""
     if value is None:

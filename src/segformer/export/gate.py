@@ -1,0 +1,196 @@
+"""The accuracy gate every export goes through before its file is written.
+
+An exported runtime can be silently wrong: INT8 ranges that clip, fp16 LayerNorms that overflow, a backend that
+mis-lowers a layout. So the export is run, as a `Segmenter`, next to a reference `Segmenter` (the float model) on
+the same images, through the same spine (prepare, run, finish), and its label maps are compared: pixel agreement,
+mean IoU of the candidate's labels against the reference's, and, on a labelled dataset, each one's mIoU. `gate`
+refuses to write below the required agreement unless forced.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ..constants import IGNORE_INDEX
+from ..data.base import SampleSource
+from ..evaluation.evaluate import check_labels
+from ..evaluation.metrics import ConfusionMatrix
+from ..imageio import IMAGE_SUFFIXES, ImageReadError, read_image
+from ..inference import Segmenter
+
+log = logging.getLogger("segformer")
+
+
+class ExportRejected(RuntimeError):
+    """The export agreed with the float model less than required; `report` holds the measurements."""
+
+    def __init__(self, message: str, report: Any) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+@dataclass
+class Comparison:
+    """Reference vs candidate on a set of images: pixel agreement, mean IoU of the candidate's labels against the
+    reference's, and the mIoU of each against ground truth when every image has a mask."""
+
+    images: int
+    agreement: float
+    iou_vs_float: float
+    float_miou: float | None = None
+    candidate_miou: float | None = None
+
+
+def compare(
+    reference: Segmenter,
+    candidate: Segmenter,
+    samples: Iterable[tuple[np.ndarray, np.ndarray | None]],
+    num_classes: int,
+    *,
+    ignore_index: int = IGNORE_INDEX,
+    class_names: Sequence[str] | None = None,
+) -> Comparison:
+    """Run both segmenters on every (image, mask-or-None) of `samples` (each with its own options) and compare
+    their label maps at the image size."""
+    vs_float = ConfusionMatrix(num_classes)
+    truth = [ConfusionMatrix(num_classes, ignore_index=ignore_index, class_names=class_names) for _ in range(2)]
+    equal = total = images = 0
+    labelled = True
+    for image, mask in samples:
+        a, b = reference.predict_arrays([image])[0], candidate.predict_arrays([image])[0]
+        equal += int((a == b).sum())
+        total += a.size
+        vs_float.update(b, a)
+        images += 1
+        if mask is None:
+            labelled = False
+            continue
+        mask = np.asarray(mask)
+        check_labels(mask, num_classes, ignore_index, "eval dataset")
+        truth[0].update(a, mask.copy())
+        truth[1].update(b, mask.copy())
+    if not images:
+        raise ValueError("no images to compare the export on")
+    result = Comparison(images, equal / total, vs_float.compute()["mIoU"])
+    if labelled:
+        result.float_miou, result.candidate_miou = truth[0].compute()["mIoU"], truth[1].compute()["mIoU"]
+    return result
+
+
+def gate(
+    agreement: float,
+    min_agreement: float,
+    *,
+    force: bool,
+    path: str | os.PathLike,
+    report: Any,
+    what: str = "the export's",
+    hint: str = "a lower --min-agreement, or --force to write it anyway",
+    rejected: type[ExportRejected] = ExportRejected,
+) -> None:
+    """Raise `rejected` (carrying `report`) when `agreement` is below `min_agreement` and not `force`; the caller
+    writes nothing then."""
+    if agreement >= min_agreement or force:
+        return
+    raise rejected(
+        f"{what} labels agree with float on {100 * agreement:.2f}% of pixels, below the required "
+        f"{100 * min_agreement:.2f}%: {path} not written ({hint})",
+        report,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Images to check on
+# ---------------------------------------------------------------------------------------------------------------
+def image_files(
+    source: str | os.PathLike | Sequence[str | os.PathLike], what: str = "calibration images"
+) -> list[Path]:
+    """Image files (sorted) of a folder (searched recursively), an image file, or a list of them."""
+    items = [source] if isinstance(source, (str, os.PathLike)) else list(source)
+    files: list[Path] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"{what}: {path}: no such file or folder")
+    if not files:
+        where = ", ".join(str(i) for i in items)
+        raise ValueError(f"{what}: no images ({' '.join(IMAGE_SUFFIXES)}) in {where}")
+    return files
+
+
+def fit_size(height: int, width: int, limit: tuple[int, int]) -> tuple[int, int]:
+    """(H, W) shrunk, keeping the aspect ratio, so the long side is <= max(limit) and the short side <= min(limit);
+    smaller images keep their size."""
+    factor = min(1.0, max(limit) / max(height, width), min(limit) / min(height, width))
+    return max(1, int(height * factor + 0.5)), max(1, int(width * factor + 0.5))
+
+
+def load_images(paths: Sequence[Path], size: tuple[int, int], unreadable: list[str]) -> list[np.ndarray]:
+    """RGB arrays of `paths`, each shrunk to fit `size` (PIL bilinear); the first line of each read error is
+    appended to `unreadable` and the file skipped."""
+    images = []
+    for p in paths:
+        try:
+            image = read_image(p)
+        except (ImageReadError, OSError) as e:
+            unreadable.append(str(e).splitlines()[0])
+            continue
+        h, w = fit_size(*image.shape[:2], size)
+        if (h, w) != image.shape[:2]:
+            image = np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+        images.append(image)
+    return images
+
+
+def dataset_samples(dataset: SampleSource, limit: int | None) -> Iterable[tuple[np.ndarray, np.ndarray]]:
+    """(image, mask) of the first `limit` samples (all: None) of anything with `len` and `load(i)`."""
+    for i in range(len(dataset) if limit is None else min(limit, len(dataset))):
+        image, mask, _ = dataset.load(i)
+        yield image, mask
+
+
+def split_images(
+    source: str | os.PathLike | Sequence[str | os.PathLike],
+    calib_count: int,
+    check_count: int,
+    size: tuple[int, int],
+    seed: int,
+    hold_out: bool,
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(calibration images, held-out images) from the shuffled files of `source`, shrunk to fit `size`; with
+    `hold_out` False (an eval dataset checks instead) nothing is held out."""
+    files = image_files(source, "calibration images")
+    order = np.random.default_rng(seed).permutation(len(files))
+    files = [files[i] for i in order]
+    if hold_out:
+        if len(files) < 2:
+            raise ValueError(
+                f"calibration images: found {len(files)}; at least 2 are needed (some are held out to check the "
+                "quantised model), or pass an eval dataset"
+            )
+        hold = min(check_count, len(files) - calib_count) if len(files) > calib_count else max(1, len(files) // 4)
+        calib_files, check_files = files[: min(calib_count, len(files) - hold)], files[len(files) - hold :]
+    else:
+        calib_files, check_files = files[:calib_count], []
+    unreadable: list[str] = []
+    calib_images, check_images = load_images(calib_files, size, unreadable), load_images(check_files, size, unreadable)
+    if not calib_images or (hold_out and not check_images):
+        which, count = ("calibration", len(calib_files)) if not calib_images else ("held-out", len(check_files))
+        raise ValueError(
+            f"calibration images: none of the {count} {which} files could be read (first: {unreadable[0]})"
+        )
+    if unreadable:
+        log.warning("skipped %d unreadable calibration images (first: %s)", len(unreadable), unreadable[0])
+    return calib_images, check_images
