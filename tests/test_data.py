@@ -212,7 +212,8 @@ def test_every_layout_is_one_row_that_build_dataset_data_check_and_the_cli_read(
         with pytest.raises(SystemExit):
             main([*argv, "--dataset", "kitti", "--data-root", "x"])
         err = capsys.readouterr().err
-        assert "{ade20k,cityscapes,voc,coco-stuff,folder,hf,raster}" in err and "--dataset: invalid choice: 'kitti'" in err
+        assert "{ade20k,cityscapes,voc,coco-stuff,folder,hf,raster}" in err
+        assert "--dataset: invalid choice: 'kitti'" in err
     with pytest.raises(ValueError, match="unknown dataset 'kitti'; choose from ade20k, cityscapes, voc, coco-stuff"):
         dataset_splits("kitti", ".")
 

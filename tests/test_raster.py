@@ -379,6 +379,34 @@ def test_data_check_reports_band_statistics_label_values_and_nodata(tmp_path):
     assert sum(report.splits["train"].values[v][0] for v in (0, 1, 2)) == 2 * 55 * 50  # label nodata left out
 
 
+def test_data_check_flags_band_sets_grids_and_sparse_rasters_as_rules(tmp_path):
+    """The raster rules of `data check` (data/check/rules.py): other bands in a split (a problem), image rasters in
+    several CRSs/resolutions (a warning), mostly nodata (a warning); the RasterDataset it builds leaves out nothing
+    silently when training (the 3-band raster raises there)."""
+    from segformer.data.check import check_dataset
+
+    rng = np.random.default_rng(12)
+    root = tmp_path / "d"
+    labels = rng.integers(0, 3, (40, 40))
+    pair(root, "train", "a.tif", scene(rng, 40, 40), labels)
+    pair(root, "train", "b.tif", scene(rng, 40, 40)[:3], labels)
+    sparse = scene(rng, 40, 40)
+    sparse[:, :, :30] = 0  # 75% without data
+    grid = {"crs": "EPSG:4326", "transform": Affine(1e-4, 0, 14, 0, -1e-4, 38)}
+    pair(root, "val", "c.tif", sparse, labels, **grid)
+    write_raster(root / "images" / "val" / "c.tif", sparse, **grid)  # the image on the label's grid
+    (root / "classes.txt").write_text("a\nb\nc\n")
+    report = check_dataset("raster", root, progress=False)
+    found = {d.code: d for d in report.diagnoses}
+    assert [d.code for d in report.problems] == ["band_counts"] and found["band_counts"].split == "train"
+    assert "b.tif (3 x uint16)" in found["band_counts"].message and "(4 x uint16)" in found["band_counts"].message
+    assert found["grids_differ"].severity == "warning" and "EPSG:4326" in found["grids_differ"].message
+    assert found["mostly_nodata"].split == "val" and "images/val/c.tif" in found["mostly_nodata"].message
+    assert report.splits["val"].rasters[0]["nodata"] == 0.75
+    with pytest.raises(RasterError, match="b.tif: has 3 bands but .*a.tif has 4"):
+        RasterDataset([(root / f"images/train/{n}", root / f"masks/train/{n}") for n in ("a.tif", "b.tif")], "abc")
+
+
 def test_label_ids_map_nodata_and_the_label_convention():
     raw = np.array([[0, 1, 2], [7, 3, 0]], np.uint16)
     ids = label_ids(raw, 7, LabelConvention(label_map=((3, 255),)), 3, "x.tif")

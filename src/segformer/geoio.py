@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -74,8 +75,10 @@ def is_georeferenced(path: str | Path) -> bool:
     except RuntimeError:
         return False
     try:
-        with gdal_env(), rasterio.open(path) as src:
-            return src.crs is not None or not src.transform.is_identity or bool(src.gcps[0])
+        with gdal_env(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)  # the answer we are after
+            with rasterio.open(path) as src:
+                return src.crs is not None or not src.transform.is_identity or bool(src.gcps[0])
     except rasterio.errors.RasterioIOError:
         return False
 

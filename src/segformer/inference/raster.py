@@ -41,6 +41,7 @@ from ..geoio import (
     read_window,
     select_bands,
 )
+from ..model.config import SegFormerConfig
 from ..protocol import InferenceOptions
 from ..runtime import rank_world
 from .files import PredictSummary, collect_images, plan_outputs
@@ -122,7 +123,7 @@ def tile_segmenter(segmenter: Segmenter) -> Segmenter:
 
 def num_classes(segmenter: Segmenter) -> int:
     config = getattr(segmenter.model, "config", None)
-    if config is None or not hasattr(config, "num_classes"):
+    if not isinstance(config, SegFormerConfig):
         raise ValueError("raster prediction needs a model (or forward function) with a config naming num_classes")
     return int(config.num_classes)
 
@@ -379,7 +380,7 @@ def _nodata_text(src: Any, bands: Sequence[int]) -> str:
 def _note_statistics(segmenter: Segmenter, src: Any, path: str | Path) -> None:
     """Warn when non-8-bit bands meet a model without statistics of its own (ImageNet's 0..255 mean/std)."""
     config = getattr(segmenter.model, "config", None)
-    if getattr(config, "mean", None) is None and any(d != "uint8" for d in src.dtypes):
+    if (not isinstance(config, SegFormerConfig) or config.mean is None) and any(d != "uint8" for d in src.dtypes):
         log.warning(
             "%s: %s bands, but the model has no channel statistics of its own (ImageNet's, for 0..255 pixels); "
             "a model trained on such rasters (segformer train --dataset raster) stores them",
