@@ -94,6 +94,8 @@ _ENCODER = [
         "stages.{s}.blocks.{b}.mlp.fc2",
     ),
     ("stages.{s}.norm", "norm{s1}", "layer_norm.{s}", "stages.{s}.layer_norm"),
+    # The positional-encoding ablation (SegFormerConfig.pos_embed_size); no published layout has it.
+    ("stages.{s}.pos_embed", "pos_embed{s1}", "pos_embeddings.{s}", "stages.{s}.pos_embeddings"),
 ]
 _ENCODER_PREFIX = {
     "ours": "encoder.",
@@ -323,6 +325,8 @@ def infer_config_fields(sd: dict[str, Tensor]) -> dict[str, Any]:
         "in_channels": sd["encoder.stages.0.patch_embed.proj.weight"].shape[1],
         "mlp_ratio": sd["encoder.stages.0.blocks.0.ffn.fc1.weight"].shape[0] // dims[0],
     }
+    pos = sd.get("encoder.stages.0.pos_embed.weight")  # (1, C, h, w) on the stage-1 grid: any input size with
+    fields["pos_embed_size"] = (4 * pos.shape[2], 4 * pos.shape[3]) if pos is not None else None  # that grid
     if "head.classifier.weight" in sd:
         fields["decoder_dim"] = sd["head.classifier.weight"].shape[1]
         fields["num_classes"] = sd["head.classifier.weight"].shape[0]
