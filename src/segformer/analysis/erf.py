@@ -135,7 +135,8 @@ def erf_image(erf: np.ndarray, decades: float = 3.0) -> np.ndarray:
 
 def save_erf(maps: dict[str, dict[str, np.ndarray]], out: str | Path, images: int | None = None) -> dict[str, Any]:
     """Write OUT/erf_TARGET_POINT.png (one heat map each), OUT/erf.png (side by side: a row per point, a column per
-    target), OUT/erf.npz (the arrays) and OUT/erf.json (50% and 90% mass radii); returns the JSON's content."""
+    target, titled with the radii in input pixels), OUT/erf.npz (the arrays) and OUT/erf.json (the half-widths of the
+    squares around the point holding 50% and 90% of each map); returns the JSON's content."""
     from PIL import Image
 
     out = Path(out)
@@ -154,8 +155,9 @@ def save_erf(maps: dict[str, dict[str, np.ndarray]], out: str | Path, images: in
             picture = erf_image(erf)
             path = out / f"erf_{t}_{p}.png"
             atomic_write(path, lambda tmp, picture=picture: Image.fromarray(picture).save(tmp, format="PNG"))
-            row.append(picture)
-            row_titles.append(f"{t} {p}: r50 {r50}, r90 {r90} px")
+            zoom = max(1, -(-256 // max(erf.shape)))  # small maps drawn larger in the figure (nearest)
+            row.append(picture.repeat(zoom, axis=0).repeat(zoom, axis=1))
+            row_titles.append(f"{t} {p}: r50 {r50}, r90 {r90}")
         rows.append(row)
         titles.append(row_titles)
     save_grid(rows, out / "erf.png", titles=titles)

@@ -249,7 +249,7 @@ def _sweep(args: argparse.Namespace, model: Any, dataset: Any, options: Any, run
         print(format_sweep(rows, "scale" if args.sweep_scales is not None else "window"))
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "sweep.json", {"weights": str(args.weights), "rows": rows})
-        curve = {Path(str(args.weights)).name: [[100 * r["mIoU"] for r in rows]]}
+        curve = {str(args.weights): [[100 * r["mIoU"] for r in rows]]}
         png = plot_series(out / "sweep.png", [p.x for p in points], curve, xlabel, "mIoU (%)", "mIoU vs resolution")
         print(f"wrote {out / 'sweep.json'}" + (f" and {png}" if png else ""))
     return 0

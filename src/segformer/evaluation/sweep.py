@@ -91,9 +91,12 @@ def resolution_sweep(
 
 
 def format_sweep(rows: Sequence[dict[str, Any]], title: str = "resolution") -> str:
-    """A two-column text table: resolution, mIoU % (and the change from the first row)."""
-    lines = [f"{title:<12}  {'mIoU':>6}  {'change':>7}", "-" * 29]
-    first = rows[0]["mIoU"] if rows else float("nan")
+    """A text table: resolution, mIoU % and its change from the reference row (the "1x" point of a scale sweep,
+    else the first row)."""
+    ref = next((r for r in rows if r["label"] == "1x"), rows[0] if rows else None)
+    base = ref["mIoU"] if ref is not None else float("nan")
+    head = f"change from {ref['label']}" if ref is not None else "change"
+    lines = [f"{title:<12}  {'mIoU':>6}  {head:>16}", "-" * 38]
     for row in rows:
-        lines.append(f"{row['label']:<12}  {100 * row['mIoU']:6.2f}  {100 * (row['mIoU'] - first):+7.2f}")
+        lines.append(f"{row['label']:<12}  {100 * row['mIoU']:6.2f}  {100 * (row['mIoU'] - base):+16.2f}")
     return "\n".join(lines)
