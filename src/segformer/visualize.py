@@ -315,6 +315,7 @@ def plot_heatmap(
     label: str = "",
     vmin: float | None = None,
     vmax: float | None = None,
+    xlabel: str = "",
 ) -> Path | None:
     """A (rows, columns) table of numbers as a heat map with each value written in its cell (NaN cells blank), e.g.
     mIoU per corruption and severity. Skipped, with one log line, without matplotlib."""
@@ -331,6 +332,7 @@ def plot_heatmap(
         if np.isfinite(v):
             ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=7, color="white" if v < middle else "black")
     ax.set_title(title, fontsize=9)
+    ax.set_xlabel(xlabel, fontsize=8)
     fig.colorbar(image, ax=ax, label=label, fraction=0.05)
     fig.tight_layout()
     path = Path(path)

@@ -171,8 +171,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, device: object) -> int:
-    from pathlib import Path
-
     from ..data import DATASETS, build_dataset
     from ..evaluation.evaluate import evaluate_confusion, format_table, write_report
     from ..model.loading import load_model
@@ -184,7 +182,9 @@ def _run(args: argparse.Namespace, device: object) -> int:
     if args.corruption is not None:  # bad names, severities or a missing extra fail before anything is read
         from ..evaluation.robustness import corruption_module, parse_corruptions, parse_severities
 
-        parse_corruptions(args.corruption), parse_severities(args.severity), corruption_module()
+        parse_corruptions(args.corruption)
+        parse_severities(args.severity)
+        corruption_module()
     model = load_model(args.weights)
     labels = label_convention(args, base=model.config.labels)  # the model's convention unless flags change it
     num_classes = None
@@ -278,8 +278,8 @@ def _robustness(
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "robustness.json", {"weights": str(args.weights), **to_json(result)})
         values = np.array([[100 * result["table"][n][s] for s in severities] for n in names])
-        columns = [f"severity {s}" for s in severities]
         title = f"mIoU (%) under corruption, clean {100 * result['clean']:.1f}"
-        png = plot_heatmap(out / "robustness.png", values, names, columns, title, "mIoU (%)", 0, 100)
+        columns = [str(s) for s in severities]
+        png = plot_heatmap(out / "robustness.png", values, names, columns, title, "mIoU (%)", 0, 100, "severity")
         print(f"wrote {out / 'robustness.json'}" + (f" and {png}" if png else ""))
     return 0
