@@ -22,6 +22,7 @@ from segformer.evaluation.robustness import (
     FAMILIES,
     CorruptedDataset,
     corrupt_image,
+    corruption_module,
     evaluate_robustness,
     image_seed,
     parse_corruptions,
@@ -255,7 +256,19 @@ def test_erf_cli(weights, data, tmp_path, capsys):
 SMALL = np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)
 
 
-def test_every_corruption_runs_at_every_severity_on_a_small_image():
+@pytest.fixture
+def corruptions():
+    """The robustness extra (the dev extra installs it: a missing module fails). Skipped, with the reason, only where
+    opencv-python cannot load its system libraries, as the browser tests skip without Chromium."""
+    try:
+        corruption_module()
+    except RuntimeError as e:
+        if "apt-get install" not in str(e):
+            raise
+        pytest.skip(str(e))
+
+
+def test_every_corruption_runs_at_every_severity_on_a_small_image(corruptions):
     for name in FAMILIES:
         for severity in range(1, 6):
             out = corrupt_image(SMALL, name, severity, seed=1)
@@ -263,7 +276,7 @@ def test_every_corruption_runs_at_every_severity_on_a_small_image():
             assert not np.array_equal(out, SMALL), (name, severity)
 
 
-def test_the_same_seed_gives_the_same_images_and_numpy_is_left_alone():
+def test_the_same_seed_gives_the_same_images_and_numpy_is_left_alone(corruptions):
     np.random.seed(123)
     before = np.random.get_state()[1].copy()
     for name in FAMILIES:
@@ -294,7 +307,20 @@ def test_corruption_without_the_extra_names_it(weights, data, monkeypatch, capsy
     argv = ["eval", str(weights), "--dataset", "folder", "--data-root", str(data), "--corruption", "fog"]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "pip install 'segformer[robustness]'" in err[0]
+    assert len(err) == 1 and "needs the robustness extra: pip install 'segformer[robustness]'" in err[0]
+
+
+def test_opencv_without_its_system_libraries_says_what_to_install(monkeypatch):
+    class NoLibGL:  # what importing opencv-python looks like on a minimal Linux
+        def find_spec(self, name, path=None, target=None):
+            if name == "cv2":
+                raise ImportError("libGL.so.1: cannot open shared object file: No such file or directory")
+
+    for name in [m for m in sys.modules if m == "cv2" or m.startswith(("cv2.", "imagecorruptions"))]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(sys, "meta_path", [NoLibGL(), *sys.meta_path])
+    with pytest.raises(RuntimeError, match=r"libGL.so.1.*apt-get install libgl1 libglib2.0-0$"):
+        corruption_module()
 
 
 class Listed:
@@ -310,7 +336,7 @@ class Listed:
         return self.samples_[i]
 
 
-def test_robustness_evaluates_the_corrupted_images(weights, data):
+def test_robustness_evaluates_the_corrupted_images(weights, data, corruptions):
     model, dataset = load_model(weights), build_dataset("folder", data, "val")
     options = InferenceOptions(batch_size=2)
     result = evaluate_robustness(model, dataset, options, ("fog", "shot_noise"), (1, 4), seed=5, progress=False)
@@ -335,7 +361,7 @@ def robustness_argv(weights, data, out):
             "--corruption", "gaussian_noise,frost", "--severity", "1,3", "--no-progress"]  # fmt: skip
 
 
-def test_eval_cli_robustness_table_and_heat_map(weights, data, tmp_path, capsys):
+def test_eval_cli_robustness_table_and_heat_map(weights, data, tmp_path, capsys, corruptions):
     out = tmp_path / "rob"
     assert main([*robustness_argv(weights, data, out), "--num-workers", "2"]) == 0
     printed = capsys.readouterr().out
@@ -350,7 +376,7 @@ def test_eval_cli_robustness_table_and_heat_map(weights, data, tmp_path, capsys)
 
 
 @pytest.mark.slow
-def test_robustness_under_torchrun_equals_one_process(weights, data, tmp_path):
+def test_robustness_under_torchrun_equals_one_process(weights, data, tmp_path, corruptions):
     one, two = tmp_path / "one", tmp_path / "two"
     assert main([*robustness_argv(weights, data, one), "--num-workers", "0"]) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -54,9 +54,14 @@ def corruption_module() -> Any:
     extras do)."""
     try:
         import imagecorruptions
-    except ImportError as e:
+    except ModuleNotFoundError as e:
+        if e.name not in ("imagecorruptions", None):  # installed, but a dependency of its own is missing
+            raise RuntimeError(f"imagecorruptions cannot import {e.name!r}: reinstall the extra: {INSTALL}") from None
+        raise RuntimeError(f"--corruption needs the robustness extra: {INSTALL}") from None
+    except ImportError as e:  # opencv-python's system libraries on a minimal Linux
         raise RuntimeError(
-            f"--corruption needs the robustness extra: {INSTALL} (imagecorruptions: {e.msg.splitlines()[0]})"
+            f"imagecorruptions is installed but OpenCV cannot load ({e.msg.splitlines()[0]}); on a minimal Linux "
+            f"install its system libraries: apt-get install libgl1 libglib2.0-0"
         ) from None
     return imagecorruptions
 
