@@ -334,6 +334,8 @@ def test_training_data_errors_are_one_line_each(tmp_path, capsys):
     )
     line = _one_line(str(e.value), "a.tif", "another grid", "images/crs/a.tif", *grids)
     assert "never resampled" in line
+    kept = RasterDataset([(root / "images/crs/a.tif", root / "masks/crs/a.tif")], ("a", "b", "c"), skip_bad=True)
+    assert kept.pairs == [] and kept.dropped == 1 and kept.rejected[0][2] == str(e.value)  # skip_bad: left out, said
 
     bad = labels.copy()
     bad[5, 5] = 9

@@ -22,6 +22,7 @@ their metrics are those of predict's output, pixel for pixel. `segformer data ch
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,6 +46,8 @@ from ..protocol import InferenceOptions
 from .base import Dataset, Transform
 from .catalog import DatasetInfo, folder_info
 from .labels import LabelConvention, LabelError
+
+log = logging.getLogger("segformer")
 
 WINDOW = 1024  # side of the training windows (the smallest raster side at most)
 MIN_VALID = 0.5  # windows with less data than this share are redrawn
@@ -189,6 +192,7 @@ class RasterDataset(Dataset):
                 if not skip_bad:
                     raise
                 self.rejected.append((image, label, str(e)))
+                log.warning("%s (skipped)", e)
                 continue
             opened.append(pair)
         return opened
