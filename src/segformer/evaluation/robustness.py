@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..inference import InferenceOptions
+from ..protocol import InferenceOptions
 from .evaluate import evaluate_confusion
 
 # The paper's Table 5: corruption -> family, in its column order.

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..inference import InferenceOptions
+from ..protocol import InferenceOptions
 from .evaluate import evaluate_confusion
 
 
