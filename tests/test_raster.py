@@ -16,20 +16,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import rasterio  # the geo extra, in the dev extra: a broken install fails here rather than skipping
 import torch
+from affine import Affine
 from torch import nn
 
 from segformer.cli import main
+from segformer.data.labels import LabelConvention
+from segformer.data.raster import RasterDataset, label_ids
+from segformer.geoio import RasterError, gdal_env, open_raster
+from segformer.inference import Segmenter
+from segformer.inference.raster import RasterOutput, predict_raster, predict_rasters, predict_strips
 from segformer.model.config import SegFormerConfig
-
-rasterio = pytest.importorskip("rasterio")
-from affine import Affine  # noqa: E402
-
-from segformer.data.labels import LabelConvention  # noqa: E402
-from segformer.data.raster import RasterDataset, label_ids  # noqa: E402
-from segformer.geoio import RasterError, gdal_env, open_raster  # noqa: E402
-from segformer.inference import Segmenter  # noqa: E402
-from segformer.inference.raster import RasterOutput, predict_raster, predict_rasters, predict_strips  # noqa: E402
 
 CRS = "EPSG:32633"
 TRANSFORM = Affine(10, 0, 500000, 0, -10, 4200000)
