@@ -204,15 +204,16 @@ def test_every_layout_is_one_row_that_build_dataset_data_check_and_the_cli_read(
     from segformer.cli import main
     from segformer.data.check import dataset_splits
 
-    assert DATASET_NAMES == tuple(LAYOUTS) == ("ade20k", "cityscapes", "voc", "coco-stuff", "folder", "hf")
+    assert DATASET_NAMES == tuple(LAYOUTS) == ("ade20k", "cityscapes", "voc", "coco-stuff", "folder", "hf", "raster")
     for name, info in DATASETS.items():
         assert LAYOUTS[name].info is info and LAYOUTS[name].name == name
-    assert LAYOUTS["folder"].info is None and LAYOUTS["hf"].info is None
+    assert LAYOUTS["folder"].info is None and LAYOUTS["hf"].info is None and LAYOUTS["raster"].info is None
     for argv in (["data", "check"], ["eval", "weights"]):
         with pytest.raises(SystemExit):
             main([*argv, "--dataset", "kitti", "--data-root", "x"])
         err = capsys.readouterr().err
-        assert "{ade20k,cityscapes,voc,coco-stuff,folder,hf}" in err and "--dataset: invalid choice: 'kitti'" in err
+        assert "{ade20k,cityscapes,voc,coco-stuff,folder,hf,raster}" in err
+        assert "--dataset: invalid choice: 'kitti'" in err
     with pytest.raises(ValueError, match="unknown dataset 'kitti'; choose from ade20k, cityscapes, voc, coco-stuff"):
         dataset_splits("kitti", ".")
 

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+import datasets  # the hf extra (in dev, so CI runs these tests)
 import numpy as np
 import pytest
 from PIL import Image
@@ -14,8 +15,6 @@ from PIL import Image
 from conftest import tiny_model_file
 from segformer.cli import main
 from segformer.data import LabelConvention, build_dataset, check_dataset, hf
-
-datasets = pytest.importorskip("datasets")
 
 
 @pytest.fixture(autouse=True)

@@ -38,7 +38,6 @@ def test_save_pretrained_writes_a_hub_model_card(tmp_path):
     assert "| 2 | car\\|truck | `#" in text  # classes with their colours; table cells escaped
     assert "No protocol stored" in text
     assert "NVIDIA" not in text.split("## Citation")[0]
-    pytest.importorskip("huggingface_hub")
     from huggingface_hub import ModelCard
 
     assert ModelCard.load(folder / "README.md").data.library_name == "segformer"
@@ -62,7 +61,6 @@ def test_training_card_has_recipe_metrics_and_protocol():
     assert "`#ff0010`" in text
     assert "--mode whole --scale 2048x512 --size-divisor 32" in text
     assert "non-commercial" in text
-    pytest.importorskip("huggingface_hub")
     from huggingface_hub import ModelCard
 
     card = ModelCard(text)
@@ -118,7 +116,8 @@ def test_push_without_token_fails_in_one_line(saved, tmp_path, capsys, monkeypat
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
     monkeypatch.delenv("HF_OIDC_RESOURCE", raising=False)
-    huggingface_hub = pytest.importorskip("huggingface_hub")
+    import huggingface_hub
+
     monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))  # no stored token
     assert main(["push", str(saved), "someone/segformer-test"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile  # the multiband extra (in dev, so CI runs these tests)
 import torch
 from PIL import Image
 
@@ -17,8 +18,6 @@ from segformer.cli import main
 from segformer.imageio import ChannelMismatchError, read_bands, read_image
 from segformer.inference import Segmenter
 from test_train import synthetic_pair
-
-tifffile = pytest.importorskip("tifffile")
 
 
 def four_band(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import builtins
 from fractions import Fraction
 
+import av  # the video extra (in dev, so CI runs these tests)
 import numpy as np
 import pytest
 import torch
@@ -14,7 +15,6 @@ from PIL import Image
 from segformer import Segmenter, create_model, load_model
 from segformer.cli import main
 
-av = pytest.importorskip("av")
 pytestmark = pytest.mark.video
 
 

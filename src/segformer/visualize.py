@@ -261,3 +261,97 @@ def plot_curves(history: list[dict[str, Any]], path: Path, metric: str = "mIoU")
     finally:
         plt.close(fig)
     return path
+
+
+def _pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend, or None (with one log line) without the `plot` extra."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.info("matplotlib is not installed: no plot (pip install 'segformer[plot]')")
+        return None
+    return plt
+
+
+def plot_series(
+    path: str | Path,
+    xs: Sequence[float],
+    series: dict[str, Sequence[Sequence[float]]],
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+) -> Path | None:
+    """Line plot: per name, the mean of its runs (thick, with markers) and each run (thin) against `xs`; e.g. mIoU
+    against test resolution, one run per seed. Skipped, with one log line, without matplotlib."""
+    plt = _pyplot()
+    if plt is None:
+        return None
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    for k, (name, runs) in enumerate(series.items()):
+        colour = f"C{k}"
+        values = np.asarray(runs, dtype=float).reshape(-1, len(xs))  # (runs, points)
+        for run in values if len(values) > 1 else ():
+            ax.plot(xs, run, color=colour, alpha=0.3, linewidth=0.8)
+        label = f"{name} (mean of {len(values)})" if len(values) > 1 else name
+        ax.plot(xs, values.mean(axis=0), color=colour, marker="o", linewidth=2, label=label)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title, xticks=list(xs))
+    ax.title.set_fontsize(9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    finally:
+        plt.close(fig)
+    return path
+
+
+def plot_heatmap(
+    path: str | Path,
+    values: np.ndarray,
+    rows: Sequence[str],
+    columns: Sequence[str],
+    title: str = "",
+    label: str = "",
+    vmin: float | None = None,
+    vmax: float | None = None,
+    xlabel: str = "",
+) -> Path | None:
+    """A (rows, columns) table of numbers as a heat map with each value written in its cell (NaN cells blank), e.g.
+    mIoU per corruption and severity. Skipped, with one log line, without matplotlib."""
+    plt = _pyplot()
+    if plt is None:
+        return None
+    values = np.asarray(values, dtype=float)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.75 * len(columns), 0.9 + 0.3 * len(rows)))
+    image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
+    ax.set_xticks(range(len(columns)), labels=list(columns), fontsize=8)
+    ax.set_yticks(range(len(rows)), labels=list(rows), fontsize=8)
+    middle = np.nanmean(values) if np.isfinite(values).any() else 0.0
+    for (i, j), v in np.ndenumerate(values):
+        if np.isfinite(v):
+            ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=7, color="white" if v < middle else "black")
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel(xlabel, fontsize=8)
+    fig.colorbar(image, ax=ax, label=label, fraction=0.05)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    finally:
+        plt.close(fig)
+    return path
+
+
+def heat_colours(values: np.ndarray) -> np.ndarray:
+    """(H, W) values in [0, 1] -> (H, W, 3) uint8 in a black-red-yellow-white ramp (matplotlib's "hot"), for heat
+    maps drawn without matplotlib."""
+    t = np.clip(np.asarray(values, dtype=np.float64), 0.0, 1.0)[..., None]
+    ramp = np.clip(np.concatenate([3 * t, 3 * t - 1, 3 * t - 2], axis=-1), 0.0, 1.0)  # (H, W, 3)
+    return (255 * ramp).round().astype(np.uint8)

@@ -15,6 +15,7 @@ from . import benchmark as benchmark_cmd
 from . import convert, info
 from . import data as data_cmd
 from . import demo as demo_cmd
+from . import erf as erf_cmd
 from . import evaluate as eval_cmd
 from . import export as export_cmd
 from . import predict as predict_cmd
@@ -29,6 +30,7 @@ COMMANDS = {
     "train": train_cmd,
     "pretrain": pretrain_cmd,
     "eval": eval_cmd,
+    "erf": erf_cmd,
     "data": data_cmd,
     "predict": predict_cmd,
     "synth": synth_cmd,

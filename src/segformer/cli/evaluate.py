@@ -2,12 +2,16 @@
 
 Defaults follow the paper's test protocol for the dataset (ADE20K: whole image at (2048, 512), sides aligned to
 32; Cityscapes: slide 1024 / stride 768); `--tta` adds multi-scale + flip with the dataset's ratios.
+`--sweep-scales 0.5,1,1.5,2` or `--sweep-sizes 64,96,128` evaluate at several test resolutions (sweep.json,
+sweep.png); `--corruption all --severity all` on corrupted copies of the images (robustness.json, robustness.png;
+the `robustness` extra). Under torchrun the processes share the images and the confusion matrices are summed.
 """
 
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..constants import AMP_DTYPES
 from ..protocol import MODES
@@ -121,17 +125,70 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-samples", type=int, default=None, help="evaluate only the first N samples")
     p.add_argument("--num-workers", type=int, default=2, help="processes reading images ahead (0 = none)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group("claims", "mIoU against test resolution, and under image corruptions (paper 1c, 5)")
+    g.add_argument(
+        "--sweep-scales",
+        type=_parse_floats,
+        default=None,
+        metavar="R,R,...",
+        help="evaluate with the test scale (the images) multiplied by each ratio, e.g. 0.5,1,1.5,2",
+    )
+    g.add_argument(
+        "--sweep-sizes",
+        type=_parse_sizes,
+        default=None,
+        metavar="S,S,...",
+        help="evaluate on windows of each size at the test scale (slide, no overlap), e.g. 64,96,128,192",
+    )
+    g.add_argument("--corruption", default=None, metavar="NAME|all", help="corruption name(s), comma-separated, or all")
+    g.add_argument("--severity", default="all", metavar="1..5|all", help="severities with --corruption (default all)")
+    g.add_argument("--corruption-seed", type=int, default=0, help="seed of the corrupted images (default 0)")
+
+
+def _parse_floats(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        values = ()
+    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be positive ratios such as 0.5,1,1.5,2")
+    return values
+
+
+def _parse_sizes(text: str) -> tuple[tuple[int, int], ...]:
+    return tuple(parse_size(v) for v in text.split(",") if v.strip())
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    """Join torchrun's process group when launched by it (the images are shared out), evaluate, report on rank 0."""
+    from ..runtime import resolve_device
+    from ..training import distributed as D
 
+    device = resolve_device(args.device)
+    own_group = D.init_distributed(device)
+    try:
+        return _run(args, device)
+    finally:
+        if own_group:
+            D.cleanup()
+
+
+def _run(args: argparse.Namespace, device: object) -> int:
     from ..data import LAYOUTS, build_dataset
     from ..evaluation.evaluate import evaluate_confusion, format_table, write_report
     from ..export.runtimes import runtime_options
-    from ..runtime import resolve_device
+    from ..training import distributed as D
     from .common import load_for_inference
 
+    chosen = [flag for flag, value in _CLAIM_FLAGS.items() if getattr(args, value) is not None]
+    if len(chosen) > 1:
+        raise ValueError(f"{' and '.join(chosen)} are separate evaluations; give one of them")
+    if args.corruption is not None:  # bad names, severities or a missing extra fail before anything is read
+        from ..evaluation.robustness import corruption_module, parse_corruptions, parse_severities
+
+        parse_corruptions(args.corruption)
+        parse_severities(args.severity)
+        corruption_module()
     model = load_for_inference(args.weights)
     labels = label_convention(args, base=model.config.labels)  # the model's convention unless flags change it
     layout = LAYOUTS[args.dataset]
@@ -150,22 +207,80 @@ def run(args: argparse.Namespace) -> int:
     if len(dataset) == 0:
         raise ValueError(f"{args.data_root}: no samples in split {args.split!r}")
     options = runtime_options(model, inference_options(args, layout.info, model.config))
-    print(f"evaluating {args.weights} on {args.dataset}/{args.split} ({len(dataset)} images): {describe(options)}")
-    if not labels.is_default:
-        print(f"labels: {labels.describe()}")
-    cm = evaluate_confusion(
-        model,
-        dataset,
-        options,
-        device=resolve_device(args.device),
-        progress=not args.no_progress,
-        max_samples=args.max_samples,
-        num_workers=args.num_workers,
-        compile=args.compile,
-    )
-    metrics = cm.compute()
-    print(format_table(metrics))
+    main = D.is_main()
+    if main:
+        print(f"evaluating {args.weights} on {args.dataset}/{args.split} ({len(dataset)} images): {describe(options)}")
+        if not labels.is_default:
+            print(f"labels: {labels.describe()}")
+    run = {
+        "device": device,
+        "progress": not args.no_progress,
+        "max_samples": args.max_samples,
+        "num_workers": args.num_workers,
+    }
     out = Path(args.out or f"eval-{args.dataset}-{args.split}")
-    paths = write_report(out, metrics, cm)
-    print(f"wrote {paths['metrics']} and {paths['png']}")
+    if args.sweep_scales is not None or args.sweep_sizes is not None:
+        return _sweep(args, model, dataset, options, run, out, main)
+    if args.corruption is not None:
+        return _robustness(args, model, dataset, options, run, out, main)
+    cm = evaluate_confusion(model, dataset, options, compile=args.compile, **run)
+    metrics = cm.compute()
+    if main:
+        print(format_table(metrics))
+        paths = write_report(out, metrics, cm)
+        print(f"wrote {paths['metrics']} and {paths['png']}")
+    return 0
+
+
+_CLAIM_FLAGS = {"--sweep-scales": "sweep_scales", "--sweep-sizes": "sweep_sizes", "--corruption": "corruption"}
+
+
+def _sweep(args: argparse.Namespace, model: Any, dataset: Any, options: Any, run: dict, out: Path, main: bool) -> int:
+    """mIoU at each test resolution: table, sweep.json and sweep.png (with the plot extra)."""
+    from ..evaluation.sweep import format_sweep, resolution_sweep, scale_points, window_points
+    from ..fileio import write_json
+    from ..visualize import plot_series
+
+    if args.sweep_scales is not None:
+        points, xlabel = scale_points(options, args.sweep_scales), "test scale (x the protocol's)"
+    else:
+        points, xlabel = window_points(options, args.sweep_sizes), "window side (px) at the test scale"
+    rows = resolution_sweep(model, dataset, points, **run)
+    if main:
+        print(format_sweep(rows, "scale" if args.sweep_scales is not None else "window"))
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "sweep.json", {"weights": str(args.weights), "rows": rows})
+        curve = {str(args.weights): [[100 * r["mIoU"] for r in rows]]}
+        png = plot_series(out / "sweep.png", [p.x for p in points], curve, xlabel, "mIoU (%)", "mIoU vs resolution")
+        print(f"wrote {out / 'sweep.json'}" + (f" and {png}" if png else ""))
+    return 0
+
+
+def _robustness(
+    args: argparse.Namespace, model: Any, dataset: Any, options: Any, run: dict, out: Path, main: bool
+) -> int:
+    """mIoU per corruption and severity: table, robustness.json and robustness.png (with the plot extra)."""
+    import numpy as np
+
+    from ..evaluation.robustness import (
+        evaluate_robustness,
+        format_robustness,
+        parse_corruptions,
+        parse_severities,
+        to_json,
+    )
+    from ..fileio import write_json
+    from ..visualize import plot_heatmap
+
+    names, severities = parse_corruptions(args.corruption), parse_severities(args.severity)
+    result = evaluate_robustness(model, dataset, options, names, severities, seed=args.corruption_seed, **run)
+    if main:
+        print(format_robustness(result))
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "robustness.json", {"weights": str(args.weights), **to_json(result)})
+        values = np.array([[100 * result["table"][n][s] for s in severities] for n in names])
+        title = f"mIoU (%) under corruption, clean {100 * result['clean']:.1f}"
+        columns = [str(s) for s in severities]
+        png = plot_heatmap(out / "robustness.png", values, names, columns, title, "mIoU (%)", 0, 100, "severity")
+        print(f"wrote {out / 'robustness.json'}" + (f" and {png}" if png else ""))
     return 0

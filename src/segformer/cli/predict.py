@@ -3,6 +3,11 @@
 Videos (.mp4, .mov, .mkv, ...; needs PyAV: pip install 'segformer[video]') give NAME_overlay.mp4 at the same frame
 rate and, with --labels, NAME_labels/NNNNNN.png per frame.
 
+GeoTIFFs (georeferenced .tif/.tiff, or every TIFF with --raster; needs rasterio: pip install 'segformer[geo]') of any
+size are predicted in blended tiles, window by window: NAME.tif (class ids, nodata 255, the input's CRS, transform
+and tags; Cloud-Optimized with overviews unless --no-cog), NAME_overlay.png (a quick look) and, with
+--probabilities / --confidence, NAME_prob.tif / NAME_confidence.tif. --bands 4,3,2 picks the input bands.
+
 Folders are searched recursively and their relative paths kept under --out. An unreadable file is reported
 ("NAME: reason") and skipped; the exit code is 1 at the end if any file failed.
 
@@ -49,7 +54,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="write NAME.png in the masks' own values (undoing --label-map/--reduce-zero-label/--ignore-index; "
         "RGB colours with a palette file) instead of class ids",
     )
-    p.add_argument("--probabilities", action="store_true", help="also write NAME_prob.npy (float16 K x H x W)")
+    p.add_argument(
+        "--probabilities",
+        action="store_true",
+        help="also write NAME_prob.npy (float16 K x H x W); GeoTIFFs: NAME_prob.tif (float32, a band per class)",
+    )
+    g = p.add_argument_group("GeoTIFF rasters", "georeferenced TIFFs of any size, in blended tiles (segformer[geo])")
+    g.add_argument(
+        "--bands",
+        default=None,
+        metavar="B,B,...",
+        help="input bands in the model's channel order, 1-based as GDAL counts (e.g. 4,3,2; default: all)",
+    )
+    g.add_argument("--raster", action="store_true", help="treat every .tif/.tiff as a raster, georeferenced or not")
+    g.add_argument("--confidence", action="store_true", help="also write NAME_confidence.tif (top probability)")
+    g.add_argument("--no-cog", action="store_true", help="plain tiled GeoTIFFs instead of Cloud-Optimized ones")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the class colours (0..1)")
     p.add_argument("--no-legend", action="store_true", help="overlays without the legend of classes present")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -174,10 +193,12 @@ def _videos(args: argparse.Namespace, segmenter: Any, style: dict[str, Any], rep
 def _images(
     args: argparse.Namespace, segmenter: Any, images: list[str], style: dict[str, Any], labels: Any, report: Any
 ) -> int:
-    """Label maps and overlays of this process's share of the images; the summary (all processes) on rank 0."""
+    """Label maps and overlays of this process's share of the images and GeoTIFFs; the summary (all processes) on
+    rank 0."""
     from ..inference.files import predict_files
     from ..training import distributed as D
 
+    rasters, wanted = _rasters(args, segmenter, images, style, report)
     summary = predict_files(
         segmenter,
         images,
@@ -186,13 +207,17 @@ def _images(
         report=report,
         num_workers=args.num_workers,
         encode=labels.encode if args.raw_labels else None,  # written so by the writers, never rewritten after
+        skip=wanted,
         **style,
     )
-    shares = D.gather_objects((len(summary.written), summary.failed))
+    shares = D.gather_objects((len(summary.written), summary.failed + rasters.failed, len(rasters.written)))
     written = sum(s[0] for s in shares)  # type: ignore[index]
     failed = [f for s in shares for f in s[1]]  # type: ignore[index]
+    geotiffs = sum(s[2] for s in shares)  # type: ignore[index]
     if D.is_main():
-        print(f"wrote {written} label maps and overlays to {args.out}", end="")
+        what = [f"{written} label maps and overlays"] if written or not geotiffs else []
+        what += [f"{geotiffs} GeoTIFF class rasters"] if geotiffs else []
+        print(f"wrote {' and '.join(what)} to {args.out}", end="")
         if failed:
             print(f"; {len(failed)} failed:")
             for name, reason in failed:
@@ -200,3 +225,42 @@ def _images(
         else:
             print()
     return 1 if failed else 0
+
+
+def _rasters(
+    args: argparse.Namespace, segmenter: Any, inputs: list[str], style: dict[str, Any], report: Any
+) -> tuple[Any, Any]:
+    """(summary of this process's share of the GeoTIFFs among `inputs`, which TIFFs go that way)."""
+    from ..geoio import RASTER_SUFFIXES, is_georeferenced, parse_bands, require_rasterio
+    from ..inference.files import PredictSummary
+    from ..inference.raster import RasterOutput, collect_rasters, predict_rasters
+
+    if args.raster:
+        require_rasterio()
+
+    def wanted(path: Any) -> bool:
+        return path.suffix.lower() in RASTER_SUFFIXES and (args.raster or is_georeferenced(path))
+
+    files = collect_rasters(inputs, args.out, wanted)
+    if args.bands is not None and not files:
+        raise ValueError(
+            "--bands picks the bands of GeoTIFFs, and there are none among the inputs (--raster: any TIFF)"
+        )
+    if not files:
+        return PredictSummary([], []), wanted
+    output = RasterOutput(
+        args.probabilities, args.confidence, cog=not args.no_cog, alpha=args.alpha, legend=not args.no_legend
+    )
+    bands = parse_bands(args.bands) if args.bands is not None else None
+    summary = predict_rasters(
+        segmenter,
+        files,
+        args.out,
+        bands=bands,
+        output=output,
+        palette=style["palette"],
+        class_names=style["class_names"],
+        report=report,
+        progress=style["progress"],
+    )
+    return summary, wanted

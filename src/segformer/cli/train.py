@@ -45,7 +45,8 @@ def _floats(text: str) -> tuple[float, ...]:
 
 
 HELP = {
-    "dataset": "ade20k, cityscapes, voc, coco-stuff, folder (ROOT/images/SPLIT, ROOT/masks/SPLIT), or hf",
+    "dataset": "ade20k, cityscapes, voc, coco-stuff, folder (ROOT/images/SPLIT, ROOT/masks/SPLIT), hf, or raster "
+    "(GeoTIFF image and label rasters in the folder layout; needs segformer[geo])",
     "data_root": "dataset root folder (--dataset hf: hub id, save_to_disk folder or folder of parquet files)",
     "ignore_index": "mask value that marks unlabelled pixels (becomes the internal 255)",
     "reduce_zero_label": "ADE-style masks: 0 = other (ignored), 1..K become classes 0..K-1",

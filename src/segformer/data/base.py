@@ -5,9 +5,11 @@ Two types, so that callers depend on a declared interface and never probe attrib
 - `SampleSource`, a Protocol: `len(source)` and `source.load(i) -> (image (H, W, C), mask (H, W), name)`. It is the
   least a user passes to `train`, `evaluate` or `export_int8` (arrays in memory, a database, ...).
 - `Dataset`, a base class: a sample source with its metadata (`info`, `class_names`, `num_classes`, `ignore_index`,
-  `labels`, `transform`, `dropped`, `path_of(i)`). The layouts the library reads (`SegmentationDataset`,
-  `HFSegmentationDataset`) are Datasets; `as_dataset(source)` gives any sample source this interface, reading the
-  optional attributes a plain object may carry in one place.
+  `labels`, `transform`, `dropped`, `path_of(i)`) and what a dataset may know better than its samples tell
+  (`tiled_protocol`, `channel_stats`, `class_pixel_counts`: None by default; rasters answer them). The layouts
+  the library reads (`SegmentationDataset`, `HFSegmentationDataset`, `RasterDataset`) are Datasets;
+  `as_dataset(source)` gives any sample source this interface, reading the optional attributes a plain object may
+  carry in one place.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from ..protocol import InferenceOptions
 from .catalog import IGNORE_INDEX, DatasetInfo
 from .labels import LabelConvention
 
@@ -72,6 +75,21 @@ class Dataset(torch.utils.data.Dataset):
 
     def path_of(self, index: int) -> str | None:
         """The file (or row) sample `index`'s mask is read from, for messages; None when there is none."""
+        return None
+
+    def tiled_protocol(self, crop: Sequence[int] | None) -> InferenceOptions | None:
+        """How validation and the trained model's `predict` run this dataset's whole images when they are read in
+        tiles (rasters: tiles of the training `crop`, or the dataset's); None: whole images at the training scale."""
+        return None
+
+    def channel_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+        """Per-channel (mean, std) of every pixel with data, when the dataset computes them better than averaging
+        `load(i)` (rasters: whole rasters, nodata left out); None: from `load`."""
+        return None
+
+    def class_pixel_counts(self) -> np.ndarray | None:
+        """Labelled pixels per class id, when the dataset counts them itself (rasters: whole label rasters); None:
+        counted from the masks."""
         return None
 
     def __getitem__(self, index: int) -> Any:

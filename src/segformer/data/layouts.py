@@ -17,11 +17,12 @@ from pathlib import Path
 import numpy as np
 
 from ..imageio import IMAGE_SUFFIXES
-from .base import Transform
+from .base import Dataset, Transform
 from .catalog import CITYSCAPES_LABEL_TO_TRAIN_LUT, COCO_STUFF_TO_TRAIN_LUT, DATASETS, DatasetInfo, folder_info
 from .datasets import SegmentationDataset
 from .hf import SPLIT_ALIASES, hf_dataset, list_splits
 from .labels import LabelConvention
+from .raster import RasterDataset, raster_pairs
 
 log = logging.getLogger("segformer")
 
@@ -34,7 +35,7 @@ class ReadOptions:
     labels: LabelConvention = LabelConvention()
     transform: Transform | None = None
     skip_bad: bool = False
-    channels: int = 3
+    channels: int | None = None  # image bands; None: as stored (RGB photos, any band count of rasters)
     image_column: str | None = None
     mask_column: str | None = None
 
@@ -59,7 +60,7 @@ class MaskFiles:
         return stem.parent / f"{stem.name}{self.raw_suffix}", self.raw_table
 
 
-Builder = Callable[["Layout", "str | Path", str, ReadOptions], SegmentationDataset]
+Builder = Callable[["Layout", "str | Path", str, ReadOptions], Dataset]
 
 
 @dataclass(frozen=True, eq=False)
@@ -139,7 +140,7 @@ class Layout:
     # -- building ---------------------------------------------------------------------------------------------
     def check(self, options: ReadOptions) -> None:
         """Reject options the layout cannot take (one line naming the flag)."""
-        if self.rows and options.channels != 3:
+        if self.rows and options.channels not in (None, 3):
             raise ValueError(
                 f"--dataset {self.name} reads RGB images; {options.channels}-channel input needs TIFF or .npy files"
             )
@@ -213,7 +214,7 @@ def _dataset(
         skip_bad=options.skip_bad,
         where=where,
         missing=missing,
-        channels=options.channels,
+        channels=options.channels or 3,
     )
 
 
@@ -359,6 +360,23 @@ def hf_splits(layout: Layout, root: str | Path) -> list[str]:
     return list_splits(str(root))
 
 
+def rasters(layout: Layout, root: str | Path, split: str, options: ReadOptions) -> RasterDataset:
+    """GeoTIFF image rasters in ROOT/images/SPLIT with label rasters on their grid in ROOT/masks/SPLIT (see
+    `segformer.data.raster`); class names as the folder layout's."""
+    base = layout.find_root(root)
+    names = folder_class_names(base, options.num_classes, options.labels, layout.class_names_file or "classes.txt")
+    return RasterDataset(
+        raster_pairs(base, split),
+        names,
+        labels=options.labels,
+        transform=options.transform,
+        channels=options.channels,
+        where=str(base / layout.split_folder / split),
+        colours=options.labels.class_colours(len(names)),
+        skip_bad=options.skip_bad,
+    )
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The table
 # ---------------------------------------------------------------------------------------------------------------
@@ -434,6 +452,15 @@ LAYOUTS: dict[str, Layout] = {
             rows=True,
             list_splits=hf_splits,
         ),
+        Layout(
+            "raster",
+            rasters,
+            "ROOT/images/SPLIT/*.tif and ROOT/masks/SPLIT/*.tif (GeoTIFF label rasters on their image's grid)",
+            split_folder="images",
+            title="raster",
+            class_names_file="classes.txt",
+            orphan_masks=True,
+        ),
     )
 }
 
@@ -459,16 +486,16 @@ def build_dataset(
     labels: LabelConvention | None = None,
     image_column: str | None = None,
     mask_column: str | None = None,
-    channels: int = 3,
-) -> SegmentationDataset:
+    channels: int | None = None,
+) -> Dataset:
     """The dataset `name` (one of `DATASET_NAMES`) read from `root`.
 
     Split names are the dataset's own ("training"/"validation" for ADE20K, "train2017"/"val2017" for COCO-Stuff)
     or "train"/"val" for any of them. `labels` (a LabelConvention) maps the stored mask values to class ids, after
     the layout's own mapping; "hf" reads a Hugging Face dataset (hub id, save_to_disk or parquet folder), with
     `image_column`/`mask_column` when the names are not the usual ones. `channels` other than 3: images are
-    multi-band TIFF or .npy files (not for "hf", whose images are RGB).
-    """
+    multi-band TIFF or .npy files (not for "hf", whose images are RGB); None: RGB photos, rasters with any bands.
+    "raster" reads GeoTIFF rasters (`segformer.data.raster`: a `RasterDataset` of training windows)."""
     layout = layout_of(name)
     options = ReadOptions(
         num_classes, labels or LabelConvention(), transform, skip_bad, channels, image_column, mask_column

@@ -16,10 +16,12 @@ import torch
 from torch import nn
 
 from ..data.base import SampleSource, as_dataset
+from ..data.raster import RasterDataset
 from ..fileio import write_json, write_npy
 from ..inference import InferenceOptions, Segmenter, iter_same_size
 from ..runtime import rank_world
 from .metrics import ConfusionMatrix
+from .raster import raster_confusion
 
 log = logging.getLogger("segformer")
 
@@ -94,6 +96,8 @@ def evaluate_confusion(
     was_training = module and model.training
     if device is not None and module:
         model.to(device)
+    if isinstance(dataset, RasterDataset):  # whole rasters, tiled as predict writes them
+        return raster_confusion(model, dataset, options, progress=progress, max_samples=max_samples)
     segmenter = Segmenter(model, options, compile=compile)  # eval mode
     loader = torch.utils.data.DataLoader(
         _Samples(dataset, indices), batch_size=None, shuffle=False, num_workers=num_workers, collate_fn=_identity

@@ -96,20 +96,24 @@ def collect_images(
 
 
 def plan_outputs(
-    files: Sequence[tuple[Path, Path]], out: Path, fail: Callable[[str, str], None]
+    files: Sequence[tuple[Path, Path]],
+    out: Path,
+    fail: Callable[[str, str], None],
+    endings: Sequence[str] = (".png", "_overlay.jpg"),
 ) -> list[tuple[Path, Path]]:
     """(input, output stem under `out`) per file: two inputs with one name get NAME, NAME-2, ...; a file whose
-    outputs would overwrite an input is reported through `fail` and left out."""
+    outputs (stem + each of `endings`, the first the main one) would overwrite an input is reported through `fail`
+    and left out."""
     inputs_resolved = {f.resolve() for f, _ in files}
     used: set[Path] = set()
     plan: list[tuple[Path, Path]] = []
     for path, rel in files:
         stem, n = rel, 1
-        while _named(out / stem, ".png") in used:  # two inputs with one name: keep both
+        while _named(out / stem, endings[0]) in used:  # two inputs with one name: keep both
             n += 1
             stem = rel.with_name(f"{rel.name}-{n}")
-        target = _named(out / stem, ".png")
-        if target.resolve() in inputs_resolved or _named(out / stem, "_overlay.jpg").resolve() in inputs_resolved:
+        target = _named(out / stem, endings[0])
+        if any(_named(out / stem, end).resolve() in inputs_resolved for end in endings):
             fail(str(path), f"output {target} would overwrite an input image; choose another --out")
             continue
         used.add(target)
@@ -359,6 +363,7 @@ def predict_files(
     num_workers: int | None = None,
     shard: tuple[int, int] | None = None,
     encode: Callable[[np.ndarray], np.ndarray] | None = None,
+    skip: Callable[[Path], bool] | None = None,
 ) -> PredictSummary:
     """For every image in `inputs` (files, or folders searched recursively) write, under `out` keeping the
     relative path: NAME.png (palette PNG whose pixel values are the class ids, original size), NAME_overlay.jpg
@@ -370,6 +375,7 @@ def predict_files(
     which they would only slow down; 0: all in this process).
     `shard` = (rank, world): this process does files rank, rank + world, ... (default: torch.distributed's).
     `encode`: NAME.png holds `encode(class ids)` instead (as `OutputStyle.encode`); the overlay still shows classes.
+    `skip`: files found that are another runner's (GeoTIFFs for `inference.raster`), left out without a word.
     """
     out = Path(out)
     rank, world = shard or rank_world()
@@ -379,6 +385,7 @@ def predict_files(
     files, missing = collect_images(inputs, exclude=out, suffixes=suffixes)
     if not files and not missing:
         raise FileNotFoundError(f"no images ({' '.join(IMAGE_SUFFIXES)}) found in {', '.join(map(str, inputs))}")
+    files = [f for f in files if skip is None or not skip(f[0])]
     failed: list[tuple[str, str]] = []
 
     def fail(name: str, reason: str) -> None:
@@ -390,6 +397,8 @@ def predict_files(
     for name, reason in planning if rank == 0 else ():  # every rank found them: one reports
         fail(name, reason)
     plan = plan[rank::world]
+    if not plan:
+        return PredictSummary([], failed)
     if len(plan) < 2 and num_workers is None:  # nothing to overlap: starting processes would only add latency
         workers = 0
     style = OutputStyle(palette, class_names, alpha, legend, encode)

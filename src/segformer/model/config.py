@@ -149,6 +149,11 @@ class SegFormerConfig:
     # Per-channel mean/std of the raw input values the model was trained with; None = ImageNet's (3 channels).
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    # The paper's Table 1c ablation (off by default): None = Mix-FFN, the paper's model. An input size (H, W) = no
+    # depthwise conv in the FFNs, and a learned absolute positional encoding added after each stage's patch
+    # embedding, on a grid of that stage's tokens for this input size (ceil(H/4) x ceil(W/4), then /8, /16, /32),
+    # resized bilinearly to the tokens of any other input size.
+    pos_embed_size: tuple[int, int] | None = None
     # Test-time protocol (scale, mode, window) written by training and known for official checkpoints; None = unknown.
     test_protocol: InferenceOptions | None = None
     # How the training masks' values became class ids: `segformer.data.LabelConvention.to_dict()` (label map, reduce
@@ -189,6 +194,8 @@ class SegFormerConfig:
             )
         if not 0.0 <= self.drop_path_rate < 1.0 or not 0.0 <= self.classifier_dropout < 1.0:
             raise ValueError("config.drop_path_rate and classifier_dropout must be in [0, 1)")
+        if self.pos_embed_size is not None and (len(self.pos_embed_size) != 2 or min(self.pos_embed_size) < 1):
+            raise ValueError(f"config.pos_embed_size {self.pos_embed_size} must be an input size (H, W), or None")
         for name in ("mean", "std"):
             value = getattr(self, name)
             if value is not None and len(value) != self.in_channels:
@@ -296,6 +303,7 @@ def to_hf_config(config: SegFormerConfig) -> dict[str, Any]:
         "segformer_test_protocol": config.test_protocol.to_dict() if config.test_protocol else None,
         "segformer_labels": config.labels,
         "segformer_licence": config.licence,
+        **({"segformer_pos_embed_size": list(config.pos_embed_size)} if config.pos_embed_size else {}),
         **({"segformer_mean": list(config.mean)} if config.mean is not None else {}),
         **({"segformer_std": list(config.std)} if config.std is not None else {}),
     }
@@ -312,6 +320,8 @@ def from_hf_config(data: dict[str, Any]) -> dict[str, Any]:
     for ours, theirs in (("mean", "segformer_mean"), ("std", "segformer_std")):
         if data.get(theirs) is not None:
             out[ours] = tuple(float(v) for v in data[theirs])
+    if data.get("segformer_pos_embed_size") is not None:  # the positional-encoding ablation
+        out["pos_embed_size"] = tuple(int(v) for v in data["segformer_pos_embed_size"])
     id2label = data.get("id2label")
     if id2label and data.get("segformer_class_names", True):
         names = [id2label[str(i)] if str(i) in id2label else id2label.get(i) for i in range(len(id2label))]

@@ -95,6 +95,8 @@ _ENCODER = [
         "stages.{s}.blocks.{b}.mlp.fc2",
     ),
     ("stages.{s}.norm", "norm{s1}", "layer_norm.{s}", "stages.{s}.layer_norm"),
+    # The positional-encoding ablation (SegFormerConfig.pos_embed_size); no published layout has it.
+    ("stages.{s}.pos_embed", "pos_embed{s1}", "pos_embeddings.{s}", "stages.{s}.pos_embeddings"),
 ]
 _ENCODER_PREFIX = {
     "ours": "encoder.",
@@ -386,6 +388,8 @@ def infer_config_fields(sd: dict[str, Tensor]) -> dict[str, Any]:
         # per stage, from fc2's input width (fc1, the first tensor a corrupted file shows, then fails alone)
         "mlp_ratio": tuple(sd[f"encoder.stages.{s}.blocks.0.ffn.fc2.weight"].shape[1] // d for s, d in enumerate(dims)),
     }
+    pos = sd.get("encoder.stages.0.pos_embed.weight")  # (1, C, h, w) on the stage-1 grid: any input size with
+    fields["pos_embed_size"] = (4 * pos.shape[2], 4 * pos.shape[3]) if pos is not None else None  # that grid
     if "head.classifier.weight" in sd:
         fields["decoder_dim"] = sd["head.classifier.weight"].shape[1]
         fields["num_classes"] = sd["head.classifier.weight"].shape[0]

@@ -87,6 +87,11 @@ class AllMLPHead(nn.Module):
 
     def forward_unfolded(self, features: list[Tensor]) -> Tensor:
         """The paper's order of operations, kept as the reference the folded path is tested against."""
+        return self.classifier(self.dropout(self.fused_features(features)))
+
+    def fused_features(self, features: list[Tensor]) -> Tensor:
+        """The fused map the classifier reads, (B, C, H/4, W/4), in the paper's order: per-level projection,
+        upsampling, concat [c4, c3, c2, c1], 1x1 fuse conv, BN, ReLU (what the paper's Fig. 3 calls the head)."""
         size = features[0].shape[-2:]
         levels = []
         for feature, proj in zip(features, self.proj, strict=True):
@@ -95,8 +100,7 @@ class AllMLPHead(nn.Module):
                 x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
             levels.append(x)
         x = torch.cat(levels[::-1], dim=1)  # (B, 4C, H/4, W/4) in the original order c4, c3, c2, c1
-        x = F.relu(self.bn(self.fuse(x)))
-        return self.classifier(self.dropout(x))
+        return F.relu(self.bn(self.fuse(x)))
 
     def forward_folded(self, features: list[Tensor], path: str) -> Tensor:
         """Composed projections at each level's resolution, upsample-and-add, (folded) BN, ReLU, classifier."""

@@ -185,9 +185,12 @@ def load_state(
     if isinstance(meta.get("config"), dict):  # our own training checkpoints carry their config
         fields.update({k: v for k, v in SegFormerConfig.from_dict(meta["config"]).to_dict().items() if k != "variant"})
     try:
-        fields.update(infer_config_fields(sd))
+        inferred = infer_config_fields(sd)
     except KeyError as e:
         raise CheckpointError(f"{file}: {e.args[0]}") from None
+    if inferred["pos_embed_size"] is not None and fields.get("pos_embed_size") is not None:
+        del inferred["pos_embed_size"]  # the size recorded with the weights (any size with the same grids fits them)
+    fields.update(inferred)
     sr = sd.get("encoder.stages.0.blocks.0.attn.sr.weight")
     if sr is not None and sr.shape[-1] == 1:
         raise CheckpointError(f"{file}: a PVTv2-Li encoder (linear attention, pvt_v2_b2_li) is not supported here")

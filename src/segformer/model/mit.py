@@ -1,6 +1,8 @@
 """Mix Transformer (MiT) encoder: overlapping patch embeddings, efficient self-attention, Mix-FFN.
 
 No positional encoding: the 3x3 depthwise conv in Mix-FFN leaks enough position information (paper section 3.1).
+The paper's ablation of that choice (Table 1c) is a config option, off by default (`SegFormerConfig.pos_embed_size`):
+FFNs without the depthwise conv, and a learned absolute positional encoding added after each patch embedding.
 Tokens travel as (B, N, C); maps made from them with `to_map` are channels-last views. Every conv weight is stored
 channels-last too (`_channels_last`): oneDNN then reads those views directly and returns channels-last maps, whose
 `to_tokens` is again a view. With NCHW weights each conv reordered its input and output (about a third of B0's CPU
@@ -166,16 +168,21 @@ class _OrtAttention(torch.autograd.Function):
 
 
 class MixFFN(nn.Module):
-    """Linear -> 3x3 depthwise conv -> GELU -> Linear (the conv comes before the activation, as the original)."""
+    """Linear -> 3x3 depthwise conv -> GELU -> Linear (the conv comes before the activation, as the original).
 
-    def __init__(self, dim: int, hidden: int) -> None:
+    `conv=False` leaves the depthwise conv out (a plain transformer FFN): the positional-encoding ablation."""
+
+    def __init__(self, dim: int, hidden: int, conv: bool = True) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
-        self.dwconv = _channels_last(nn.Conv2d(hidden, hidden, 3, 1, 1, groups=hidden))
+        self.dwconv = _channels_last(nn.Conv2d(hidden, hidden, 3, 1, 1, groups=hidden)) if conv else None
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: Tensor, hw: tuple[int, int], residual: Tensor | None = None) -> Tensor:
-        x = F.gelu(to_tokens(self.dwconv(to_map(_dense(x, self.fc1, residual is not None), hw))))
+        x = _dense(x, self.fc1, residual is not None)
+        if self.dwconv is not None:
+            x = to_tokens(self.dwconv(to_map(x, hw)))
+        x = F.gelu(x)
         return self.fc2(x) if residual is None else _linear_add(x, self.fc2, residual)
 
     def forward_export(self, x: Tensor, size: Sequence[int], residual: Tensor) -> Tensor:
@@ -185,19 +192,39 @@ class MixFFN(nn.Module):
         wide 4C-channel map left the blocked layout instead, through ONNX Runtime's single-threaded NHWC reorder."""
         c = self.fc1.in_features
         y = F.conv2d(_export_map(x, size, c), self.fc1.weight[:, :, None, None], self.fc1.bias)  # (B, 4C, H, W)
-        y = F.conv2d(F.gelu(self.dwconv(y)), self.fc2.weight[:, :, None, None], self.fc2.bias)  # (B, C, H, W)
+        y = y if self.dwconv is None else self.dwconv(y)
+        y = F.conv2d(F.gelu(y), self.fc2.weight[:, :, None, None], self.fc2.bias)  # (B, C, H, W)
         return _export_tokens(y, c) + residual
+
+
+class PositionEmbedding(nn.Module):
+    """A learned absolute positional encoding (1, C, h, w) on one stage's token grid, resized bilinearly
+    (align_corners=False, so exactly itself at its own size) to the tokens of any other input; the paper's ablation
+    of Mix-FFN (Table 1c), as in PVT: added after the patch embedding, initialised with a truncated normal std 0.02."""
+
+    def __init__(self, dim: int, grid: tuple[int, int]) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(nn.init.trunc_normal_(torch.empty(1, dim, *grid), std=0.02))
+
+    def forward(self, hw: Sequence[int]) -> Tensor:
+        """(1, h*w, C) encodings for an (h, w) token grid."""
+        return to_tokens(F.interpolate(self.weight, size=(hw[0], hw[1]), mode="bilinear", align_corners=False))
+
+    def extra_repr(self) -> str:
+        return f"dim={self.weight.shape[1]}, grid={tuple(self.weight.shape[2:])}"
 
 
 class Block(nn.Module):
     """Pre-norm transformer block: x + DropPath(attn(LN(x))), then x + DropPath(ffn(LN(x)))."""
 
-    def __init__(self, dim: int, num_heads: int, sr_ratio: int, mlp_ratio: int, drop_path: float, eps: float) -> None:
+    def __init__(
+        self, dim: int, num_heads: int, sr_ratio: int, mlp_ratio: int, drop_path: float, eps: float, conv: bool = True
+    ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.attn = EfficientSelfAttention(dim, num_heads, sr_ratio)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
-        self.ffn = MixFFN(dim, dim * mlp_ratio)
+        self.ffn = MixFFN(dim, dim * mlp_ratio, conv)
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: Tensor, hw: tuple[int, int], path: str = PLAIN) -> Tensor:
@@ -231,10 +258,16 @@ class Stage(nn.Module):
         drop_paths: list[float],
         eps: float,
         first: bool,
+        pos_grid: tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
         self.patch_embed = OverlapPatchEmbed(in_channels, dim, kernel=7 if first else 3, stride=4 if first else 2)
-        self.blocks = nn.ModuleList(Block(dim, num_heads, sr_ratio, mlp_ratio, p, eps) for p in drop_paths[:depth])
+        # The ablation: a positional encoding instead of Mix-FFN's depthwise conv (None: the paper's model).
+        self.pos_embed = PositionEmbedding(dim, pos_grid) if pos_grid is not None else None
+        conv = pos_grid is None
+        self.blocks = nn.ModuleList(
+            Block(dim, num_heads, sr_ratio, mlp_ratio, p, eps, conv) for p in drop_paths[:depth]
+        )
         self.norm = nn.LayerNorm(dim, eps=eps)
         self.grad_checkpointing = False
 
@@ -243,6 +276,8 @@ class Stage(nn.Module):
             return self.forward_export(x, path)
         path = PLAIN if path in EXPORTS else path  # exporting a training model with DropPath
         x, hw = self.patch_embed(x)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed(hw)
         for block in self.blocks:
             if self.grad_checkpointing and self.training:
                 from torch.utils.checkpoint import checkpoint
@@ -258,9 +293,21 @@ class Stage(nn.Module):
         around the convs and the attention products. Returns the (B, C, H, W) map, a view of the tokens (its Shape reads
         the tokens)."""
         x, size = self.patch_embed(x, path)  # called as modules: node names keep their scopes
+        if self.pos_embed is not None:
+            c = self.norm.normalized_shape[0]
+            x = (x.view(size[0], -1, c) + self.pos_embed(size[1:])).view(-1, c)  # (B, N, C) + (1, N, C) -> (B*N, C)
         for block in self.blocks:
             x = block(x, size, path)
         return _export_map(self.norm(x), size, self.norm.normalized_shape[0])
+
+
+def position_grids(config: SegFormerConfig) -> list[tuple[int, int] | None]:
+    """Each stage's token grid for `config.pos_embed_size` (ceil(H/4) x ceil(W/4), then halved, rounded up, as the
+    patch embeddings shrink any input); None per stage for the paper's model (Mix-FFN, no positional encoding)."""
+    if config.pos_embed_size is None:
+        return [None] * len(config.embed_dims)
+    h, w = config.pos_embed_size
+    return [(-(-h // (4 * 2**i)), -(-w // (4 * 2**i))) for i in range(len(config.embed_dims))]
 
 
 class MixTransformer(nn.Module):
@@ -270,8 +317,9 @@ class MixTransformer(nn.Module):
         super().__init__()
         rates = drop_path_rates(config.depths, config.drop_path_rate)
         in_dims = (config.in_channels, *config.embed_dims[:-1])
+        grids = position_grids(config)
         self.stages = nn.ModuleList(
-            Stage(cin, dim, depth, heads, sr, ratio, dp, config.layer_norm_eps, first=i == 0)
+            Stage(cin, dim, depth, heads, sr, ratio, dp, config.layer_norm_eps, i == 0, grids[i])
             for i, (cin, dim, depth, heads, sr, ratio, dp) in enumerate(
                 zip(
                     in_dims,

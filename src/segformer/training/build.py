@@ -184,6 +184,9 @@ def protocol_for_run(config: TrainConfig, dataset: Dataset) -> InferenceOptions 
     info = dataset.info
     if info is not None and DATASETS.get(info.name) == info:
         return info.test_protocol
+    tiled = dataset.tiled_protocol(config.crop)  # rasters: tiles of the training crop at their resolution
+    if tiled is not None:
+        return tiled
     return InferenceOptions(scale=tuple(config.scale)) if config.scale else None
 
 

@@ -6,14 +6,18 @@ import logging
 
 import numpy as np
 
-from ..data.base import SampleSource
+from ..data.base import SampleSource, as_dataset
 
 log = logging.getLogger("segformer")
 
 
 def dataset_channel_stats(dataset: SampleSource) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and (population) std of the raw pixel values over every image of `dataset` (`len`,
-    `load(i)` -> (image (H, W, C), mask, name)), accumulated in float64."""
+    `load(i)` -> (image (H, W, C), mask, name)), accumulated in float64. A dataset that computes its own
+    (`Dataset.channel_stats`: rasters, over every pixel with data) gives them."""
+    own = as_dataset(dataset).channel_stats()
+    if own is not None:
+        return own
     total = total_sq = None
     count = 0
     for i in range(len(dataset)):

@@ -58,7 +58,7 @@ class TrainConfig:
     """Everything a training run needs. `None` for num_classes/crop/scale means "from the dataset"."""
 
     model: str = "b0"  # variant b0..b5, or a SegFormerConfig .json/.yaml file (custom architectures)
-    dataset: str = "ade20k"  # a name in segformer.data.DATASETS, "folder", or "hf" (Hugging Face datasets)
+    dataset: str = "ade20k"  # a name in segformer.data.DATASETS, "folder", "hf" (Hugging Face datasets) or "raster"
     data_root: str | None = None
     # How mask values become class ids (segformer.data.labels.LabelConvention; stored with the saved model).
     ignore_index: int = 255

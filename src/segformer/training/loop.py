@@ -33,6 +33,7 @@ from ..data.sampling import BatchPlan, SampleStream, next_batch, train_loader
 from ..fileio import write_json
 from ..model.modelcard import training_card
 from ..model.segformer import SegFormer
+from ..protocol import InferenceOptions
 from ..runtime import autocast, compile_unavailable, resolve_device
 from ..visualize import plot_curves
 from . import distributed as D
@@ -571,13 +572,13 @@ def _evaluate(model: SegFormer, dataset: Dataset, config: TrainConfig, device: t
 
     info = dataset.info
     scale = config.scale or (tuple(info.scale) if info is not None else None)
+    options = dataset.tiled_protocol(config.crop) or InferenceOptions(scale=scale)  # rasters: tiles of the crop
     model.eval()
     with torch.no_grad():
         return evaluate(
             model,
             dataset,
-            mode="whole",
-            scale=scale,
+            options,
             device=device,
             progress=False,
             max_samples=config.eval_max_samples,

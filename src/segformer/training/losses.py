@@ -436,7 +436,11 @@ def read_class_weights(path: str | Path) -> tuple[float, ...]:
 def count_class_pixels(dataset: SampleSource, num_classes: int, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
     """Labelled pixels per class 0..K-1 over the training masks. Datasets read from files or Hugging Face rows
     (`data.SegmentationDataset`) are counted by `data.check.class_pixel_counts`, which reads the masks alone, in
-    parallel; any other dataset (`len`, `load(i)` -> (image, mask, name)) through `load`."""
+    parallel; a dataset that counts itself (`Dataset.class_pixel_counts`: rasters, read whole) gives its counts;
+    any other dataset (`len`, `load(i)` -> (image, mask, name)) through `load`."""
+    own = as_dataset(dataset).class_pixel_counts()
+    if own is not None:
+        return np.asarray(own, np.int64)[:num_classes]
     if isinstance(dataset, SegmentationDataset):
         from ..data.check import class_pixel_counts
 

@@ -3,7 +3,8 @@
 Built as a linter, one module per step:
 
 - `scan`: worker processes decode each sample and send back a small summary (value histogram or colours, size,
-  modes, per-channel histogram);
+  modes, per-channel histogram); rasters are read whole, pair by pair (`scan_rasters`: label values, band sums,
+  nodata share, grid);
 - `aggregate`: the summaries add up into a `DataReport` (counts per split, missing, orphan and unreadable files,
   size mismatches, mask modes, label values with pixel and image counts, image sizes and channel statistics,
   class pixel counts and suggested class weights);
@@ -27,7 +28,7 @@ from .aggregate import (
 from .render import write_palette_template
 from .rules import RULES, Rule, diagnose
 from .run import check_dataset
-from .scan import scan, summarize
+from .scan import raster_summary, scan, scan_rasters, summarize
 
 __all__ = [
     "RULES",
@@ -43,7 +44,9 @@ __all__ = [
     "class_weights",
     "dataset_splits",
     "diagnose",
+    "raster_summary",
     "scan",
+    "scan_rasters",
     "summarize",
     "write_palette_template",
 ]

@@ -108,6 +108,10 @@ class SplitReport:
     size_max: tuple[int, int] | None = None
     mean: list[float] | None = None  # per RGB channel, 0..255
     std: list[float] | None = None
+    rasters: list[dict[str, Any]] = field(default_factory=list)  # per raster pair: scan.raster_summary's facts
+    band_mean: list[float] | None = None  # rasters: per band, over the pixels with data (what --in-channels stores)
+    band_std: list[float] | None = None
+    band_mismatches: list[str] = field(default_factory=list)  # rasters with other bands than the split's first
 
     @property
     def readable(self) -> int:
@@ -186,6 +190,7 @@ class Totals:
         self.sizes: list[tuple[int, int]] = []
         self.image_modes: Counter[str] = Counter()
         self.mask_modes: Counter[str] = Counter()
+        self.band_sums: np.ndarray | None = None  # rasters: (3, C) sum, sum of squares, count per band
 
     def add(self, s: Summary, report: SplitReport) -> None:
         report.scanned += 1
@@ -202,6 +207,8 @@ class Totals:
             self.sizes.append(s.size)
         if s.channels is not None:
             self.channels += s.channels
+        if s.raster is not None:
+            self._add_raster(s, report)
         labels: LabelConvention = self.dataset.labels
         table = self.dataset.table_of(s.index)
         raw_ids: np.ndarray | None = None
@@ -230,6 +237,17 @@ class Totals:
             self.mapped += mapped
             self.mapped_images += mapped > 0
 
+    def _add_raster(self, s: Summary, report: SplitReport) -> None:
+        """A raster pair's facts and band sums (a raster with other bands than the split's first is listed)."""
+        report.rasters.append(s.raster or {})
+        sums = s.band_sums
+        if sums is None:
+            return
+        if self.band_sums is not None and self.band_sums.shape != sums.shape:
+            report.band_mismatches.append(f"{s.name} ({s.image_mode})")
+            return
+        self.band_sums = sums if self.band_sums is None else self.band_sums + sums
+
     def finish(self, report: SplitReport) -> None:
         report.image_modes = dict(self.image_modes)
         report.mask_modes = dict(self.mask_modes)
@@ -255,6 +273,11 @@ class Totals:
             var = (self.channels * levels**2).sum(axis=1) / total - mean**2
             report.mean = [round(float(m), 3) for m in mean]
             report.std = [round(float(np.sqrt(max(v, 0.0))), 3) for v in var]
+        if self.band_sums is not None and self.band_sums[2, 0] > 0:
+            total, squares, count = self.band_sums
+            mean = total / count
+            report.band_mean = [float(m) for m in mean]
+            report.band_std = [float(v) for v in np.sqrt(np.maximum(squares / count - mean * mean, 0.0))]
 
 
 def _palette_rows(labels: LabelConvention, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

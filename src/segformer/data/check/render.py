@@ -1,7 +1,7 @@
 """The text of a `data check` report (its JSON is `DataReport.to_dict`), and the palette template of colour masks.
 
 `text` is the report's sections in order, each a small function returning its lines (ending with a blank line when it
-prints anything): header, splits, modes, mask values, mask colours, classes, findings.
+prints anything): header, splits, modes, rasters, mask values, mask colours, classes, findings.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # annotations only: the report imports this module to format 
 MAX_VALUES = 40  # mask values listed in the text (the JSON report has them all)
 MAX_COLOURS = 20
 MAX_CLASSES = 60
+MAX_RASTERS = 20  # rasters listed per split
 
 MODE_NAMES = {
     "L": "L (8-bit grey)",
@@ -39,7 +40,7 @@ FORMULAS = {
 def text(report: DataReport) -> str:
     """The whole report as text, as `segformer data check` prints it."""
     lines: list[str] = []
-    for section in (_header, _splits, _modes, _values, _colours, _classes, _findings):
+    for section in (_header, _splits, _modes, _rasters, _values, _colours, _classes, _findings):
         lines += section(report)
     return "\n".join(lines)
 
@@ -87,6 +88,21 @@ def _modes(report: DataReport) -> list[str]:
             f"std {' '.join(f'{v:.1f}' for v in r.std or [])}"
         )
     return [*lines, ""]
+
+
+def _rasters(report: DataReport) -> list[str]:
+    """Each raster pair: its grid, bands and how much of it has no data."""
+    lines = []
+    for name, r in report.splits.items():
+        for g in r.rasters[:MAX_RASTERS]:
+            (rx, ry), (h, w) = g["resolution"], g["size"]
+            lines.append(
+                f"  [{name}] {g['name']}: {g['crs']}, {w}x{h} pixels of {rx:g} x {ry:g} {g['units']}, {g['bands']}, "
+                f"{100 * g['nodata']:.1f}% nodata"
+            )
+        if len(r.rasters) > MAX_RASTERS:
+            lines.append(f"  [{name}] ... {len(r.rasters) - MAX_RASTERS} more rasters (see --json)")
+    return ["rasters:", *lines, ""] if lines else []
 
 
 def _values(report: DataReport) -> list[str]:

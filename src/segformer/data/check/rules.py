@@ -23,6 +23,7 @@ from .scan import colour_text
 
 DOMINANT_SHARE = 0.9  # one class above this share of labelled pixels -> suggest class weights
 MAX_NAMES = 10  # class names listed per finding in the text report (the JSON report has them all)
+MOSTLY_NODATA = 0.5  # a raster with more of its pixels without data than this gets a warning
 VOID_WORDS = ("background", "other", "others", "unlabeled", "unlabelled", "void", "ignore", "none", "bg")
 
 
@@ -55,6 +56,11 @@ class Facts:
     def train(self) -> str | None:
         """The split the class statistics and weights come from."""
         return self.report.weight_split
+
+    @property
+    def rasters(self) -> bool:
+        """The dataset is rasters (`--dataset raster`): label nodata is what marks unlabelled pixels."""
+        return any(r.rasters for r in self.report.splits.values())
 
     @property
     def labelled(self) -> bool:
@@ -334,6 +340,16 @@ def _unknown_values(f: Facts) -> Finding:
     )
 
 
+def _raster_values(f: Facts) -> Finding:
+    shown = ",".join(f"{v}:255" for v in f.beyond[:8])
+    return Finding(
+        "labels_beyond_classes",
+        f"label rasters hold {_values_text(f.beyond)}: >= num_classes {f.k} and not the rasters' nodata; map them "
+        f"with --label-map {shown} (to ignore) or to the classes they mean, or set the label rasters' nodata",
+        "--label-map",
+    )
+
+
 def _one_above(f: Facts) -> bool:
     """Exactly one id beyond the classes, K itself, and no --reduce-zero-label yet."""
     return f.beyond == [f.k] and not f.labels.reduce_zero_label
@@ -341,6 +357,7 @@ def _one_above(f: Facts) -> bool:
 
 # (does it fit, the finding) for ids beyond the classes, most specific first; the last always fits.
 BEYOND: tuple[tuple[Callable[[Facts], bool], Callable[[Facts], Finding]], ...] = (
+    (lambda f: f.rasters, _raster_values),
     (lambda f: _one_above(f) and 0 not in f.valid, _ids_from_one),
     (lambda f: _one_above(f) and f.k == 1, _one_class_binary),
     (lambda f: _one_above(f) and bool(f.names) and f.names[0].strip().lower() in VOID_WORDS, _void_k),
@@ -424,6 +441,64 @@ def all_ignored(f: Facts) -> Finding | None:
     return Finding("all_ignored", "every labelled pixel maps to ignore (255): nothing would be trained")
 
 
+# ------------------------------------------------------------------------------------------------- rasters
+def _raster_list(rasters: list[dict], what: str) -> str:
+    return f"{len(rasters)} {what}: " + "; ".join(r["path"] for r in rasters[:3]) + (" ..." if len(rasters) > 3 else "")
+
+
+def all_nodata(f: Facts) -> Finding | None:
+    """Image rasters without a pixel of data (a wrong nodata value, or an empty tile): nothing to train on."""
+    empty = [r for r in f.split_report.rasters if r["nodata"] >= 1]
+    if not empty:
+        return None
+    text = _raster_list(empty, "image rasters where every pixel is nodata (remove them or fix their nodata value)")
+    return Finding("all_nodata", text, None, "problem", f.split)
+
+
+def mostly_nodata(f: Facts) -> Finding | None:
+    sparse = [r for r in f.split_report.rasters if MOSTLY_NODATA < r["nodata"] < 1]
+    if not sparse:
+        return None
+    shown = _raster_list(sparse, f"image rasters with more than {100 * MOSTLY_NODATA:.0f}% nodata")
+    return Finding("mostly_nodata", f"{shown} (training windows skip what has no data)", None, "warning", f.split)
+
+
+def band_mismatch(f: Facts) -> Finding | None:
+    odd = f.split_report.band_mismatches
+    if not odd:
+        return None
+    first = f.split_report.rasters[0]["bands"] if f.split_report.rasters else "?"
+    shown = "; ".join(odd[:3])
+    text = f"{len(odd)} image rasters have other bands than the split's first ({first}): {shown}; use one band set"
+    return Finding("band_counts", text, None, "problem", f.split)
+
+
+def band_statistics(f: Facts) -> Finding | None:
+    """The per-band mean/std a model trained with --in-channels stores (training computes the same)."""
+    r = f.split_report
+    if r.band_mean is None or r.band_std is None:
+        return None
+    mean, std = " ".join(f"{m:.6g}" for m in r.band_mean), " ".join(f"{v:.6g}" for v in r.band_std)
+    hint = f"train with --in-channels {len(r.band_mean)} (the statistics are computed and stored with the model)"
+    return Finding("band_statistics", f"per-band mean {mean}, std {std}; {hint}", None, "note", f.split)
+
+
+def grids_differ(f: Facts) -> Finding | None:
+    """Image rasters in several CRSs or pixel sizes: the model learns pixels, not metres."""
+    rasters = [r for split in f.report.splits.values() for r in split.rasters]
+    kinds = sorted({(r["crs"], tuple(round(v, 9) for v in r["resolution"])) for r in rasters})
+    if len(kinds) < 2:
+        return None
+    shown = "; ".join(f"{crs} {res[0]:g} x {res[1]:g}" for crs, res in kinds[:4])
+    return Finding(
+        "grids_differ",
+        f"the image rasters differ in CRS or resolution ({shown}); the model sees pixels, so resample them to one "
+        "resolution for training and prediction",
+        None,
+        "warning",
+    )
+
+
 # --------------------------------------------------------------------------------------------------- notes
 IMAGE_MODE_NOTES = (
     ("RGBA", "have an alpha channel (dropped)"),
@@ -477,6 +552,11 @@ RULES: tuple[Rule, ...] = (
     Rule(ids_beyond_classes),
     Rule(classes_never_present),
     Rule(classes_absent_from_split, per_split=True),
+    Rule(all_nodata, per_split=True),
+    Rule(band_mismatch, per_split=True),
+    Rule(mostly_nodata, per_split=True),
+    Rule(band_statistics, per_split=True),
+    Rule(grids_differ),
     Rule(dominant_class),
     Rule(all_ignored),
     *(Rule(image_mode(mode, what)) for mode, what in IMAGE_MODE_NOTES),

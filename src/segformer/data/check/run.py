@@ -12,9 +12,10 @@ from typing import Any
 from ..datasets import SegmentationDataset
 from ..labels import LabelConvention, LabelError
 from ..layouts import Layout, build_dataset, folder_class_names, layout_of
+from ..raster import RasterDataset
 from .aggregate import WEIGHT_METHODS, DataReport, SplitReport, Totals, class_weights, training_split
 from .rules import diagnose
-from .scan import default_workers, scan
+from .scan import Summary, default_workers, scan, scan_rasters
 
 
 def check_dataset(
@@ -123,19 +124,31 @@ def _quiet() -> Iterator[None]:
 
 
 def _scan_split(
-    layout: Layout, root: str | Path, split: str, ds: SegmentationDataset, workers: int | None, progress: bool
+    layout: Layout,
+    root: str | Path,
+    split: str,
+    ds: SegmentationDataset | RasterDataset,
+    workers: int | None,
+    progress: bool,
 ) -> tuple[SplitReport, Totals]:
-    report = SplitReport(split, images=len(ds) + len(ds.missing))
+    summaries: Iterator[Summary]
+    if isinstance(ds, RasterDataset):  # whole rasters, pair by pair (its samples are windows)
+        images, summaries = len(ds.samples), scan_rasters(ds, progress=progress, desc=f"check {split}")
+    else:
+        images, summaries = len(ds), scan(ds, workers=workers, progress=progress, desc=f"check {split}")
+    report = SplitReport(split, images=images + len(ds.missing))
     report.missing_masks = [_short(p, root) for p, _ in ds.missing]
     report.orphan_masks = _orphan_masks(layout, root, split, ds)
     total = Totals(ds)
-    for summary in scan(ds, workers=workers, progress=progress, desc=f"check {split}"):
+    for summary in summaries:
         total.add(summary, report)
     total.finish(report)
     return report, total
 
 
-def _orphan_masks(layout: Layout, root: str | Path, split: str, dataset: SegmentationDataset | None) -> list[str]:
+def _orphan_masks(
+    layout: Layout, root: str | Path, split: str, dataset: SegmentationDataset | RasterDataset | None
+) -> list[str]:
     """Mask files in ROOT/<masks folder>/SPLIT that no image uses (layouts with one mask file per image)."""
     mask_dir = Path(root).expanduser() / layout.masks.folder / split
     if not layout.orphan_masks or not mask_dir.is_dir():

@@ -2,7 +2,9 @@
 
 Workers (a process pool) decode the files and send back per-image summaries: the mask's value histogram or colours,
 size, modes and per-channel histograms, counted by PIL's C histograms (numpy's bincount for unusual modes), so the
-scan costs little beyond decoding. `aggregate.Totals` adds them up.
+scan costs little beyond decoding. Rasters (`scan_rasters`) are read whole, pair by pair, in strips: label values
+where the label has data, band sums where the image has data, the nodata share and the grid. `aggregate.Totals` adds
+them up.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 from ...imageio import ImageReadError, to_rgb
 from ..datasets import SegmentationDataset
 from ..labels import raw_mask_array
+from ..raster import RasterDataset, RasterError, scan_pair
 
 
 @dataclass
@@ -36,6 +39,8 @@ class Summary:
     big: dict[int, int] | None = None  # raw values > 255 (16-bit masks)
     colour_codes: np.ndarray | None = None  # r<<16|g<<8|b of a colour mask, with counts
     colour_counts: np.ndarray | None = None
+    raster: dict[str, Any] | None = None  # a raster pair: name, crs, resolution, units, size, bands, nodata share
+    band_sums: np.ndarray | None = None  # (3, C): sum, sum of squares and count of the pixels with data, per band
 
 
 _WORKER: dict[str, Any] = {}
@@ -217,3 +222,39 @@ def default_workers() -> int:
 def colour_text(code: int) -> str:
     """r<<16|g<<8|b -> "r,g,b"."""
     return f"{(code >> 16) & 255},{(code >> 8) & 255},{code & 255}"
+
+
+def scan_rasters(dataset: RasterDataset, *, progress: bool = True, desc: str = "check") -> Iterator[Summary]:
+    """One summary per image/label raster pair of `dataset` (every pair listed, the ones it left out too), each read
+    whole in strips in this process (GDAL reads in blocks; the pairs are few and large)."""
+    from tqdm import tqdm
+
+    for index, (image, label) in enumerate(
+        tqdm(dataset.samples, desc=desc, unit="raster", disable=not progress, leave=False)
+    ):
+        yield raster_summary(index, image, label)
+
+
+def raster_summary(index: int, image: Any, label: Any) -> Summary:
+    """The summary of one raster pair: label values as a mask histogram (values > 255 in `big`), the raster's
+    facts in `raster`, its band sums; a pair GDAL cannot read or a label on another grid is an error."""
+    s = Summary(index, image.name)
+    try:
+        scan = scan_pair(image, label)
+    except RasterError as e:
+        s.error, s.error_kind = str(e), "size" if "another grid" in str(e) else "unreadable"
+        return s
+    g = scan.grid
+    s.image_mode, s.mask_mode, s.size = scan.bands, scan.labels, (g.height, g.width)
+    s.hist = np.zeros(256, np.int64)
+    for value, n in scan.values.items():
+        if 0 <= value <= 255:
+            s.hist[value] += n
+        else:
+            s.big = {**(s.big or {}), value: n}
+    nodata = 1 - scan.valid / (g.height * g.width)
+    s.raster = {"name": image.name, "crs": g.crs_name, "resolution": [float(v) for v in g.resolution],
+                "units": g.units, "size": [g.height, g.width], "bands": scan.bands, "nodata": round(nodata, 6),
+                "path": str(image)}  # fmt: skip
+    s.band_sums = np.stack([scan.sums, scan.sums_sq, np.full(len(scan.sums), float(scan.valid))])
+    return s
