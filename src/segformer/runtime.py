@@ -107,3 +107,19 @@ def import_timm():  # -> the timm module
     except ImportError as e:
         raise ImportError(f"this needs timm and torchvision: pip install 'segformer[pretrain]' ({e})") from None
     return timm
+
+
+def compile_unavailable(device: torch.device | str) -> str | None:
+    """Why `torch.compile` cannot compile for `device` here (None when it can): its CPU backend needs a C++
+    compiler, its CUDA backend Triton. Checked up front so that a run falls back in one line, not a traceback."""
+    import shutil
+
+    kind = torch.device(device).type
+    if kind == "cuda":
+        from torch.utils._triton import has_triton
+
+        return None if has_triton() else "Triton is not installed (pip install triton)"
+    if kind == "cpu":
+        compiler = os.environ.get("CXX", "g++")
+        return None if shutil.which(compiler) else f"no C++ compiler ({compiler}) for its CPU backend"
+    return f"no torch.compile backend for {kind} here"

@@ -184,7 +184,10 @@ def render_overlay(
     return overlay(image, shown, entry.palette, entry.class_names, alpha=float(alpha), legend=legend, ignore_index=off)
 
 
-def count_parameters(model: nn.Module) -> int:
+def count_parameters(model: nn.Module) -> int | None:
+    """Parameters of a PyTorch model; None for an exported runtime (.onnx, .pte), whose file holds them."""
+    if not isinstance(model, nn.Module):
+        return None
     return sum(p.numel() for p in model.parameters())
 
 
@@ -207,12 +210,17 @@ def model_facts(
         [
             f"- **model**: `{entry.source}`",
             f"- **variant**: {variant}",
-            f"- **parameters**: {count_parameters(entry.model) / 1e6:.2f} M",
+            f"- **parameters**: {_parameters(entry.model)}",
             f"- **classes** ({k}): {html.escape(shown)}",
             f"- **test protocol**: {html.escape(protocol)}",
             f"- **licence**: {html.escape(licence_summary(getattr(config, 'licence', None)))}",
         ]
     )
+
+
+def _parameters(model: Any) -> str:
+    count = count_parameters(model)
+    return f"{count / 1e6:.2f} M" if count is not None else f"in the exported file ({model.path.suffix})"
 
 
 def find_examples(folder: str | Path | None, limit: int = MAX_EXAMPLES) -> list[str]:

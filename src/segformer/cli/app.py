@@ -18,7 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     presets = tuple(DATASETS)
 
-    p.add_argument("weights", metavar="MODEL", help="anything load_model accepts: file, folder or hub id")
+    p.add_argument("weights", metavar="MODEL", help="anything load_model accepts, or an exported .onnx / .pte")
     p.add_argument("--compare", metavar="MODEL2", default=None, help="a second model shown side by side")
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=7860, help="port to serve on (default 7860; only this port is tried)")
@@ -33,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="a dataset's test protocol (scale, mode, window, TTA); default: each model's own, as segformer predict",
     )
-    add_inference_arguments(p)
+    add_inference_arguments(p, compile=False)
     p.add_argument("--palette", choices=presets, default=None, help="class colours of a dataset (default: as predict)")
     p.add_argument("--alpha", type=float, default=0.5, help="initial overlay opacity (0..1, default 0.5)")
 
@@ -67,8 +67,9 @@ def run(args: argparse.Namespace) -> int:
 
     from ..apps import app
     from ..data import DATASETS
-    from ..model.loading import load_model
+    from ..export.runtimes import runtime_options
     from ..runtime import resolve_device
+    from .common import load_for_inference
     from .evaluate import describe, inference_options
     from .predict import palette_and_names
 
@@ -79,8 +80,9 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     entries = []
     for source in [args.weights] + ([args.compare] if args.compare else []):
-        model = load_model(source)  # a model that fails to load ends here, in one line, before any server starts
+        model = load_for_inference(source)  # a model that fails to load ends here, in one line, before serving
         options = inference_options(args, DATASETS[args.preset] if args.preset else None, model.config)
+        options = runtime_options(model, options)
         palette, names = palette_and_names(model, args.palette, "app")
         entries.append(app.ModelEntry(model, str(source), palette, names, device, options))
     examples_dir = args.examples if args.examples is not None else DEFAULT_EXAMPLES

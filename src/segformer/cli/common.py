@@ -9,6 +9,18 @@ if TYPE_CHECKING:
     from ..data.labels import LabelConvention
 
 
+def load_for_inference(spec: str) -> Any:
+    """What predict, eval and the app run: the model `load_model` reads from `spec`, or for an exported .onnx / .pte
+    file its runtime as a forward with the model's config (`export.runtimes.load_runtime`)."""
+    from ..export.runtimes import is_runtime_file, load_runtime
+
+    if is_runtime_file(spec):
+        return load_runtime(spec)
+    from ..model.loading import load_model
+
+    return load_model(spec)
+
+
 def parse_size(text: str) -> tuple[int, int]:
     """'512' -> (512, 512); '512x1024' -> (512, 1024) as (H, W)."""
     try:

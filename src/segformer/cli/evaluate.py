@@ -25,8 +25,8 @@ if TYPE_CHECKING:
 DEFAULT_TTA_SCALES = (0.75, 0.875, 1.0, 1.125, 1.25)  # --tta without a dataset preset or --scales (ADE20K's)
 
 
-def add_inference_arguments(p: argparse.ArgumentParser) -> None:
-    """Options shared by `eval` and `predict`: mode, test scale, window, TTA, device, batch."""
+def add_inference_arguments(p: argparse.ArgumentParser, compile: bool = True) -> None:
+    """Options shared by `eval`, `predict` and `app`: mode, test scale, window, TTA, device, batch (and --compile)."""
     p.add_argument("--mode", choices=tuple(MODES), default=None, help="inference mode (default: the preset's)")
     p.add_argument(
         "--scale",
@@ -48,6 +48,10 @@ def add_inference_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="images (whole) or windows (slide) per forward")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     p.add_argument("--amp", choices=tuple(AMP_DTYPES), default="none", help="autocast the model (GPU speed)")
+    if compile:
+        p.add_argument(
+            "--compile", action="store_true", help="torch.compile the model (same labels; eager where it cannot)"
+        )
 
 
 def _parse_scale(text: str) -> tuple[int, int] | str:
@@ -108,7 +112,7 @@ def describe(options: InferenceOptions) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("weights", help="anything load_model accepts: file, folder or hub id")
+    p.add_argument("weights", help="anything load_model accepts (file, folder, hub id), or an exported .onnx / .pte")
     from ..data.layouts import DATASET_NAMES
 
     p.add_argument("--dataset", required=True, choices=DATASET_NAMES, help="dataset layout and test preset")
@@ -172,8 +176,9 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, device: object) -> int:
     from ..data import LAYOUTS, build_dataset
     from ..evaluation.evaluate import evaluate_confusion, format_table, write_report
-    from ..model.loading import load_model
+    from ..export.runtimes import runtime_options
     from ..training import distributed as D
+    from .common import load_for_inference
 
     chosen = [flag for flag, value in _CLAIM_FLAGS.items() if getattr(args, value) is not None]
     if len(chosen) > 1:
@@ -184,7 +189,7 @@ def _run(args: argparse.Namespace, device: object) -> int:
         parse_corruptions(args.corruption)
         parse_severities(args.severity)
         corruption_module()
-    model = load_model(args.weights)
+    model = load_for_inference(args.weights)
     labels = label_convention(args, base=model.config.labels)  # the model's convention unless flags change it
     layout = LAYOUTS[args.dataset]
     # No class names with the data: the model's classes.
@@ -201,7 +206,7 @@ def _run(args: argparse.Namespace, device: object) -> int:
     )
     if len(dataset) == 0:
         raise ValueError(f"{args.data_root}: no samples in split {args.split!r}")
-    options = inference_options(args, layout.info, model.config)
+    options = runtime_options(model, inference_options(args, layout.info, model.config))
     main = D.is_main()
     if main:
         print(f"evaluating {args.weights} on {args.dataset}/{args.split} ({len(dataset)} images): {describe(options)}")
@@ -218,7 +223,7 @@ def _run(args: argparse.Namespace, device: object) -> int:
         return _sweep(args, model, dataset, options, run, out, main)
     if args.corruption is not None:
         return _robustness(args, model, dataset, options, run, out, main)
-    cm = evaluate_confusion(model, dataset, options, **run)
+    cm = evaluate_confusion(model, dataset, options, compile=args.compile, **run)
     metrics = cm.compute()
     if main:
         print(format_table(metrics))

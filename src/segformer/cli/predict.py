@@ -33,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..data.catalog import DATASETS
 
     presets = tuple(DATASETS)
-    p.add_argument("weights", help="anything load_model accepts: file, folder or hub id")
+    p.add_argument("weights", help="anything load_model accepts (file, folder, hub id), or an exported .onnx / .pte")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (searched recursively)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument(
@@ -134,20 +134,21 @@ def _run(args: argparse.Namespace, device: Any) -> int:
     import sys
 
     from ..data import DATASETS
+    from ..export.runtimes import runtime_options
     from ..inference import Segmenter
-    from ..model.loading import load_model
     from ..training import distributed as D
-    from .common import label_convention
+    from .common import label_convention, load_for_inference
     from .evaluate import describe, inference_options
 
-    model = load_model(args.weights)
+    model = load_for_inference(args.weights)
     options = inference_options(args, DATASETS[args.preset] if args.preset else None, model.config)
+    options = runtime_options(model, options)  # a fixed-size .pte runs slide windows of its size
     preset = args.palette if args.palette in DATASETS else None  # --palette: a dataset's colours or a CSV file
     if preset:
         args.palette = None
     labels = label_convention(args, base=model.config.labels)  # the model's convention unless flags change it
     palette, names = palette_and_names(model, preset, "predict", labels)
-    segmenter = Segmenter(model, options, device=device)
+    segmenter = Segmenter(model, options, device=device, compile=args.compile)
     if D.is_main():
         print(f"predicting with {args.weights} ({model.config.num_classes} classes): {describe(options)}")
         if not labels.is_default:

@@ -67,6 +67,7 @@ HELP = {
     "global_batch": "keep this global batch for any number of processes: grad accumulation adapts (elastic runs)",
     "num_workers": "DataLoader workers per process (default: the cores of this machine per process, less one, max 8)",
     "amp": "mixed precision: none, bf16, fp16 (with a grad scaler)",
+    "compile": "torch.compile the training forward and backward (runs eagerly, with a note, where it cannot)",
     "eval_every": "evaluate (whole-image) every N iterations, keeping best/ by mIoU; 0 = only at the end",
     "resume": "continue from RUN_DIR/last.pt, or previous.pt when last.pt is unreadable (settings from "
     "RUN_DIR/config.yaml unless overridden); a torchrun restart of the same run continues without it",

@@ -66,12 +66,15 @@ def evaluate_confusion(
     progress: bool = True,
     max_samples: int | None = None,
     num_workers: int = 0,
+    compile: bool = False,
 ) -> ConfusionMatrix:
     """The all-reduced confusion matrix of `model` over `dataset` (a `Dataset`, or anything with `len`, `load(i)` ->
     (image (H, W, C): uint8 RGB, or the bands of a multi-band model; mask (H, W), name): see `data.as_dataset`).
     Images are normalised with the statistics in the model's config.
 
-    The model is put in eval mode and given back in the mode it had (training calls this periodically).
+    The model is put in eval mode and given back in the mode it had (training calls this periodically). `model` may
+    also be an exported runtime (`export.runtimes.load_runtime`: a forward with a `config`); `compile` runs a PyTorch
+    model through `torch.compile` (`Segmenter`).
     """
     from tqdm import tqdm
 
@@ -89,12 +92,13 @@ def evaluate_confusion(
     total = len(dataset) if max_samples is None else min(len(dataset), max_samples)
     rank, world = rank_world()
     indices = range(rank, total, world)
-    was_training = model.training
-    if device is not None:
+    module = isinstance(model, nn.Module)
+    was_training = module and model.training
+    if device is not None and module:
         model.to(device)
     if isinstance(dataset, RasterDataset):  # whole rasters, tiled as predict writes them
         return raster_confusion(model, dataset, options, progress=progress, max_samples=max_samples)
-    segmenter = Segmenter(model, options)  # eval mode
+    segmenter = Segmenter(model, options, compile=compile)  # eval mode
     loader = torch.utils.data.DataLoader(
         _Samples(dataset, indices), batch_size=None, shuffle=False, num_workers=num_workers, collate_fn=_identity
     )
@@ -113,7 +117,8 @@ def evaluate_confusion(
             bar.update(len(group))
     finally:
         bar.close()
-        model.train(was_training)
+        if module:
+            model.train(was_training)
     cm.all_reduce()
     return cm
 
@@ -127,6 +132,7 @@ def evaluate(
     progress: bool = True,
     max_samples: int | None = None,
     num_workers: int = 0,
+    compile: bool = False,
     **overrides: Any,
 ) -> dict[str, Any]:
     """aAcc, mIoU, mAcc, mDice (fractions) and per-class IoU/Acc/Dice of `model` on `dataset`.
@@ -137,7 +143,14 @@ def evaluate(
     """
     options = InferenceOptions.build(options, **overrides)
     cm = evaluate_confusion(
-        model, dataset, options, device=device, progress=progress, max_samples=max_samples, num_workers=num_workers
+        model,
+        dataset,
+        options,
+        device=device,
+        progress=progress,
+        max_samples=max_samples,
+        num_workers=num_workers,
+        compile=compile,
     )
     return cm.compute()
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from ..data.base import SampleSource
 from ..evaluation.evaluate import check_labels
 from ..evaluation.metrics import ConfusionMatrix
 from ..imageio import IMAGE_SUFFIXES, ImageReadError, read_image
-from ..inference import Segmenter
+from ..inference import InferenceOptions, Segmenter
 
 log = logging.getLogger("segformer")
 
@@ -35,6 +35,49 @@ class ExportRejected(RuntimeError):
     def __init__(self, message: str, report: Any) -> None:
         super().__init__(message)
         self.report = report
+
+
+@dataclass
+class GateReport:
+    """What a checked export measured and wrote (`path` is None when the gate refused to write): agreement of its
+    labels with the float PyTorch model's, on which images, and what runs in higher precision and why."""
+
+    format: str
+    path: Path | None
+    size_mb: float
+    check_images: int
+    check_source: str
+    agreement: float
+    iou_vs_float: float
+    min_agreement: float
+    forced: bool = False
+    float_miou: float | None = None
+    candidate_miou: float | None = None
+    kept: dict[str, str] = field(default_factory=dict)  # what stays in higher precision -> why
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return self.agreement >= self.min_agreement
+
+    def summary(self) -> str:
+        lines = [f"{self.format}: kept in higher precision:" + ("" if self.kept else " nothing")]
+        lines += [f"  {what}: {why}" for what, why in self.kept.items()]
+        lines += [
+            f"  checked on {self.check_images} {self.check_source}",
+            f"  pixel agreement with the float PyTorch model: {100 * self.agreement:.2f}% (min "
+            f"{100 * self.min_agreement:.2f}%), mean IoU of its labels vs float {100 * self.iou_vs_float:.2f}%",
+        ]
+        if self.float_miou is not None and self.candidate_miou is not None:
+            delta = 100 * (self.candidate_miou - self.float_miou)
+            lines.append(
+                f"  mIoU: float {100 * self.float_miou:.2f}, export {100 * self.candidate_miou:.2f} ({delta:+.2f} pp)"
+            )
+        lines += [f"  {note}" for note in self.notes]
+        if self.path is not None:
+            lines.append(f"wrote {self.path} ({self.size_mb:.1f} MB)")
+        return "\n".join(lines)
 
 
 @dataclass
@@ -194,3 +237,43 @@ def split_images(
     if unreadable:
         log.warning("skipped %d unreadable calibration images (first: %s)", len(unreadable), unreadable[0])
     return calib_images, check_images
+
+
+def synthetic_images(count: int, size: int, seed: int = 0) -> list[np.ndarray]:
+    """`count` synthetic street-like scenes (`data.synth.render_scene`): what an export is checked on when no images
+    of the user's are given. They catch a broken export; only the user's own images measure its accuracy."""
+    from ..data.synth import render_scene
+
+    rng = np.random.default_rng(seed)
+    return [render_scene(rng, size)[0] for _ in range(count)]
+
+
+@dataclass(frozen=True)
+class CheckSet:
+    """What an export is compared on: (image, mask-or-None) samples, the options to run them with, and a phrase
+    saying where they came from."""
+
+    samples: Any
+    options: InferenceOptions
+    source: str
+
+
+def check_set(
+    held_out: Sequence[np.ndarray] | None,
+    eval_dataset: Any = None,
+    eval_options: InferenceOptions | None = None,
+    eval_max_samples: int | None = None,
+    *,
+    synthetic: int = 4,
+    size: int = 256,
+) -> CheckSet:
+    """The eval dataset (with its options; it gives the mIoU change), else the held-out images, else `synthetic`
+    generated scenes; the images run at their own size."""
+    if eval_dataset is not None:
+        samples = dataset_samples(eval_dataset, eval_max_samples)
+        return CheckSet(samples, eval_options or InferenceOptions(), "images of the eval dataset")
+    if held_out:
+        return CheckSet([(image, None) for image in held_out], InferenceOptions(), "held-out images")
+    images = synthetic_images(synthetic, size)
+    source = f"synthetic scenes of {size}x{size} (pass --check-images or --eval-dataset to check on yours)"
+    return CheckSet([(image, None) for image in images], InferenceOptions(), source)

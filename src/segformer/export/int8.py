@@ -1,10 +1,11 @@
 """INT8 ONNX export behind the accuracy gate: ONNX Runtime static quantisation (QDQ) calibrated on the user's images,
-compared with the float export on held-out images (or a labelled dataset, which also gives the mIoU change), and
+compared with the float PyTorch model on held-out images (or a labelled dataset, which also gives the mIoU change), and
 written only when its labels agree with the float model's well enough.
 
 `export_int8` reads as its steps: split the images (calibration / held out), export the float ONNX graph, quantise
-it, compare the two graphs through the inference spine (`Segmenter(OnnxForward(path), options)` for each), gate,
-write. The graph rewrites are in `graph.py`, the comparison and the gate in `gate.py`.
+it, compare the INT8 graph with the float PyTorch model through the inference spine (`Segmenter(OnnxForward(path),
+options)` against `Segmenter(model, options)`, as every export is checked), gate, write. The graph rewrites are in
+`graph.py`, the comparison and the gate in `gate.py`.
 
 What stays in float is a list of named groups (`graph.FLOAT_GROUPS`); `DEFAULT_KEEP_FLOAT` is what the measurements
 in BENCHMARKS.md ("INT8 ONNX") chose: the convolutions and every MatMul run in INT8, except the first conv and the
@@ -61,8 +62,20 @@ log = logging.getLogger("segformer")
 
 DEFAULT_KEEP_FLOAT = ("layernorm", "softmax", "gelu", "elementwise", "first_conv", "classifier")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+# Why each group may stay in float (the "INT8 ONNX" ablation in BENCHMARKS.md, B0 at 512x512 on a 2-core EPYC).
+WHY_FLOAT = {
+    "layernorm": "per-token statistics; INT8 LayerNorm gained no speed (0.86x of float against 0.84x kept float)",
+    "softmax": "INT8 Softmax made the model slower (1.25x of float at 512x512)",
+    "gelu": "fused into one float Gelu node, which reads the INT8 product once",
+    "elementwise": "INT8 Add/Mul add re-quantisations and were slower (0.91x of float against 0.84x)",
+    "attention": "products of two activations; their ranges change with every image",
+    "upsampling": "bilinear resizes of the decoder; nothing to gain from 8 bits",
+    "first_conv": "it reads the raw pixels; INT8 there gained nothing measurable",
+    "classifier": "its output is the logits the argmax reads; INT8 there gained nothing measurable",
+}
 __all__ = [  # the graph rewrites are re-exported: they were public here before graph.py existed
     "CALIBRATION_METHODS",
+    "WHY_FLOAT",
     "DEFAULT_KEEP_FLOAT",
     "FLOAT_GROUPS",
     "MS_DOMAIN",
@@ -141,9 +154,10 @@ class Int8Report:
         lines = [
             f"INT8: {self.quantized_nodes} nodes quantised, kept in float: {kept}"
             + (" (7-bit weights: no VNNI)" if self.reduce_range else ""),
+            *(f"  {name}: {WHY_FLOAT[name]}" for name, n in self.kept_float.items() if n),
             f"  calibrated on {self.calibration_images} images; checked on {self.check_images} {self.check_source}",
-            f"  pixel agreement with float: {100 * self.agreement:.2f}% (min {100 * self.min_agreement:.2f}%),"
-            f" mean IoU of INT8 vs float labels {100 * self.iou_vs_float:.2f}%",
+            f"  pixel agreement with float (PyTorch): {100 * self.agreement:.2f}% "
+            f"(min {100 * self.min_agreement:.2f}%), mean IoU of INT8 vs float labels {100 * self.iou_vs_float:.2f}%",
         ]
         if self.float_miou is not None and self.int8_miou is not None:
             delta = 100 * (self.int8_miou - self.float_miou)
@@ -305,7 +319,7 @@ def export_int8(
     **export_kwargs: Any,
 ) -> Int8Report:
     """Export `model` to ONNX, quantise it to INT8 calibrated on the images of `calibrate`, compare it with the float
-    export, and write `path` only if the labels agree on at least `min_agreement` of the pixels (or `force`).
+    PyTorch model, and write `path` only if the labels agree on at least `min_agreement` of the pixels (or `force`).
 
     Images are shuffled (`seed`); `calib_count` calibrate and up to `check_count` others are held out for the
     comparison (each at its own size), or, with `eval_dataset` (anything with `len` and `load(i)` -> (image, mask,
@@ -328,9 +342,7 @@ def export_int8(
         float_path, int8_path = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
         export_float(model, float_path, size, export_kwargs)
         info = quantize(float_path, int8_path, calib_images, options)
-        result, source = compare_exports(
-            model, float_path, int8_path, check_images, eval_dataset, eval_options, eval_max_samples
-        )
+        result, source = compare_exports(model, int8_path, check_images, eval_dataset, eval_options, eval_max_samples)
         report = Int8Report(
             path=None,
             size_mb=int8_path.stat().st_size / 1e6,
@@ -390,16 +402,16 @@ def quantize(
 
 def compare_exports(
     model: SegFormer,
-    float_path: Path,
     int8_path: Path,
     held_out: Sequence[np.ndarray],
     eval_dataset: SampleSource | None,
     eval_options: InferenceOptions | None,
     eval_max_samples: int | None,
 ) -> tuple[Comparison, str]:
-    """The float and INT8 graphs, each as `Segmenter(OnnxForward(path), options)`, on the held-out images (each at
-    its own size) or on the eval dataset with `eval_options`; returns the comparison and what it ran on."""
-    reference, candidate = OnnxForward(float_path), OnnxForward(int8_path)
+    """The INT8 graph as `Segmenter(OnnxForward(path), options)` against the float PyTorch model, as every export is
+    checked (`gate.py`), on the held-out images (each at its own size) or on the eval dataset with `eval_options`;
+    returns the comparison and what it ran on."""
+    candidate = OnnxForward(int8_path)
     config = model.config
     if eval_dataset is None:
         samples: Any = [(image, None) for image in held_out]
@@ -407,11 +419,11 @@ def compare_exports(
     else:
         samples = dataset_samples(eval_dataset, eval_max_samples)
         options, source = eval_options or InferenceOptions(), "images of the eval dataset"
-    if reference.labels_output and (options.mode != "whole" or options.passes > 1):
+    if candidate.labels_output and (options.mode != "whole" or options.passes > 1):
         log.info("INT8 check: the graph outputs labels, so whole-image inference in one pass (no slide or TTA)")
         options = options.replace(mode="whole", scales=None, flip=False)
     result = compare(
-        Segmenter(reference, options),
+        Segmenter(model, options),
         Segmenter(candidate, options),
         samples,
         config.num_classes,

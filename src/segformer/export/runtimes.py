@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,6 +26,7 @@ from torch import Tensor
 
 from ..constants import MEAN, STD
 from ..model.config import SegFormerConfig, channel_stats
+from ..protocol import InferenceOptions
 
 
 def require_onnx() -> None:
@@ -116,3 +118,81 @@ class OnnxForward:
     def __call__(self, x: Tensor) -> Tensor:
         out = self.session.run(None, {self.input.name: self.feed(x)})[0]
         return torch.from_numpy(out)
+
+
+class PteForward:
+    """An ExecuTorch program (.pte, `pte.export_pte`) as a forward function, run by ExecuTorch's Python runtime:
+    (B, C, h, w) normalised float -> logits (B, K, h/4, w/4), one image at a time (the program's batch is 1).
+
+    A dynamic program takes sizes between its `min_size` and `max_size`, a fixed one only its `fixed_size` (both
+    from its metadata); other sizes are refused in one line. `threads`: XNNPACK's thread pool (process-wide).
+    """
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
+        from .pte import METADATA_METHOD, require_executorch
+
+        require_executorch()
+        from executorch.runtime import Runtime
+
+        self.path = Path(path)
+        if threads:
+            from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+
+            _unsafe_reset_threadpool(threads)
+        program = Runtime.get().load_program(self.path)
+        if METADATA_METHOD not in program.method_names:
+            raise ValueError(f"{path}: not a segformer .pte (no {METADATA_METHOD} method); export it with segformer")
+        self.metadata = json.loads(program.load_method(METADATA_METHOD).execute([])[0])
+        self.method = program.load_method("forward")
+        self.config = config_from_metadata({"segformer_config": json.dumps(self.metadata["segformer_config"])}, path)
+        self.fixed_size = tuple(self.metadata["fixed_size"]) if "fixed_size" in self.metadata else None
+        self.device = torch.device("cpu")
+
+    def check_size(self, height: int, width: int) -> None:
+        """Raise a one-line ValueError for a network input size this program cannot take."""
+        if self.fixed_size is not None and (height, width) != self.fixed_size:
+            h, w = self.fixed_size
+            raise ValueError(
+                f"{self.path} was exported for {h}x{w} inputs only, got {height}x{width}: use --mode slide --crop "
+                f"{h}x{w}, or export with dynamic sizes"
+            )
+        (h0, w0), (h1, w1) = self.metadata.get("min_size", (1, 1)), self.metadata.get("max_size", (1 << 30,) * 2)
+        if not (h0 <= height <= h1 and w0 <= width <= w1):
+            raise ValueError(
+                f"{self.path} takes sizes {h0}x{w0} to {h1}x{w1} (HxW), got {height}x{width}: lower --scale (or "
+                "slide windows), or export again with a larger --max-size"
+            )
+
+    def __call__(self, x: Tensor) -> Tensor:
+        self.check_size(int(x.shape[-2]), int(x.shape[-1]))
+        x = x.detach().float().cpu()
+        return torch.cat([self.method.execute([x[i : i + 1].contiguous()])[0] for i in range(len(x))])
+
+
+RUNTIME_SUFFIXES = {".onnx": OnnxForward, ".pte": PteForward}
+
+
+def is_runtime_file(spec: str | os.PathLike) -> bool:
+    """Whether a model argument names an exported file that runs as a forward (.onnx, .pte)."""
+    return Path(spec).suffix.lower() in RUNTIME_SUFFIXES and Path(spec).is_file()
+
+
+def load_runtime(path: str | os.PathLike, threads: int | None = None) -> OnnxForward | PteForward:
+    """The forward of an exported file by its suffix (.onnx: ONNX Runtime, .pte: ExecuTorch), with the model's
+    config from its metadata: `Segmenter(load_runtime(path), options)` runs it as the model would run."""
+    runtime = RUNTIME_SUFFIXES.get(Path(path).suffix.lower())
+    if runtime is None:
+        raise ValueError(f"{path}: not an exported model ({', '.join(RUNTIME_SUFFIXES)})")
+    forward = runtime(path, threads=threads)
+    if forward.config is None:
+        raise ValueError(f"{path}: no segformer_config metadata; export it with `segformer export`")
+    return forward
+
+
+def runtime_options(model: Any, options: InferenceOptions) -> InferenceOptions:
+    """`options` for running `model`: a program fixed to one input size (`PteForward.fixed_size`) runs slide windows
+    of that size (images smaller than it are padded); anything else runs `options` as they are."""
+    if not isinstance(model, PteForward) or model.fixed_size is None:
+        return options
+    h, w = model.fixed_size
+    return options.replace(mode="slide", crop=(h, w), stride=(max(1, h * 2 // 3), max(1, w * 2 // 3)))

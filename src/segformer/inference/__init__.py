@@ -24,7 +24,7 @@ from .prepare import (
     to_model_array,
     to_rgb_array,
 )
-from .run import Forward, Pass, eager_forward, run, slide_windows
+from .run import Forward, Pass, compiled_forward, eager_forward, run, slide_windows
 from .segmenter import (
     Segmenter,
     iter_same_size,
@@ -49,6 +49,7 @@ __all__ = [
     "argmax_resized",
     "average_probabilities",
     "collect_images",
+    "compiled_forward",
     "default_num_workers",
     "eager_forward",
     "finish",

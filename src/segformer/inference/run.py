@@ -17,6 +17,7 @@ branch of `run` and a row of `protocol.MODES`.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -24,8 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..runtime import autocast
+from ..runtime import autocast, compile_unavailable
 from .prepare import Prepared, resize, resized_size
+
+log = logging.getLogger("segformer")
 
 Forward = Callable[[Tensor], Tensor]
 # A forward may return class ids instead of logits (an exported graph with its argmax inside): `finish` resizes those
@@ -52,6 +55,37 @@ def eager_forward(model: nn.Module, amp: str = "none") -> Forward:
     def forward(batch: Tensor) -> Tensor:
         with autocast(batch.device, amp):
             return model(batch)
+
+    return forward
+
+
+def compiled_forward(model: nn.Module, amp: str = "none") -> Forward:
+    """`eager_forward` of `torch.compile(model)` (compiled on the first call of each new input shape). Where
+    compiling cannot work here (no C++ compiler for the CPU backend, an unsupported Python or platform), it says so
+    in one line and runs eagerly from then on; an error eager inference raises too is the caller's and is raised."""
+    eager = eager_forward(model, amp)
+    param = next(model.parameters(), None)
+    reason = compile_unavailable(param.device if param is not None else "cpu")
+    if reason is None:
+        try:
+            chosen = [eager_forward(torch.compile(model), amp)]
+        except RuntimeError as e:  # torch.compile refuses at once on an unsupported Python
+            reason = str(e).strip().splitlines()[0]
+    if reason is not None:
+        log.warning("torch.compile is not available here (%s); running eagerly", reason)
+        return eager
+
+    def forward(batch: Tensor) -> Tensor:
+        if chosen[0] is eager:
+            return eager(batch)
+        try:
+            return chosen[0](batch)
+        except Exception as e:  # noqa: BLE001 - any compiler failure; eager decides whether the input is at fault
+            out = eager(batch)
+            chosen[0] = eager
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            log.warning("torch.compile failed here (%s: %s); running eagerly", type(e).__name__, reason[:200])
+            return out
 
     return forward
 

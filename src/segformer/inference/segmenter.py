@@ -21,7 +21,7 @@ from ..model.config import SegFormerConfig, channel_stats
 from ..protocol import InferenceOptions
 from .finish import Finished, average_probabilities, finish
 from .prepare import ImageLike, Prepared, normalize_batch, prepare, prepare_normalized, stack_images, to_model_array
-from .run import Forward, Pass, eager_forward, run
+from .run import Forward, Pass, compiled_forward, eager_forward, run
 
 
 def options_for_model(config: SegFormerConfig, **overrides: Any) -> InferenceOptions:
@@ -48,8 +48,9 @@ class Segmenter:
     >>> labels = seg("room.jpg")
     >>> seg = Segmenter(model, InferenceOptions.for_dataset(DATASETS["cityscapes"]), flip=True)
 
-    `model` is a `SegFormer` (any nn.Module: run eagerly, under autocast when `options.amp` says), or any forward
-    function (B, C, h, w) -> (B, K, h', w') with a `config` (an ONNX Runtime session, a compiled program). Without
+    `model` is a `SegFormer` (any nn.Module: run eagerly, under autocast when `options.amp` says; with `compile`,
+    through `torch.compile`, or eagerly with a one-line note where compiling cannot work), or any forward function
+    (B, C, h, w) -> (B, K, h', w') with a `config` (`export.runtimes`: ONNX Runtime, ExecuTorch). Without
     `options` it runs the model's own test protocol (`options_for_model`): what training stored, or the paper's
     for an official checkpoint of a standard dataset; pass `InferenceOptions()` for each image at its own size.
     """
@@ -59,6 +60,7 @@ class Segmenter:
         model: nn.Module | Forward,
         options: InferenceOptions | None = None,
         device: str | torch.device | None = None,
+        compile: bool = False,
         **overrides: Any,
     ) -> None:
         config = getattr(model, "config", None)
@@ -67,8 +69,11 @@ class Segmenter:
         self.options = InferenceOptions.build(options, **overrides)
         if isinstance(model, nn.Module):
             model = model.eval() if device is None else model.to(device).eval()
-            self.forward = eager_forward(model, self.options.amp)
+            make = compiled_forward if compile else eager_forward
+            self.forward = make(model, self.options.amp)
         else:
+            if compile:
+                raise ValueError("compile applies to PyTorch models; an exported runtime is compiled already")
             self.forward = model
         self.model = model
         self.device = model_device(model)

@@ -97,6 +97,7 @@ class TrainConfig:
     grad_accum: int = 1
     clip_grad: float | None = None
     grad_checkpointing: bool = False
+    compile: bool = False  # torch.compile the training forward (eagerly, with a note, where it cannot compile)
     eval_every: int = 16_000  # 0 = no periodic evaluation (the final one still runs when a val split exists)
     eval_max_samples: int | None = None
     save_every: int = 2000

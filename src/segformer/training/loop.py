@@ -34,7 +34,7 @@ from ..fileio import write_json
 from ..model.modelcard import training_card
 from ..model.segformer import SegFormer
 from ..protocol import InferenceOptions
-from ..runtime import autocast, resolve_device
+from ..runtime import autocast, compile_unavailable, resolve_device
 from ..visualize import plot_curves
 from . import distributed as D
 from .build import (
@@ -314,6 +314,16 @@ def _prepare_model(
     return model
 
 
+def _compiled(net: nn.Module, device: torch.device, say: bool) -> nn.Module:
+    """`torch.compile(net)` (checkpoints keep saving the plain model), or `net` with one line where it cannot."""
+    reason = compile_unavailable(device)
+    if reason is None:
+        return torch.compile(net)  # type: ignore[return-value]
+    if say:
+        log.warning("torch.compile is not available here (%s); training eagerly", reason)
+    return net
+
+
 def _assemble(
     config: TrainConfig, device: torch.device, model: SegFormer, val_ds: Dataset | None, resume_from: Path | None
 ) -> tuple[Trainer, TrainState]:
@@ -328,6 +338,8 @@ def _assemble(
     if world > 1:
         model = D.convert_batchnorm(model, device)
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if config.compile:
+        net = _compiled(net, device, rank == 0)
     optimizer = build_optimizer(model, config.lr, config.weight_decay, config.head_lr_mult)
     scheduler = build_scheduler(
         optimizer, config.iters, config.warmup_iters, config.warmup_ratio, config.power, config.min_lr
