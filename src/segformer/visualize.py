@@ -255,12 +255,7 @@ def plot_curves(history: list[dict[str, Any]], path: Path, metric: str = "mIoU")
     axes[1].set(title=f"validation {metric}", xlabel="iteration", ylabel=metric)
     for ax in axes:
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    try:
-        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
-    finally:
-        plt.close(fig)
-    return path
+    return _save_figure(plt, fig, path)
 
 
 def _pyplot() -> Any:
@@ -301,14 +296,7 @@ def plot_series(
     ax.title.set_fontsize(9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
-    finally:
-        plt.close(fig)
-    return path
+    return _save_figure(plt, fig, path)
 
 
 def plot_heatmap(
@@ -339,6 +327,11 @@ def plot_heatmap(
     ax.set_title(title, fontsize=9)
     ax.set_xlabel(xlabel, fontsize=8)
     fig.colorbar(image, ax=ax, label=label, fraction=0.05)
+    return _save_figure(plt, fig, path)
+
+
+def _save_figure(plt: Any, fig: Any, path: str | Path) -> Path:
+    """Lay out, write atomically as PNG (100 dpi) and close `fig`."""
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

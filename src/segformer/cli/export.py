@@ -85,22 +85,33 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.format == "int8" or (args.format == "onnx" and args.int8):
-        return _run_int8(args)
-    if args.int8 and args.format != "executorch":
-        raise ValueError(f"--int8 applies to --format onnx and executorch, not {args.format}")
-    for flag in ("calibrate", "keep_float"):
-        if getattr(args, flag) is not None and not (flag == "calibrate" and args.int8):
-            raise ValueError(f"--{flag.replace('_', '-')} only applies with --int8")
-    return _run_gated(args)
-
-
-def _run_gated(args: argparse.Namespace) -> int:
-    """Any format but INT8 ONNX: written by `export_model` if it passes the gate."""
+    """Write the export if it passes the gate; below it, the report, one line on stderr and exit 1."""
     import sys
 
-    from ..export.formats import GateSettings, export_model
     from ..export.gate import ExportRejected
+
+    int8_onnx = args.format == "int8" or (args.format == "onnx" and args.int8)
+    if not int8_onnx:
+        if args.int8 and args.format != "executorch":
+            raise ValueError(f"--int8 applies to --format onnx and executorch, not {args.format}")
+        for flag in ("calibrate", "keep_float"):
+            if getattr(args, flag) is not None and not (flag == "calibrate" and args.int8):
+                raise ValueError(f"--{flag.replace('_', '-')} only applies with --int8")
+    try:
+        report = _run_int8(args) if int8_onnx else _run_gated(args)
+    except ExportRejected as e:  # INT8 ONNX's QuantizationRejected too
+        print(e.report.summary())
+        print(f"segformer export: refused: {e}", file=sys.stderr)
+        return 1
+    print(report.summary())
+    if not report.passed:
+        print(f"segformer export: warning: written below --min-agreement {args.min_agreement} (--force)")
+    return 0
+
+
+def _run_gated(args: argparse.Namespace) -> Any:
+    """Any format but INT8 ONNX: written by `export_model` if it passes the gate (its GateReport)."""
+    from ..export.formats import GateSettings, export_model
 
     model = _model(args)
     dataset, eval_options = _eval_dataset(args, model.config.num_classes)
@@ -114,25 +125,16 @@ def _run_gated(args: argparse.Namespace) -> int:
         eval_max_samples=args.eval_max_samples,
         size=args.size,
     )
-    try:
-        report = export_model(
-            model,
-            args.out,
-            args.format,
-            settings=settings,
-            int8=args.int8,
-            calibrate=args.calibrate,
-            calib_count=args.calib_count,
-            **_format_options(args),
-        )
-    except ExportRejected as e:
-        print(e.report.summary())
-        print(f"segformer export: refused: {e}", file=sys.stderr)
-        return 1
-    print(report.summary())
-    if not report.passed:
-        print(f"segformer export: warning: written below --min-agreement {args.min_agreement} (--force)")
-    return 0
+    return export_model(
+        model,
+        args.out,
+        args.format,
+        settings=settings,
+        int8=args.int8,
+        calibrate=args.calibrate,
+        calib_count=args.calib_count,
+        **_format_options(args),
+    )
 
 
 def _format_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -168,12 +170,10 @@ def _export_flags(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _run_int8(args: argparse.Namespace) -> int:
-    import sys
-
+def _run_int8(args: argparse.Namespace) -> Any:
+    """INT8 ONNX: ONNX Runtime's quantiser, then the same gate (its QuantizationReport)."""
     from ..export.int8 import (
         DEFAULT_KEEP_FLOAT,
-        QuantizationRejected,
         QuantizeOptions,
         export_int8,
         require_quantization,
@@ -189,30 +189,21 @@ def _run_int8(args: argparse.Namespace) -> int:
 
     model = _model(args)
     dataset, eval_options = _eval_dataset(args, model.config.num_classes)
-    try:
-        report = export_int8(
-            model,
-            args.out,
-            args.calibrate,
-            calib_count=args.calib_count,
-            check_count=args.check_count,
-            min_agreement=args.min_agreement,
-            force=args.force,
-            eval_dataset=dataset,
-            eval_options=eval_options,
-            eval_max_samples=args.eval_max_samples,
-            options=options,
-            size=args.size,
-            **_export_flags(args),
-        )
-    except QuantizationRejected as e:
-        print(e.report.summary())
-        print(f"segformer export: refused: {e}", file=sys.stderr)
-        return 1
-    print(report.summary())
-    if not report.passed:
-        print(f"segformer export: warning: written below --min-agreement {args.min_agreement} (--force)")
-    return 0
+    return export_int8(
+        model,
+        args.out,
+        args.calibrate,
+        calib_count=args.calib_count,
+        check_count=args.check_count,
+        min_agreement=args.min_agreement,
+        force=args.force,
+        eval_dataset=dataset,
+        eval_options=eval_options,
+        eval_max_samples=args.eval_max_samples,
+        options=options,
+        size=args.size,
+        **_export_flags(args),
+    )
 
 
 def _eval_dataset(args: argparse.Namespace, num_classes: int):

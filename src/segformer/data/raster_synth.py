@@ -16,17 +16,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..geoio import require_rasterio
-from .synth import CLASS_NAMES, PALETTE, render_scene
+from .synth import CLASS_NAMES, MANIFEST, PALETTE, render_scene, replace_folder, reuse_existing
 
-MANIFEST = "synth.json"
 ORIGIN = (500000.0, 4200000.0)  # EPSG:32633 (UTM 33N), upper-left corner
 PIXEL = 10.0  # metres
 NIR = np.array([3000, 1500, 2500, 1200, 4000, 2000, 9000], np.float32)  # per class: grass reflects most
@@ -86,17 +83,11 @@ def write_raster_dataset(
         raise ValueError(f"--train {train} and --val {val} must be >= 1 and --size {size} >= 64")
     spec = {"kind": "raster", "train": train, "val": val, "size": size, "seed": seed, "version": 1}
     out = Path(out)
-    if out.exists():
-        existing = _read_manifest(out)
-        if existing == spec:
-            return out
-        if existing is None and (not out.is_dir() or any(out.iterdir())):
-            raise ValueError(f"{out} exists and is not a synthetic dataset; choose another output folder")
-        if existing is not None and not overwrite:
-            raise ValueError(f"{out} holds synthetic data of another spec; pass --overwrite or choose another folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    existing = _read_manifest(out)
+    if reuse_existing(out, existing, spec, overwrite, json.dumps(existing)):
+        return out
+
+    def fill(tmp: Path) -> None:
         (tmp / "classes.txt").write_text("\n".join(CLASS_NAMES) + "\n")
         for split, count in (("train", train), ("val", val)):
             (tmp / "images" / split).mkdir(parents=True)
@@ -105,14 +96,8 @@ def write_raster_dataset(
                 rng = np.random.default_rng([seed, {"train": 0, "val": 1}[split], i])
                 name = f"scene_{i:03d}.tif"
                 write_pair(tmp / "images" / split / name, tmp / "masks" / split / name, rng, size)
-        (tmp / MANIFEST).write_text(json.dumps(spec, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return out
+
+    return replace_folder(out, fill, spec)
 
 
 def _read_manifest(root: Path) -> dict[str, Any] | None:

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -249,21 +250,12 @@ def write_dataset(
         raise ValueError(f"--size {size} is too small; use at least 32 (the model needs 29 px)")
     spec = SynthSpec(train=train, val=val, size=size, seed=seed)
     out = Path(out)
-    if out.exists():
-        existing = read_spec(out)
-        if existing == spec:
-            log.info("synthetic data already in %s (%s); reusing it", out, _describe(spec))
-            return out
-        if existing is None and (not out.is_dir() or any(out.iterdir())):
-            raise ValueError(f"{out} exists and is not a synthetic dataset; choose another output folder")
-        if existing is not None and not overwrite:
-            raise ValueError(
-                f"{out} holds synthetic data made with {_describe(existing)}; pass overwrite (--overwrite) "
-                "to regenerate it or choose another folder"
-            )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    existing = read_spec(out)
+    if reuse_existing(out, existing, spec, overwrite, _describe(existing) if existing else ""):
+        log.info("synthetic data already in %s (%s); reusing it", out, _describe(spec))
+        return out
+
+    def fill(tmp: Path) -> None:
         start = time.perf_counter()
         (tmp / "classes.txt").write_text("\n".join(CLASS_NAMES) + "\n")
         for split, count in (("train", train), ("val", val)):
@@ -276,7 +268,37 @@ def write_dataset(
                 write_label_png(tmp / "masks" / split / name, mask, PALETTE)
             if progress:
                 log.info("synth: %d %s images in %.1fs", count, split, time.perf_counter() - start)
-        (tmp / MANIFEST).write_text(json.dumps(asdict(spec), indent=2) + "\n")
+
+    return replace_folder(out, fill, asdict(spec))
+
+
+def reuse_existing(out: Path, existing: object, spec: object, overwrite: bool, described: str) -> bool:
+    """Whether `out` already holds a synthetic dataset of `spec` (`existing`: the spec read from it, None if none) to
+    reuse. Raises, leaving it untouched, when `out` holds anything else, or another spec without `overwrite`."""
+    if not out.exists():
+        return False
+    if existing == spec:
+        return True
+    if existing is None:
+        if not out.is_dir() or any(out.iterdir()):
+            raise ValueError(f"{out} exists and is not a synthetic dataset; choose another output folder")
+        return False  # an empty folder
+    if not overwrite:
+        raise ValueError(
+            f"{out} holds synthetic data made with {described}; pass overwrite (--overwrite) "
+            "to regenerate it or choose another folder"
+        )
+    return False
+
+
+def replace_folder(out: Path, fill: Callable[[Path], None], manifest: dict[str, Any]) -> Path:
+    """`fill(tmp)` writes a temporary folder beside `out`, `manifest` is written last (a folder without one is not a
+    complete dataset), then it replaces `out`: an interrupted run leaves no half dataset."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        fill(tmp)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..fileio import atomic_write
 from ..inference import InferenceOptions, Segmenter
+from ..model.config import channel_stats
 from ..model.segformer import SegFormer
 from .gate import GateReport, check_set, compare, gate, image_files, load_images, split_images
 from .runtimes import OnnxForward, PteForward, runtime_options
@@ -100,6 +101,7 @@ def export_model(
             settings.eval_options,
             settings.eval_max_samples,
             size=min(settings.size),
+            stats=None if _rgb(model) else channel_stats(model.config),
         )
         run_options = runtime_options(candidate.forward, checks.options)
         result = compare(
@@ -132,6 +134,11 @@ def export_model(
         atomic_write(path, lambda out: shutil.copyfile(candidate.path, out))
     report.path = path
     return report
+
+
+def _rgb(model: SegFormer) -> bool:
+    """Whether the model takes 8-bit RGB (3 channels, ImageNet's statistics): what the synthetic scenes are."""
+    return model.config.in_channels == 3 and model.config.mean is None and model.config.std is None
 
 
 def _name(format: str, int8: bool) -> str:

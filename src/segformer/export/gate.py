@@ -239,13 +239,22 @@ def split_images(
     return calib_images, check_images
 
 
-def synthetic_images(count: int, size: int, seed: int = 0) -> list[np.ndarray]:
-    """`count` synthetic street-like scenes (`data.synth.render_scene`): what an export is checked on when no images
-    of the user's are given. They catch a broken export; only the user's own images measure its accuracy."""
+def synthetic_images(
+    count: int, size: int, seed: int = 0, stats: tuple[Sequence[float], Sequence[float]] | None = None
+) -> list[np.ndarray]:
+    """`count` synthetic scenes (`data.synth.render_scene`): what an export is checked on when no images of the
+    user's are given. They catch a broken export; only the user's own images measure its accuracy. With `stats`
+    (mean, std per channel of a model whose input is not RGB, e.g. 4 bands of uint16) the scenes' RGB, standardised,
+    is repeated over that many channels and put on that scale (float32 (H, W, C))."""
     from ..data.synth import render_scene
 
     rng = np.random.default_rng(seed)
-    return [render_scene(rng, size)[0] for _ in range(count)]
+    scenes = [render_scene(rng, size)[0] for _ in range(count)]
+    if stats is None:
+        return scenes
+    mean, std = (np.asarray(v, np.float32) for v in stats)
+    channels = np.arange(len(mean)) % 3  # R, G, B, R, ... for every band the model takes
+    return [((scene[..., channels] - 127.5) / 64.0 * std + mean).astype(np.float32) for scene in scenes]
 
 
 @dataclass(frozen=True)
@@ -266,14 +275,16 @@ def check_set(
     *,
     synthetic: int = 4,
     size: int = 256,
+    stats: tuple[Sequence[float], Sequence[float]] | None = None,
 ) -> CheckSet:
     """The eval dataset (with its options; it gives the mIoU change), else the held-out images, else `synthetic`
-    generated scenes; the images run at their own size."""
+    generated scenes (`stats`: as `synthetic_images`, for models whose input is not RGB); the images run at their
+    own size."""
     if eval_dataset is not None:
         samples = dataset_samples(eval_dataset, eval_max_samples)
         return CheckSet(samples, eval_options or InferenceOptions(), "images of the eval dataset")
     if held_out:
         return CheckSet([(image, None) for image in held_out], InferenceOptions(), "held-out images")
-    images = synthetic_images(synthetic, size)
+    images = synthetic_images(synthetic, size, stats=stats)
     source = f"synthetic scenes of {size}x{size} (pass --check-images or --eval-dataset to check on yours)"
     return CheckSet([(image, None) for image in images], InferenceOptions(), source)
