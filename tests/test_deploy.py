@@ -202,6 +202,25 @@ def test_predict_eval_and_app_accept_a_pte(pte, weights, scenes, tmp_path, capsy
 
 @pytest.mark.slow
 @pytest.mark.executorch
+def test_benchmark_times_exported_files_beside_the_model(pte, weights, tmp_path, capsys):
+    """`segformer benchmark --exported`: a row per .onnx / .pte, run by its runtime on our input, whose logits match
+    the PyTorch model's (a file of another model would not)."""
+    from segformer.apps.benchmark import BenchmarkOptions, run_benchmark
+
+    onnx = tmp_path / "model.onnx"
+    assert main(["export", str(weights), str(onnx), "--size", "64"]) == 0
+    options = BenchmarkOptions(size=(64, 96), repeats=1, warmup=0, onnx=False, memory=False, exported=(onnx, pte))
+    rows = {row.name: row for row in run_benchmark(str(weights), options).rows}
+    for name in ("ONNX Runtime model.onnx", "ExecuTorch model.pte"):
+        assert rows[name].max_abs_diff < 1e-3 and rows[name].agreement > 0.999, name
+    capsys.readouterr()
+    args = ["benchmark", "--model", str(weights), "--size", "64x96", "--repeats", "1", "--warmup", "0", "--no-onnx"]
+    assert main([*args, "--no-memory", "--exported", str(pte)]) == 0
+    assert "ExecuTorch model.pte" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.executorch
 def test_pte_int8_fixed_size_calibrated_gated_and_predicted(weights, scenes, tmp_path, capsys):
     """PT2E int8 with XNNPACK's quantizer, fixed to 64x64: calibrated on the images, checked on the labelled dataset
     (mIoU change), written with what stayed fp32 and why; predict runs it on 64x64 windows of a larger image (the

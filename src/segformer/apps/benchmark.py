@@ -23,6 +23,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,9 @@ HF_EAGER = "transformers eager"
 class BenchmarkOptions:
     """What to measure and how (the flags of `segformer benchmark`). `dtype`, `compile`, `unfolded`: also time ours
     with autocast at that dtype, with torch.compile, with the paper-order decoder; `compare`: beside transformers
-    eager and (with `onnx`) ONNX Runtime on both exports; `num_classes`: of a random b0..b5 model (default 150).
+    eager and (with `onnx`) ONNX Runtime on both exports; `num_classes`: of a random b0..b5 model (default 150);
+    `exported`: files written by `segformer export` (ONNX Runtime, ExecuTorch), each a row on the same input (give
+    the model they were exported from as the model, so that their agreement with it means something).
     A training benchmark (`run_train_benchmark`) reads size, batch, threads, device, dtype, memory, repeats, warmup
     and num_classes."""
 
@@ -76,6 +79,7 @@ class BenchmarkOptions:
     repeats: int = 10
     warmup: int = 2
     num_classes: int | None = None
+    exported: tuple[str, ...] = ()  # .onnx / .pte files (`segformer export`) timed beside ours, on the CPU
 
 
 @dataclass
@@ -245,15 +249,21 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warmup: in
 
 
 def time_by_runtime(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int, sync: Callable[[], None]) -> dict:
-    """`time_interleaved` over the PyTorch rows, then over the ONNX Runtime rows: after each PyTorch call its
-    OpenMP threads keep spinning for a while, which steals the cores from whatever runs next, so ONNX Runtime rows
-    take turns with each other, not with PyTorch (their ratio to each other is the one that matters)."""
-    ort = {name: fn for name, fn in fns.items() if name.startswith("ONNX Runtime")}
-    torch_rows = {name: fn for name, fn in fns.items() if name not in ort}
-    times = time_interleaved(torch_rows, repeats, warmup, sync) if torch_rows else {}
-    if ort:
-        times.update(time_interleaved(ort, repeats, warmup, sync))
+    """`time_interleaved` over the PyTorch rows, then over the ONNX Runtime rows, then the ExecuTorch rows: after
+    each PyTorch call its OpenMP threads keep spinning for a while, which steals the cores from whatever runs next,
+    so the rows of one runtime take turns with each other, not with PyTorch's."""
+    groups: dict[str, dict[str, Callable[[], Any]]] = {}
+    for name, fn in fns.items():
+        groups.setdefault(_runtime_of(name), {})[name] = fn
+    times: dict[str, list[float]] = {}
+    for group in groups.values():  # PyTorch first (the baseline), then each other runtime's rows together
+        times.update(time_interleaved(group, repeats, warmup, sync))
     return {name: times[name] for name in fns}
+
+
+def _runtime_of(name: str) -> str:
+    """The runtime a row runs on, from its name: "ONNX Runtime", "ExecuTorch", else "PyTorch"."""
+    return next((r for r in ("ONNX Runtime", "ExecuTorch") if name.startswith(r)), "PyTorch")
 
 
 def _rss_status(key: str) -> int:
@@ -333,6 +343,7 @@ def run_benchmark(
             fns = {HF_EAGER: transformers_fn(hf, x), **fns}
         if o.onnx and (o.compare or o.device == "cpu"):
             fns.update(_onnx_runners(ours, hf, x, Path(tmp), o, result, say))
+        fns.update(_exported_runners(o.exported, x, o.threads, say))
         _measure(fns, o, result, say)
     return result
 
@@ -362,6 +373,24 @@ def _our_runners(ours: SegFormer, x: Tensor, o: BenchmarkOptions, result: Benchm
     return fns
 
 
+def _exported_runners(
+    paths: Sequence[str], x: Tensor, threads: int | None, say: Callable[[str], None]
+) -> dict[str, Runner]:
+    """A row per exported file, run by its runtime (`export.runtimes.load_runtime`) on the CPU copy of `x`."""
+    from ..export.runtimes import RUNTIME_NAMES, load_runtime
+
+    fns: dict[str, Runner] = {}
+    for path in paths:
+        say(f"loading {path}")
+        forward, x_cpu = load_runtime(path, threads=threads), x.float().cpu()
+        size = getattr(forward, "fixed_size", None)
+        if size is not None and tuple(size) != tuple(x.shape[-2:]):
+            side = f"{size[0]}x{size[1]}"
+            raise ValueError(f"{path}: a program fixed to {side}; benchmark it with --size {side}")
+        fns[f"{RUNTIME_NAMES[Path(path).suffix.lower()]} {Path(path).name}"] = partial(forward, x_cpu)
+    return fns
+
+
 def _transformers_notes(hf: torch.nn.Module, result: BenchmarkResult) -> None:
     import_torchvision()  # transformers' image code imports it; see runtime.import_torchvision
     import transformers
@@ -384,7 +413,7 @@ def _measure(fns: dict[str, Runner], o: BenchmarkOptions, result: BenchmarkResul
     for name, t in times.items():
         out = outputs[name]
         row = _timed_row(name, t, times[result.baseline])
-        if name in mem and "ONNX Runtime" not in name:
+        if name in mem and _runtime_of(name) == "PyTorch":
             row.peak_mem_mb = mem[name]
             row.mem_ratio = mem[name] / base_mem if base_mem else None
         if out.shape == reference.shape:
@@ -392,7 +421,7 @@ def _measure(fns: dict[str, Runner], o: BenchmarkOptions, result: BenchmarkResul
             row.agreement = argmax_agreement(out, reference)
         result.rows.append(row)
     if o.memory and o.device == "cpu":
-        result.notes.append("peak memory: resident-set growth during one forward (ONNX Runtime rows: not measured)")
+        result.notes.append("peak memory: resident-set growth during one forward (other runtimes' rows: not measured)")
     for name in fns:
         if name.startswith("ours eager") and name != OURS_FP32:
             agree = next(r.agreement for r in result.rows if r.name == name)

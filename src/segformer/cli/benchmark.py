@@ -5,6 +5,7 @@ Examples:
   segformer benchmark --model b0 --size 512x512 --threads 2 --compare
   segformer benchmark --train --model b0 --batch 8 --size 256x256 --threads 2
   segformer benchmark --model b0 --dtype bf16 --compile
+  segformer benchmark --model runs/demo/model --exported runs/demo/model.onnx runs/demo/model.pte
   segformer benchmark --model nvidia/segformer-b2-finetuned-ade-512-512 --device cuda --dtype fp16 --compare
 """
 
@@ -32,6 +33,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=10, help="timed interleaved rounds (default 10)")
     p.add_argument("--warmup", type=int, default=2, help="untimed rounds first (default 2)")
     p.add_argument("--num-classes", type=int, default=None, help="classes for a random b0..b5 model (default 150)")
+    p.add_argument(
+        "--exported",
+        nargs="+",
+        default=(),
+        metavar="FILE",
+        help="also time these files of `segformer export` (.onnx: ONNX Runtime, .pte: ExecuTorch) on the same input; "
+        "give the model they came from as --model",
+    )
     p.add_argument("--json", default=None, help="also write the result as JSON to this file")
     p.add_argument(
         "--train",
@@ -64,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         repeats=args.repeats,
         warmup=args.warmup,
         num_classes=args.num_classes,
+        exported=tuple(args.exported),
     )
     run_one = run_train_benchmark if args.train else run_benchmark
     result = run_one(args.model, options, say)

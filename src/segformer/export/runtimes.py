@@ -170,6 +170,7 @@ class PteForward:
 
 
 RUNTIME_SUFFIXES = {".onnx": OnnxForward, ".pte": PteForward}
+RUNTIME_NAMES = {".onnx": "ONNX Runtime", ".pte": "ExecuTorch"}  # what runs each, as tables and reports name it
 
 
 def is_runtime_file(spec: str | os.PathLike) -> bool:
