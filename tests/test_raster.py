@@ -503,3 +503,29 @@ def test_folders_split_across_ranks_and_never_overwrite_inputs(tmp_path, local):
     predict_rasters(Segmenter(local), files, folder, output=output, progress=False, shard=(0, 1),
                     report=lambda n, r: failures.append(r))  # fmt: skip
     assert len(failures) == 3 and all("would overwrite an input" in r for r in failures)
+
+
+@pytest.mark.slow
+def test_torchrun_splits_a_folder_of_geotiffs_and_writes_what_one_process_writes(tmp_path, weights4):
+    """`torchrun ... segformer predict` over a folder of GeoTIFFs: each process takes its share (rank, rank + world,
+    ...), every raster is written once, and the class rasters equal one process's."""
+    folder, one, two = tmp_path / "in", tmp_path / "one", tmp_path / "two"
+    (folder / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    for name in ("a.tif", "b.tif", "sub/c.tif"):
+        write_raster(folder / name, scene(rng, 48, 64))
+    argv = ["predict", str(weights4), str(folder), "--no-progress", "--device", "cpu", "--crop", "32", "--no-cog"]
+    assert main([*argv, "--out", str(one)]) == 0
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    proc = subprocess.run([*launch, "-m", "segformer", *argv, "--out", str(two)], env=env, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("wrote 3 GeoTIFF class rasters") == 1  # the ranks' counts summed: each raster once
+    files = sorted(p.relative_to(one).as_posix() for p in one.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(two).as_posix() for p in two.rglob("*") if p.is_file())
+    assert {"a.tif", "b.tif", "sub/c.tif"} <= set(files)
+    for name in ("a.tif", "b.tif", "sub/c.tif"):
+        with rasterio.open(one / name) as x, rasterio.open(two / name) as y:
+            assert x.crs == y.crs and x.transform == y.transform
+            np.testing.assert_array_equal(x.read(1), y.read(1))
