@@ -52,7 +52,7 @@ def _header(report: DataReport) -> list[str]:
     return [
         f"{report.dataset} at {report.root}: {classes}; labels: {labels.describe()}",
         f"scanned {sum(r.scanned for r in report.splits.values())} samples in {report.seconds:.1f}s "
-        f"({report.images_per_second:.0f} images/s, {report.workers} workers)",
+        f"({report.images_per_second:.0f} images/s, {report.workers} worker{'s' if report.workers != 1 else ''})",
         "",
     ]
 

@@ -62,10 +62,17 @@ def check_dataset(
         weight_split=train,
         seconds=round(seconds, 3),
         images_per_second=round(sum(r.scanned for r in reports.values()) / seconds, 1) if seconds > 0 else 0.0,
-        workers=default_workers() if workers is None else workers,
+        workers=_workers_used(totals, workers),
     )
     report.diagnoses = diagnose(report, totals, labels, k_unknown=k_unknown)
     return report
+
+
+def _workers_used(totals: dict[str, Totals], workers: int | None) -> int:
+    """The reader processes the scan ran with: rasters are read in one, strip by strip."""
+    if any(isinstance(t.dataset, RasterDataset) for t in totals.values()):
+        return 1
+    return default_workers() if workers is None else workers
 
 
 def _split_names(layout: Layout, root: str | Path, splits: Sequence[str] | None) -> list[str]:
