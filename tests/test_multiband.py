@@ -77,7 +77,7 @@ def test_band_layouts_and_channel_checks(tmp_path):
 
 
 @pytest.mark.onnx
-def test_four_band_tiff_dataset_trains_evaluates_predicts_and_exports(tmp_path, capsys):
+def test_four_band_tiff_dataset_trains_evaluates_predicts_and_exports(tmp_path, capsys, caplog):
     data = make_multiband_folder(tmp_path / "data")
     model_file = tiny_model_file(tmp_path / "tiny.json")
     run = tmp_path / "run"
@@ -122,6 +122,18 @@ def test_four_band_tiff_dataset_trains_evaluates_predicts_and_exports(tmp_path, 
     session = ort_session(tmp_path / "model2.onnx")
     raw = read_image(image_path, 4).astype(np.float32)[None]
     assert np.mean(session.run(None, {"image": raw})[0][0] == labels) > 0.999  # float32 raw bands in, labels out
+
+    # The gate checks on the user's own bands: 4-band TIFFs as check images, and as INT8 calibration images (read as
+    # the model reads them, shrunk in float32); an RGB image among them is skipped with its reason.
+    train_dir = data / "images" / "train"
+    check = ["--check-images", str(train_dir), "--size", "32"]
+    assert main(["export", str(run / "final"), str(tmp_path / "checked.onnx"), *check]) == 0
+    assert f"checked on {len(list(train_dir.glob('*.tif')))} held-out images" in capsys.readouterr().out
+    Image.new("RGB", (40, 40)).save(train_dir / "rgb.png")
+    calibrate = ["--format", "int8", "--calibrate", str(train_dir), "--size", "32", "--min-agreement", "0"]
+    assert main(["export", str(run / "final"), str(tmp_path / "int8.onnx"), *calibrate]) == 0
+    assert "held-out" in capsys.readouterr().out
+    assert "rgb.png: a .png image holds RGB, not 4 channels" in caplog.text
 
 
 def test_npy_images_train_with_given_statistics(tmp_path):

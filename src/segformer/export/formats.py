@@ -91,7 +91,7 @@ def export_model(
     start = time.perf_counter()
     model = model.eval()
     path = Path(path)
-    calibration, held_out = _images(settings, int8, calibrate, calib_count)
+    calibration, held_out = _images(settings, int8, calibrate, calib_count, model.config.in_channels)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="segformer-export-") as tmp:
         candidate = WRITERS[format](model, Path(tmp) / f"model{path.suffix or '.bin'}", settings, calibration, options)
@@ -148,7 +148,7 @@ def _name(format: str, int8: bool) -> str:
 
 
 def _images(
-    settings: GateSettings, int8: bool, calibrate: Any, calib_count: int
+    settings: GateSettings, int8: bool, calibrate: Any, calib_count: int, channels: int
 ) -> tuple[list[np.ndarray] | None, list[np.ndarray] | None]:
     """(calibration images, held-out images to check on): with `int8`, split from `calibrate` (nothing held out
     when an eval dataset checks); otherwise the first `check_count` of `check_images` (or `calibrate`)."""
@@ -156,13 +156,14 @@ def _images(
         if calibrate is None:
             raise ValueError("--int8 needs --calibrate IMAGES: a folder of images like those the model will see")
         return split_images(
-            calibrate, calib_count, settings.check_count, settings.size, 0, settings.eval_dataset is None
+            calibrate, calib_count, settings.check_count, settings.size, 0, settings.eval_dataset is None, channels
         )
     source = settings.check_images if settings.check_images is not None else calibrate
     if source is None or settings.eval_dataset is not None:
         return None, None
     unreadable: list[str] = []
-    images = load_images(image_files(source, "check images")[: settings.check_count], settings.size, unreadable)
+    files = image_files(source, "check images")[: settings.check_count]
+    images = load_images(files, settings.size, unreadable, channels)
     if not images:
         raise ValueError(f"check images: none could be read (first: {unreadable[0]})")
     return None, images

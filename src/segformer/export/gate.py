@@ -180,21 +180,36 @@ def fit_size(height: int, width: int, limit: tuple[int, int]) -> tuple[int, int]
     return max(1, int(height * factor + 0.5)), max(1, int(width * factor + 0.5))
 
 
-def load_images(paths: Sequence[Path], size: tuple[int, int], unreadable: list[str]) -> list[np.ndarray]:
-    """RGB arrays of `paths`, each shrunk to fit `size` (PIL bilinear); the first line of each read error is
-    appended to `unreadable` and the file skipped."""
+def load_images(
+    paths: Sequence[Path], size: tuple[int, int], unreadable: list[str], channels: int = 3
+) -> list[np.ndarray]:
+    """The images of `paths` as the model reads them (`imageio.read_image`: RGB, or `channels` bands of multi-band
+    TIFF / .npy files), each shrunk to fit `size`; the first line of each read error (a file with another band
+    count too) is appended to `unreadable` and the file skipped."""
     images = []
     for p in paths:
         try:
-            image = read_image(p)
+            image = read_image(p, channels)
         except (ImageReadError, OSError) as e:
             unreadable.append(str(e).splitlines()[0])
             continue
         h, w = fit_size(*image.shape[:2], size)
         if (h, w) != image.shape[:2]:
-            image = np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+            image = _shrink(image, h, w)
         images.append(image)
     return images
+
+
+def _shrink(image: np.ndarray, h: int, w: int) -> np.ndarray:
+    """(H, W, C) to (h, w, C): RGB uint8 by PIL's bilinear filter; bands of any other kind bilinearly with
+    antialiasing in float32 (PIL holds neither 4 bands nor uint16 ones)."""
+    if image.dtype == np.uint8 and image.shape[-1] == 3:
+        return np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+    import torch
+
+    x = torch.from_numpy(np.ascontiguousarray(image, np.float32)).permute(2, 0, 1)[None]  # (1, C, H, W)
+    x = torch.nn.functional.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+    return x[0].permute(1, 2, 0).numpy()  # (h, w, C)
 
 
 def dataset_samples(dataset: SampleSource, limit: int | None) -> Iterable[tuple[np.ndarray, np.ndarray]]:
@@ -211,9 +226,11 @@ def split_images(
     size: tuple[int, int],
     seed: int,
     hold_out: bool,
+    channels: int = 3,
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """(calibration images, held-out images) from the shuffled files of `source`, shrunk to fit `size`; with
-    `hold_out` False (an eval dataset checks instead) nothing is held out."""
+    """(calibration images, held-out images) from the shuffled files of `source` (read as `load_images` reads them
+    for a model of `channels` inputs), shrunk to fit `size`; with `hold_out` False (an eval dataset checks instead)
+    nothing is held out."""
     files = image_files(source, "calibration images")
     order = np.random.default_rng(seed).permutation(len(files))
     files = [files[i] for i in order]
@@ -228,7 +245,8 @@ def split_images(
     else:
         calib_files, check_files = files[:calib_count], []
     unreadable: list[str] = []
-    calib_images, check_images = load_images(calib_files, size, unreadable), load_images(check_files, size, unreadable)
+    calib_images = load_images(calib_files, size, unreadable, channels)
+    check_images = load_images(check_files, size, unreadable, channels)
     if not calib_images or (hold_out and not check_images):
         which, count = ("calibration", len(calib_files)) if not calib_images else ("held-out", len(check_files))
         raise ValueError(

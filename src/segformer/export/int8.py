@@ -335,7 +335,8 @@ def export_int8(
     start = time.perf_counter()
     _check_arguments(calib_count, check_count, min_agreement)
     path = Path(path)
-    calib_images, check_images = split_images(calibrate, calib_count, check_count, size, seed, eval_dataset is None)
+    hold_out, channels = eval_dataset is None, model.config.in_channels
+    calib_images, check_images = split_images(calibrate, calib_count, check_count, size, seed, hold_out, channels)
     options = options or QuantizeOptions()
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="segformer-int8-") as tmp:
