@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -71,3 +72,16 @@ def add_column_arguments(p: argparse.ArgumentParser) -> None:
     """--image-column / --mask-column for --dataset hf."""
     p.add_argument("--image-column", default=None, help="--dataset hf: the image column (default: detected)")
     p.add_argument("--mask-column", default=None, help="--dataset hf: the mask column (default: detected)")
+
+
+def in_process_group(run: Callable[[argparse.Namespace, Any], int], args: argparse.Namespace, device: Any) -> int:
+    """`run(args, device)` inside torchrun's process group when launched by it (joined here, left after), so that
+    each process takes its share and rank 0 reports; as it is otherwise."""
+    from ..training import distributed as D
+
+    own_group = D.init_distributed(device)
+    try:
+        return run(args, device)
+    finally:
+        if own_group:
+            D.cleanup()

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..constants import AMP_DTYPES
 from ..protocol import MODES
-from .common import add_column_arguments, add_label_arguments, label_convention, parse_size
+from .common import add_column_arguments, add_label_arguments, in_process_group, label_convention, parse_size
 
 if TYPE_CHECKING:
     from ..data import DatasetInfo
@@ -162,15 +162,8 @@ def _parse_sizes(text: str) -> tuple[tuple[int, int], ...]:
 def run(args: argparse.Namespace) -> int:
     """Join torchrun's process group when launched by it (the images are shared out), evaluate, report on rank 0."""
     from ..runtime import resolve_device
-    from ..training import distributed as D
 
-    device = resolve_device(args.device)
-    own_group = D.init_distributed(device)
-    try:
-        return _run(args, device)
-    finally:
-        if own_group:
-            D.cleanup()
+    return in_process_group(_run, args, resolve_device(args.device))
 
 
 def _run(args: argparse.Namespace, device: object) -> int:

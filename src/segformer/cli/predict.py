@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from .common import add_label_arguments
+from .common import add_label_arguments, in_process_group
 from .evaluate import add_inference_arguments
 
 if TYPE_CHECKING:
@@ -115,19 +115,12 @@ def palette_and_names(
 def run(args: argparse.Namespace) -> int:
     """Predict on this process's share of the inputs (all of them outside torchrun); 1 if any file failed."""
     from ..runtime import resolve_device
-    from ..training import distributed as D
 
     if not 0.0 <= args.alpha <= 1.0:
         raise ValueError(f"--alpha {args.alpha} must be between 0 and 1")
     if args.num_workers is not None and args.num_workers < 0:
         raise ValueError(f"--num-workers {args.num_workers} must be >= 0")
-    device = resolve_device(args.device)
-    own_group = D.init_distributed(device)
-    try:
-        return _run(args, device)
-    finally:
-        if own_group:
-            D.cleanup()
+    return in_process_group(_run, args, resolve_device(args.device))
 
 
 def _run(args: argparse.Namespace, device: Any) -> int:
