@@ -35,6 +35,25 @@ def save_tiny(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+def write_scenes(root: Path, count: int, size: int = 64, seed: int = 0) -> Path:
+    """A labelled folder dataset of `count` synthetic scenes (`data.synth.render_scene`, size x size):
+    ROOT/images/val/NN.png, ROOT/masks/val/NN.png and ROOT/classes.txt."""
+    import numpy as np
+    from PIL import Image
+
+    from segformer.data.synth import CLASS_NAMES, render_scene
+
+    rng = np.random.default_rng(seed)
+    for sub in ("images/val", "masks/val"):
+        (root / sub).mkdir(parents=True)
+    (root / "classes.txt").write_text("\n".join(CLASS_NAMES) + "\n")
+    for i in range(count):
+        image, mask = render_scene(rng, size)
+        Image.fromarray(image).save(root / "images" / "val" / f"{i:02d}.png")
+        Image.fromarray(mask).save(root / "masks" / "val" / f"{i:02d}.png")
+    return root
+
+
 def tiny_model_file(path: Path, dropout: float = 0.0) -> Path:
     """`TINY_TRAIN` as a model JSON for `segformer train --model`, drop-path and dropout at `dropout`."""
     path.write_text(json.dumps({**TINY_TRAIN, "drop_path_rate": dropout, "classifier_dropout": dropout}))

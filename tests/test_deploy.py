@@ -12,9 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import write_scenes
 from segformer import create_model
 from segformer.cli import main
-from segformer.data.synth import CLASS_NAMES, render_scene
+from segformer.data.synth import CLASS_NAMES
 from segformer.inference import InferenceOptions, Segmenter
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU (CUDA not available here)")
@@ -32,16 +33,7 @@ def weights(tmp_path_factory):
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory):
     """A labelled folder dataset of synthetic scenes: ROOT/images/val/*.png, ROOT/masks/val/*.png."""
-    root = tmp_path_factory.mktemp("scenes")
-    rng = np.random.default_rng(0)
-    for sub in ("images/val", "masks/val"):
-        (root / sub).mkdir(parents=True)
-    (root / "classes.txt").write_text("\n".join(CLASS_NAMES) + "\n")
-    for i in range(8):
-        image, mask = render_scene(rng, 64)
-        Image.fromarray(image).save(root / "images" / "val" / f"{i:02d}.png")
-        Image.fromarray(mask).save(root / "masks" / "val" / f"{i:02d}.png")
-    return root
+    return write_scenes(tmp_path_factory.mktemp("scenes"), 8)
 
 
 def _images(scenes):

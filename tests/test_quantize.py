@@ -13,9 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import write_scenes
 from segformer import create_model
 from segformer.cli import main
-from segformer.data.synth import CLASS_NAMES, render_scene
+from segformer.data.synth import CLASS_NAMES
 
 pytestmark = pytest.mark.onnx
 
@@ -30,16 +31,7 @@ def weights(tmp_path_factory):
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory):
     """A labelled folder dataset of synthetic scenes: ROOT/images/val/*.png, ROOT/masks/val/*.png."""
-    root = tmp_path_factory.mktemp("scenes")
-    rng = np.random.default_rng(0)
-    for sub in ("images/val", "masks/val"):
-        (root / sub).mkdir(parents=True)
-    (root / "classes.txt").write_text("\n".join(CLASS_NAMES) + "\n")
-    for i in range(10):
-        image, mask = render_scene(rng, 64)
-        Image.fromarray(image).save(root / "images" / "val" / f"{i:02d}.png")
-        Image.fromarray(mask).save(root / "masks" / "val" / f"{i:02d}.png")
-    return root
+    return write_scenes(tmp_path_factory.mktemp("scenes"), 10)
 
 
 def _int8(args, weights, out, calib):
