@@ -27,13 +27,15 @@ import argparse
 import json
 import logging
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from job_pool import run_jobs  # noqa: E402
 
 IMAGE, CROP, TRAIN, VAL = 192, 64, 300, 50
 WINDOWS = (64, 96, 128, 192)  # 1x, 1.5x, 2x, 3x the training crop
@@ -109,29 +111,13 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
 
 def run_all(jobs: list[dict[str, Any]], parallel: int, log_dir: Path) -> list[dict[str, Any]]:
     """`jobs` as subprocesses, `parallel` at a time (one torch thread each); their records, in order of ending."""
-    done: list[dict[str, Any]] = []
-    pending, running = list(jobs), []
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    while pending or running:
-        while pending and len(running) < parallel:
-            job = pending.pop(0)
-            log = (log_dir / f"{Path(job['out']).name}.log").open("w")
-            cmd = [sys.executable, __file__, "--job", json.dumps(job)]
-            running.append((subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, env=env, text=True), job))
-        time.sleep(0.5)
-        for proc, job in list(running):
-            if proc.poll() is None:
-                continue
-            running.remove((proc, job))
-            lines = [line for line in proc.stdout.read().splitlines() if line.startswith("{")]
-            if proc.returncode != 0 or not lines:
-                print(f"FAILED ({proc.returncode}): {job['variant']} seed {job['seed']}", flush=True)
-                continue
-            record = json.loads(lines[-1])
-            done.append(record)
-            curve = "  ".join(f"{100 * m:5.1f}" for m in record["mIoU"])
-            print(f"{record['variant']:<8} seed {record['seed']}  mIoU at 1x..3x: {curve}  ({record['seconds']:.0f} s)")
-    return done
+
+    def record(r: dict[str, Any]) -> None:
+        curve = "  ".join(f"{100 * m:5.1f}" for m in r["mIoU"])
+        print(f"{r['variant']:<8} seed {r['seed']}  mIoU at 1x..3x: {curve}  ({r['seconds']:.0f} s)")
+
+    label = lambda job: f"{job['variant']} seed {job['seed']}"  # noqa: E731
+    return run_jobs(__file__, jobs, parallel, log_dir, label, record)
 
 
 def table(records: list[dict[str, Any]]) -> str:

@@ -28,7 +28,6 @@ import json
 import logging
 import math
 import os
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -36,6 +35,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from job_pool import run_jobs  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -268,40 +270,19 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
 def run_all(jobs: list[dict[str, Any]], parallel: int, log_dir: Path, results: Path, deadline: float) -> list[dict]:
     """Run `jobs` as subprocesses, `parallel` at a time; results appended to `results` (JSON lines) as they end.
     Jobs not started by `deadline` (time.time()) are skipped."""
-    done: list[dict] = []
-    pending, running = list(jobs), []
-    env = {**os.environ, "OMP_NUM_THREADS": str(jobs[0]["threads"]) if jobs else "1"}
-    while pending or running:
-        while pending and len(running) < parallel and time.time() < deadline:
-            job = pending.pop(0)
-            out = Path(job["out"])
-            log = (log_dir / f"{out.name}.log").open("w")
-            cmd = [sys.executable, __file__, "--job", json.dumps(job)]
-            running.append((subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, env=env, text=True), job))
-        if not running:
-            break
-        time.sleep(0.5)
-        for proc, job in list(running):
-            if proc.poll() is None:
-                continue
-            running.remove((proc, job))
-            lines = [line for line in proc.stdout.read().splitlines() if line.startswith("{")]
-            if proc.returncode != 0 or not lines:
-                print(f"FAILED ({proc.returncode}): {job['dataset']} {job['recipe']} seed {job['seed']}", flush=True)
-                continue
-            record = json.loads(lines[-1])
-            done.append(record)
-            with results.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-            print(
-                f"{record['dataset']:<7} {record['recipe']:<38} seed {record['seed']}  mIoU {100 * record['mIoU']:5.1f}"
-                f"  {record['sec_per_iter']:.3f} s/it  ({record['seconds']:.0f} s)",
-                flush=True,
-            )
-        if pending and time.time() >= deadline and not running:
-            print(f"deadline reached: {len(pending)} runs not started", flush=True)
-            break
-    return done
+
+    def record(r: dict[str, Any]) -> None:
+        with results.open("a") as f:
+            f.write(json.dumps(r) + "\n")
+        print(
+            f"{r['dataset']:<7} {r['recipe']:<38} seed {r['seed']}  mIoU {100 * r['mIoU']:5.1f}"
+            f"  {r['sec_per_iter']:.3f} s/it  ({r['seconds']:.0f} s)",
+            flush=True,
+        )
+
+    threads = jobs[0]["threads"] if jobs else 1
+    label = lambda job: f"{job['dataset']} {job['recipe']} seed {job['seed']}"  # noqa: E731
+    return run_jobs(__file__, jobs, parallel, log_dir, label, record, threads, deadline)
 
 
 def table(records: list[dict], recipes: list[str], datasets: list[str]) -> str:
