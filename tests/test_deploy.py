@@ -244,6 +244,11 @@ def test_pte_int8_fixed_size_calibrated_gated_and_predicted(weights, scenes, tmp
     assert main(["predict", str(out), str(tmp_path / "big.png"), "--out", str(tmp_path / "pred")]) == 0
     assert "slide, original size, crop 64x64" in capsys.readouterr().out
     assert np.asarray(Image.open(tmp_path / "pred" / "big.png")).shape == (90, 131)
+    bench = ["benchmark", "--model", str(weights), "--size", "64x96", "--no-onnx", "--no-memory", "--exported"]
+    assert main([*bench, str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith("a program fixed to 64x64; benchmark it with --size 64x64")  # after its progress lines
+    assert err[-1].startswith("segformer benchmark: error: ") and sum("error" in line for line in err) == 1
 
 
 def test_executorch_missing_says_what_to_install(weights, tmp_path, capsys, monkeypatch):
